@@ -1,0 +1,570 @@
+"""Three layers, one truth: the in-process cache, the Redis cache, and their invalidation.
+
+An introspection answer is looked up by the keyed hash of the credential:
+first in this worker's in-process cache, then in Redis, then in Postgres.
+Every change commits in Postgres, then overwrites Redis, then PUBLISHes one
+invalidation message that every worker of every instance applies to its
+in-process cache and acknowledges; the change call returns once every
+listener has acknowledged (or after a short bound, saying how many did).
+
+Why no interleaving can leave an old state cached
+-------------------------------------------------
+Every change to a credential takes a fresh, larger `version` from one
+Postgres sequence, in the transaction that makes the change. A Redis entry
+is `<version>|<payload>`, where the payload is an answer or `T`, a
+tombstone meaning "changed: read Postgres again". All Redis writes go
+through one script, `_FILL`, which writes only when the key is absent, or
+holds a smaller version, or holds a tombstone of the same version.
+
+* A writer, after its commit, writes a tombstone with the new version v.
+  Any entry an earlier reader filled carries a version < v, so the
+  tombstone replaces it; a later reader that read Postgres after the commit
+  carries v and replaces the tombstone with the new state; a reader that
+  read Postgres before the commit carries a version < v and is refused.
+* Two writers may reach Redis in either order; the larger version wins.
+* A tombstone lives `TOMBSTONE_TTL` seconds, and a reader abandons its fill
+  when more than `FILL_DEADLINE` (far smaller) has passed since it started
+  its Postgres read: so a stale reader cannot arrive after the tombstone
+  expired. (The Redis socket timeout bounds how long a sent command can
+  wait; the residual case is a command delayed in the kernel for minutes.)
+* Entries never outlive the credential's `exp` (promise 3): the Redis TTL
+  is capped by it, and every layer checks `exp` again on each hit.
+
+The in-process layer is protected by an epoch. Every invalidation message
+a worker applies increments its `LocalCache.epoch`; a read-through records
+the epoch before it starts and stores its result in-process only if the
+epoch is unchanged when it finishes. A message that arrived in between
+could concern this key, so the result is used for this answer only.
+
+Bulk changes (every credential of a client or of a subject) send one
+message naming the client or subject. Each in-process entry remembers the
+generation of its client and subject when it was filled; the message bumps
+that generation, which makes every such entry stale in O(1), without a
+scan. In Redis, the writer tombstones each affected key from the
+`RETURNING` list of its own UPDATE, in one pipeline.
+
+Missed messages (promise 4): the listener runs on a connection that never
+retries silently. When it fails, the in-process cache is switched off at
+once; on every (re)subscription it is cleared whole before it is used
+again. While Redis is unreachable, lookups go straight to Postgres, and a
+change records its invalidation in the `invalidation_outbox` table in its
+own transaction; the change call answers that the invalidation is pending,
+and every worker replays the outbox, before it trusts Redis again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import orjson
+import redis.asyncio as redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from introspect import store
+from introspect.metrics import METRICS
+from introspect.store import Client
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "introspect:invalidate"
+KEY_PREFIX = b"ic:"
+TOMBSTONE = b"T"
+INACTIVE_PAYLOAD = b"0"
+TOMBSTONE_TTL = 600
+FILL_DEADLINE = 5.0
+# Revocation is final: an inactive answer for a revoked credential can be kept long.
+REVOKED_TTL = 86_400
+ACK_TIMEOUT = 1.0
+
+# KEYS[1] the key; ARGV[1] version, ARGV[2] the value, ARGV[3] TTL in ms.
+_FILL = """
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local sep = string.find(cur, '|', 1, true)
+  local v = tonumber(string.sub(cur, 1, sep - 1))
+  local new = tonumber(ARGV[1])
+  if v > new then return 0 end
+  if v == new and string.sub(cur, sep + 1) ~= 'T' then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+"""
+
+
+@dataclass(slots=True)
+class Entry:
+    """What a lookup yields: a pre-serialized active answer and what serving it depends on.
+
+    `answer` is None for an inactive credential (unknown, revoked). `exp` is
+    None for a credential that never expires.
+    """
+
+    answer: bytes | None
+    version: int = 0
+    aud: frozenset[str] = frozenset()
+    exp: int | None = None
+    nbf: int = 0
+    client_id: str | None = None
+    sub: str | None = None
+    cacheable: bool = True
+    # In-process bookkeeping: set by LocalCache.put.
+    local_expires: float = 0.0
+    client_gen: int = 0
+    sub_gen: int = 0
+
+    def ttl(self, now: int, cap: int) -> int:
+        """Seconds this entry may live in a cache: capped, and never past `exp`."""
+        if self.exp is None:
+            return cap
+        return max(0, min(cap, self.exp - now))
+
+
+INACTIVE = Entry(answer=None)
+
+
+def encode(entry: Entry) -> bytes:
+    """The Redis value of an entry: `<version>|<answer JSON>` or `<version>|0`."""
+    return b"%d|%s" % (
+        entry.version,
+        entry.answer if entry.answer is not None else INACTIVE_PAYLOAD,
+    )
+
+
+def decode(raw: bytes) -> Entry | None:
+    """An entry from its Redis value; None for a tombstone."""
+    version, _, payload = raw.partition(b"|")
+    if payload == TOMBSTONE:
+        return None
+    if payload == INACTIVE_PAYLOAD:
+        return Entry(answer=None, version=int(version))
+    body = orjson.loads(payload)
+    aud = body.get("aud")
+    return Entry(
+        answer=payload,
+        version=int(version),
+        aud=frozenset((aud,) if isinstance(aud, str) else (aud or ())),
+        exp=body.get("exp"),
+        nbf=body.get("nbf", 0),
+        client_id=body.get("client_id"),
+        sub=body.get("sub"),
+    )
+
+
+class LocalCache:
+    """This worker's in-process cache: bounded in size and age, evictable by client or subject."""
+
+    def __init__(self, size: int, ttl: float) -> None:
+        self.size = size
+        self.ttl = ttl
+        self.epoch = 0
+        # Usable only while the listener is subscribed and Redis is healthy (promise 4).
+        self.subscribed = False
+        self.healthy = True
+        self.usable = False
+        self._entries: dict[bytes, Entry] = {}
+        self._clients: dict[str, tuple[Client | None, float]] = {}
+        self._client_gen: dict[str, int] = {}
+        self._sub_gen: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: bytes, mono: float) -> Entry | None:
+        """The live entry for `key`, or None (missing, aged out, or of a bumped client/subject)."""
+        if not self.usable:
+            return None
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if (
+            entry.local_expires <= mono
+            or (
+                entry.client_id is not None
+                and self._client_gen.get(entry.client_id, 0) != entry.client_gen
+            )
+            or (entry.sub is not None and self._sub_gen.get(entry.sub, 0) != entry.sub_gen)
+        ):
+            del self._entries[key]
+            return None
+        return entry
+
+    def put(self, key: bytes, entry: Entry, epoch: int, now: int) -> None:
+        """Store `entry` unless an invalidation arrived since `epoch` was read (see module doc)."""
+        if not self.usable or epoch != self.epoch or not entry.cacheable:
+            return
+        ttl = min(self.ttl, entry.ttl(now, REVOKED_TTL))
+        if ttl <= 0:
+            return
+        entry.local_expires = time.monotonic() + ttl
+        entry.client_gen = self._client_gen.get(entry.client_id, 0) if entry.client_id else 0
+        entry.sub_gen = self._sub_gen.get(entry.sub, 0) if entry.sub else 0
+        entries = self._entries
+        if key not in entries and len(entries) >= self.size:
+            # Oldest insertion first: a dict keeps insertion order.
+            del entries[next(iter(entries))]
+        entries[key] = entry
+
+    def get_client(self, client_id: str, mono: float) -> tuple[bool, Client | None]:
+        """(found, client) for a cached client record; a cached None means unknown."""
+        if not self.usable:
+            return False, None
+        hit = self._clients.get(client_id)
+        if hit is None or hit[1] <= mono:
+            return False, None
+        return True, hit[0]
+
+    def put_client(self, client_id: str, client: Client | None, epoch: int) -> None:
+        """Cache a client record (or its absence) read since `epoch`."""
+        if not self.usable or epoch != self.epoch:
+            return
+        if len(self._clients) >= self.size:
+            self._clients.clear()
+        self._clients[client_id] = (client, time.monotonic() + self.ttl)
+
+    def apply(self, message: dict[str, Any]) -> None:
+        """Apply one invalidation message: evict keys, bump clients and subjects."""
+        self.epoch += 1
+        if message.get("all"):
+            self.clear()
+            return
+        for hex_key in message.get("k", ()):
+            self._entries.pop(bytes.fromhex(hex_key), None)
+        for client_id in message.get("r", ()):
+            self._clients.pop(client_id, None)
+        for client_id in message.get("c", ()):
+            self._client_gen[client_id] = self._client_gen.get(client_id, 0) + 1
+        for sub in message.get("s", ()):
+            self._sub_gen[sub] = self._sub_gen.get(sub, 0) + 1
+
+    def set_state(self, *, subscribed: bool | None = None, healthy: bool | None = None) -> None:
+        """Record the listener's and Redis's state; entering the usable state starts empty."""
+        if subscribed is not None:
+            self.subscribed = subscribed
+        if healthy is not None:
+            self.healthy = healthy
+        usable = self.subscribed and self.healthy
+        if usable and not self.usable:
+            self.clear()
+        self.usable = usable
+
+    def clear(self) -> None:
+        """Drop every entry (after a possibly missed message)."""
+        self.epoch += 1
+        self._entries.clear()
+        self._clients.clear()
+
+
+@dataclass(slots=True)
+class Invalidation:
+    """One change's invalidation: the Redis keys to tombstone and the message to publish."""
+
+    tombstones: list[tuple[bytes, int]] = field(default_factory=list)
+    keys: list[bytes] = field(default_factory=list)
+    # Client records changed (their cached record must go); clients whose credentials all changed.
+    records: list[str] = field(default_factory=list)
+    clients: list[str] = field(default_factory=list)
+    subs: list[str] = field(default_factory=list)
+    everything: bool = False
+
+    def message(self, nonce: str) -> dict[str, Any]:
+        """The published message: the nonce to acknowledge and what to evict."""
+        out: dict[str, Any] = {"n": nonce}
+        if self.keys:
+            out["k"] = [k.hex() for k in self.keys]
+        if self.records:
+            out["r"] = self.records
+        if self.clients:
+            out["c"] = self.clients
+        if self.subs:
+            out["s"] = self.subs
+        if self.everything:
+            out["all"] = True
+        return out
+
+    def dumps(self) -> bytes:
+        """The outbox form of this invalidation."""
+        return orjson.dumps(
+            {
+                "t": [[k.hex(), v] for k, v in self.tombstones],
+                "k": [k.hex() for k in self.keys],
+                "r": self.records,
+                "c": self.clients,
+                "s": self.subs,
+                "all": self.everything,
+            }
+        )
+
+    @classmethod
+    def loads(cls, raw: bytes) -> Invalidation:
+        """An invalidation read back from the outbox."""
+        data = orjson.loads(raw)
+        return cls(
+            tombstones=[(bytes.fromhex(k), v) for k, v in data["t"]],
+            keys=[bytes.fromhex(k) for k in data["k"]],
+            records=data["r"],
+            clients=data["c"],
+            subs=data["s"],
+            everything=data["all"],
+        )
+
+    @classmethod
+    def for_credentials(cls, revoked: Iterable[tuple[str, bytes, int]]) -> Invalidation:
+        """Tombstone and evict each (id, hash, version) a change returned."""
+        inv = cls()
+        for _id, key, version in revoked:
+            inv.tombstones.append((key, version))
+            inv.keys.append(key)
+        return inv
+
+
+@dataclass(frozen=True, slots=True)
+class Announced:
+    """What an announcement achieved: listeners that acknowledged, or pending in the outbox."""
+
+    listeners: int
+    pending: bool
+
+
+class CredentialCache:
+    """The read path over the three layers, and the write path that keeps them coherent."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        client: redis.Redis,
+        *,
+        local: LocalCache,
+        redis_ttl: int,
+        negative_ttl: int,
+    ) -> None:
+        self.pool = pool
+        self.redis = client
+        self.local = local
+        self.redis_ttl = redis_ttl
+        self.negative_ttl = negative_ttl
+        self.redis_ok = True
+        self._fill = client.register_script(_FILL)
+        self._recovering: asyncio.Task[None] | None = None
+        # A hook for tests that force an interleaving between the read and the fill.
+        self.before_fill: Callable[[bytes], Awaitable[None]] | None = None
+
+    # --- read path -----------------------------------------------------------------------
+
+    async def lookup(self, key: bytes, load: Callable[[], Awaitable[Entry]]) -> Entry:
+        """The entry for `key`: in-process, else Redis, else `load()` from Postgres."""
+        local = self.local
+        entry = local.get(key, time.monotonic())
+        if entry is not None:
+            METRICS.cache_hit("local")
+            return entry
+        epoch = local.epoch
+        METRICS.cache_miss("local")
+        if self.redis_ok:
+            raw = await self._redis_get(key)
+            if raw is not None:
+                entry = decode(raw)
+                if entry is not None:
+                    METRICS.cache_hit("redis")
+                    local.put(key, entry, epoch, store.now())
+                    return entry
+            METRICS.cache_miss("redis")
+        started = time.monotonic()
+        entry = await load()
+        if self.before_fill is not None:
+            await self.before_fill(key)
+        if entry.cacheable and self.redis_ok and time.monotonic() - started < FILL_DEADLINE:
+            await self._redis_fill(key, entry)
+        local.put(key, entry, epoch, store.now())
+        return entry
+
+    async def _redis_get(self, key: bytes) -> bytes | None:
+        try:
+            METRICS.redis_calls.inc()
+            return await self.redis.get(KEY_PREFIX + key)
+        except (RedisError, OSError) as exc:
+            self._redis_failed(exc)
+            return None
+
+    async def _redis_fill(self, key: bytes, entry: Entry) -> None:
+        now = store.now()
+        if entry.answer is None:
+            ttl = REVOKED_TTL if entry.version else self.negative_ttl
+        else:
+            ttl = entry.ttl(now, self.redis_ttl)
+        if ttl <= 0:
+            return
+        try:
+            METRICS.redis_calls.inc()
+            await self._fill(
+                keys=[KEY_PREFIX + key], args=[entry.version, encode(entry), ttl * 1000]
+            )
+        except (RedisError, OSError) as exc:
+            self._redis_failed(exc)
+
+    # --- Redis health ------------------------------------------------------------------------
+
+    def _redis_failed(self, exc: BaseException) -> None:
+        """Go straight to Postgres until Redis answers again and the outbox is replayed."""
+        if self.redis_ok:
+            log.warning("redis unreachable, answering from postgres: %s", type(exc).__name__)
+        self.redis_ok = False
+        self.local.set_state(healthy=False)
+        if self._recovering is None or self._recovering.done():
+            self._recovering = asyncio.get_running_loop().create_task(self._recover())
+
+    async def _recover(self) -> None:
+        delay = 0.05
+        while True:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+            try:
+                await self.redis.ping()
+                await self.replay_outbox(older_than=store.now() + 1)
+            except (RedisError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                continue
+            self.redis_ok = True
+            self.local.set_state(healthy=True)
+            log.info("redis reachable again")
+            return
+
+    async def close(self) -> None:
+        """Stop the recovery task, if any."""
+        if self._recovering is not None:
+            self._recovering.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._recovering
+
+    # --- write path ----------------------------------------------------------------------
+
+    async def announce(self, invalidation: Invalidation, outbox_id: int) -> Announced:
+        """After a commit: tombstone Redis, publish, wait for acks, forget the outbox row.
+
+        When Redis cannot be reached the outbox row stays, to be replayed, and
+        the answer says the invalidation is pending.
+        """
+        try:
+            listeners = await self._publish(invalidation)
+        except (RedisError, OSError) as exc:
+            self._redis_failed(exc)
+            return Announced(listeners=0, pending=True)
+        await store.delete_outbox(self.pool, [outbox_id])
+        return Announced(listeners=listeners, pending=False)
+
+    async def _publish(self, invalidation: Invalidation) -> int:
+        nonce = os.urandom(12).hex()
+        ack_key = f"introspect:ack:{nonce}"
+        ttl_ms = TOMBSTONE_TTL * 1000
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key, version in invalidation.tombstones:
+                await self._fill(
+                    keys=[KEY_PREFIX + key],
+                    args=[version, b"%d|%s" % (version, TOMBSTONE), ttl_ms],
+                    client=pipe,
+                )
+            pipe.publish(CHANNEL, orjson.dumps(invalidation.message(nonce)))
+            results = await pipe.execute()
+        METRICS.invalidations_sent.inc()
+        expected = int(results[-1])
+        acked = 0
+        deadline = time.monotonic() + ACK_TIMEOUT
+        while acked < expected:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            got = await self.redis.blpop([ack_key], timeout=max(remaining, 0.01))
+            if got is None:
+                break
+            acked += 1
+        if expected:
+            await self.redis.delete(ack_key)
+        return acked
+
+    async def replay_outbox(self, older_than: int) -> int:
+        """Publish the invalidations left in the outbox; return how many."""
+        rows = await store.pending_outbox(self.pool, older_than)
+        for _id, raw in rows:
+            await self._publish(Invalidation.loads(raw))
+        if rows:
+            await store.delete_outbox(self.pool, [i for i, _ in rows])
+            log.info("replayed %d pending invalidation(s)", len(rows))
+        return len(rows)
+
+
+class Listener:
+    """Subscribes to invalidations, applies them to the in-process cache, acknowledges them."""
+
+    def __init__(self, redis_url: str, local: LocalCache, ack: redis.Redis) -> None:
+        # No silent reconnects: a dropped subscription must be seen (promise 4).
+        self._client = redis.Redis.from_url(
+            redis_url, retry=Retry(NoBackoff(), 0), socket_keepalive=True, health_check_interval=0
+        )
+        self._ack = ack
+        self.local = local
+        self.subscribed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Run the subscription loop in the background."""
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        """Stop listening and close the connection."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._client.aclose()
+
+    async def _run(self) -> None:
+        delay = 0.05
+        while True:
+            pubsub = self._client.pubsub()
+            try:
+                await pubsub.subscribe(CHANNEL)
+                async for message in pubsub.listen():
+                    await self._on(message)
+                    delay = 0.05
+            except (RedisError, OSError) as exc:
+                log.warning("invalidation subscription lost: %s", type(exc).__name__)
+            finally:
+                self._lost()
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    def _lost(self) -> None:
+        self.local.set_state(subscribed=False)
+        self.subscribed.clear()
+
+    async def _on(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "subscribe":
+            # Messages may have been missed before this (re)subscription: start empty.
+            self.local.set_state(subscribed=False)
+            self.local.set_state(subscribed=True)
+            self.subscribed.set()
+            return
+        if kind != "message":
+            return
+        body = orjson.loads(message["data"])
+        self.local.apply(body)
+        METRICS.invalidations_received.inc()
+        try:
+            async with self._ack.pipeline(transaction=False) as pipe:
+                key = f"introspect:ack:{body['n']}"
+                pipe.rpush(key, b"1")
+                pipe.expire(key, 10)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            log.warning("could not acknowledge an invalidation: %s", type(exc).__name__)

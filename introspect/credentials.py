@@ -1,0 +1,92 @@
+"""Credential format: generate, checksum, parse, keyed hash.
+
+A credential reads `<prefix>_<body><checksum>`, in the style of GitHub's
+token format: a readable kind prefix, a body of 32 base62 characters from
+the operating system's CSPRNG (about 190 bits), and six base62 characters
+of CRC32 over everything before them. Everything is URL-safe.
+
+`parse` decides with no I/O whether a presented string could be one of
+ours; only then does anyone spend a cache or database lookup on it. Only
+`keyed_hash` (HMAC-SHA256 under the server secret) of a credential is ever
+stored; comparisons of secrets go through `hmac.compare_digest`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import zlib
+from enum import StrEnum
+
+ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+BODY_LENGTH = 32
+CHECKSUM_LENGTH = 6
+MAX_OPAQUE_LENGTH = 512
+
+
+class Kind(StrEnum):
+    """The kinds of opaque credential, each with its own prefix."""
+
+    ACCESS_TOKEN = "access_token"
+    API_KEY = "api_key"
+    ADMIN_KEY = "admin_key"
+    CLIENT_SECRET = "client_secret"
+
+
+PREFIXES: dict[Kind, str] = {
+    Kind.ACCESS_TOKEN: "iat",
+    Kind.API_KEY: "ikey",
+    Kind.ADMIN_KEY: "iadm",
+    Kind.CLIENT_SECRET: "isec",
+}
+_KIND_BY_PREFIX: dict[str, Kind] = {prefix: kind for kind, prefix in PREFIXES.items()}
+_TAIL_LENGTH = BODY_LENGTH + CHECKSUM_LENGTH
+
+
+def _base62(number: int, width: int) -> str:
+    chars = []
+    for _ in range(width):
+        number, digit = divmod(number, 62)
+        chars.append(ALPHABET[digit])
+    return "".join(reversed(chars))
+
+
+def checksum(text: str) -> str:
+    """Six base62 characters of CRC32 over `text` (the prefix, separator and body)."""
+    return _base62(zlib.crc32(text.encode("ascii")), CHECKSUM_LENGTH)
+
+
+def generate(kind: Kind) -> str:
+    """A new random credential of `kind`, with its prefix and checksum."""
+    body = "".join(secrets.choice(ALPHABET) for _ in range(BODY_LENGTH))
+    head = f"{PREFIXES[kind]}_{body}"
+    return head + checksum(head)
+
+
+def parse(presented: str) -> Kind | None:
+    """The kind of a well-formed credential, or None: no I/O, constant work per length."""
+    if len(presented) > MAX_OPAQUE_LENGTH:
+        return None
+    prefix, sep, tail = presented.partition("_")
+    if not sep or len(tail) != _TAIL_LENGTH:
+        return None
+    kind = _KIND_BY_PREFIX.get(prefix)
+    if kind is None or not (tail.isascii() and tail.isalnum()):
+        return None
+    head = presented[:-CHECKSUM_LENGTH]
+    if not hmac.compare_digest(checksum(head), tail[BODY_LENGTH:]):
+        return None
+    return kind
+
+
+def keyed_hash(key: bytes, credential: str) -> bytes:
+    """HMAC-SHA256 of a credential under one server secret: the only form ever stored."""
+    return hmac.digest(key, credential.encode("utf-8", "surrogatepass"), "sha256")
+
+
+def verify_hash(keys: tuple[bytes, ...], credential: str, stored: bytes) -> bool:
+    """Whether `credential` hashes to `stored` under any of the server secrets, in constant time."""
+    ok = False
+    for key in keys:
+        ok |= hmac.compare_digest(keyed_hash(key, credential), stored)
+    return ok

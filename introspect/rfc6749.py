@@ -1,0 +1,153 @@
+"""RFC 6749: client authentication (§2.3) and the client credentials grant (§4.4).
+
+Pure protocol logic: the functions take parsed input and a way to fetch a
+client, and return values or raise the RFC's errors; nothing here knows
+aiohttp. Scope and audience rules follow SPEC: an omitted `scope` means all
+of the client's scopes, anything outside them is `invalid_scope`; RFC 8707
+`resource` or `audience` (either may repeat, not both) must name audiences
+the client is registered for (`invalid_target`).
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from introspect import credentials
+from introspect.errors import (
+    InvalidClient,
+    InvalidRequest,
+    InvalidScope,
+    InvalidTarget,
+    UnsupportedGrantType,
+)
+from introspect.forms import parse_basic
+from introspect.store import Client, now
+
+SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5B\x5D-\x7E]+")
+_DUMMY_HASH = b"\x00" * 32
+
+GetClient = Callable[[str], Awaitable[Client | None]]
+
+
+def secret_matches(keys: tuple[bytes, ...], client: Client | None, secret: str) -> bool:
+    """Whether `secret` is a live secret of `client`, in time independent of which one."""
+    t = now()
+    candidates = [h for h, exp in client.secrets if exp is None or exp > t] if client else []
+    ok = False
+    for key in keys:
+        digest = credentials.keyed_hash(key, secret)
+        for stored in candidates or [_DUMMY_HASH]:
+            ok |= hmac.compare_digest(digest, stored)
+    return ok and bool(candidates)
+
+
+async def authenticate_client(
+    authorization: str | None,
+    params: dict[str, str],
+    get_client: GetClient,
+    keys: tuple[bytes, ...],
+) -> Client:
+    """The client that authenticated with `client_secret_basic` or `client_secret_post`.
+
+    Two methods at once is `invalid_request`; none, or one that fails, is
+    `invalid_client` (401). A disabled client cannot authenticate.
+    """
+    in_body = "client_secret" in params
+    if "client_assertion" in params or "client_assertion_type" in params:
+        raise InvalidClient("private_key_jwt is not enabled for this client")
+    if authorization is not None:
+        if in_body:
+            raise InvalidRequest("more than one client authentication method")
+        client_id, secret = parse_basic(authorization)
+        if params.get("client_id", client_id) != client_id:
+            raise InvalidRequest("client_id does not match the authenticated client")
+    elif in_body:
+        client_id = params.get("client_id", "")
+        secret = params["client_secret"]
+        if not client_id:
+            raise InvalidClient("client_id is missing")
+    else:
+        raise InvalidClient("client authentication is required")
+    if len(client_id) > 200 or len(secret) > credentials.MAX_OPAQUE_LENGTH:
+        raise InvalidClient("client authentication failed")
+    client = await get_client(client_id)
+    if not secret_matches(keys, client, secret) or client is None or client.disabled:
+        raise InvalidClient("client authentication failed")
+    return client
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What a client credentials request is granted: scopes and audiences."""
+
+    scopes: tuple[str, ...]
+    audiences: tuple[str, ...]
+
+
+def parse_scope(raw: str | None) -> tuple[str, ...] | None:
+    """Scope tokens of a `scope` parameter (RFC 6749 §3.3), None when omitted."""
+    if raw is None:
+        return None
+    tokens = raw.split(" ")
+    if any(not SCOPE_TOKEN.fullmatch(t) for t in tokens):
+        raise InvalidScope("scope is malformed")
+    return tuple(dict.fromkeys(tokens))
+
+
+def _absolute_uri(value: str) -> bool:
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return False
+    return bool(parts.scheme) and bool(parts.netloc or parts.path) and not parts.fragment
+
+
+def client_credentials_grant(
+    client: Client, params: dict[str, str], multi: dict[str, list[str]]
+) -> Grant:
+    """Decide a client credentials request (RFC 6749 §4.4.2) for an authenticated client."""
+    grant_type = params.get("grant_type")
+    if grant_type is None:
+        raise InvalidRequest("grant_type is missing")
+    if grant_type != "client_credentials":
+        raise UnsupportedGrantType(f"grant_type {grant_type[:60]!r} is not supported")
+    requested = parse_scope(params.get("scope"))
+    if requested is None:
+        scopes = client.scopes
+    else:
+        allowed = set(client.scopes)
+        if not set(requested) <= allowed:
+            raise InvalidScope("scope exceeds what the client may request")
+        scopes = requested
+    resources = multi.get("resource", [])
+    named = multi.get("audience", [])
+    if resources and named:
+        raise InvalidRequest("send resource or audience, not both")
+    for resource in resources:
+        if not _absolute_uri(resource):
+            raise InvalidTarget("resource must be an absolute URI without a fragment")
+    wanted = resources or named
+    if wanted:
+        registered = set(client.audiences)
+        if not set(wanted) <= registered:
+            raise InvalidTarget("the client is not registered for that audience")
+        audiences = tuple(dict.fromkeys(wanted))
+    else:
+        audiences = client.audiences
+    return Grant(scopes=scopes, audiences=audiences)
+
+
+def token_response(
+    access_token: str, expires_in: int, scopes: tuple[str, ...]
+) -> dict[str, object]:
+    """The successful token response of RFC 6749 §5.1 (`scope` always present)."""
+    return {
+        "access_token": access_token,
+        "token_type": "Bearer",
+        "expires_in": expires_in,
+        "scope": " ".join(scopes),
+    }

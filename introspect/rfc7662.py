@@ -1,0 +1,100 @@
+"""RFC 7662: OAuth 2.0 token introspection (§2.1 request, §2.2 response).
+
+Pure protocol logic, the hot path of the product: the view parses the
+request and authenticates the caller; `introspect` decides the answer from
+a cache `Entry` and the caller, and returns the exact bytes to send. Every
+inactive case answers exactly `{"active": false}` (§2.2: no hint of why).
+`token_type_hint` is accepted and never changes the answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from introspect.cache import Entry
+from introspect.errors import InvalidRequest, UnauthorizedClient
+from introspect.store import Client, Credential, now
+
+INACTIVE = b'{"active":false}'
+HINTS = frozenset({"access_token", "api_key", "refresh_token"})
+
+
+def active_answer(credential: Credential, issuer: str) -> dict[str, Any]:
+    """The §2.2 answer for a live credential, with SPEC's `kind` and `metadata`."""
+    answer: dict[str, Any] = {
+        "active": True,
+        "scope": " ".join(credential.scopes),
+        "sub": credential.sub,
+        "iss": issuer,
+        "iat": credential.iat,
+        "nbf": credential.nbf,
+        "jti": credential.id,
+        "token_type": "Bearer",
+        "kind": credential.kind,
+    }
+    if credential.client_id is not None:
+        answer["client_id"] = credential.client_id
+    if credential.audiences:
+        aud = credential.audiences
+        answer["aud"] = aud[0] if len(aud) == 1 else list(aud)
+    if credential.exp is not None:
+        answer["exp"] = credential.exp
+    if credential.username is not None:
+        answer["username"] = credential.username
+    if credential.metadata is not None:
+        answer["metadata"] = credential.metadata
+    return answer
+
+
+def entry_for(credential: Credential | None, issuer: str) -> Entry:
+    """The cache entry for what Postgres holds under a hash (None: unknown)."""
+    if credential is None:
+        return Entry(answer=None)
+    if credential.revoked_at is not None:
+        return Entry(answer=None, version=credential.version)
+    body = active_answer(credential, issuer)
+    return Entry(
+        answer=orjson.dumps(body),
+        version=credential.version,
+        aud=frozenset(credential.audiences),
+        exp=credential.exp,
+        nbf=credential.nbf,
+        client_id=credential.client_id,
+        sub=credential.sub,
+    )
+
+
+def require_introspection(client: Client) -> None:
+    """SPEC: only clients registered with `can_introspect` may call /introspect."""
+    if not client.can_introspect:
+        raise UnauthorizedClient("this client may not introspect")
+
+
+def token_parameter(params: dict[str, str]) -> str:
+    """The `token` parameter (§2.1), which is required."""
+    token = params.get("token")
+    if token is None:
+        raise InvalidRequest("token is missing")
+    return token
+
+
+async def decide(
+    caller: Client,
+    entry: Entry,
+    owner_disabled: Callable[[str], Awaitable[bool]],
+) -> bytes:
+    """The answer bytes for `entry` as `caller` may see it."""
+    answer = entry.answer
+    if answer is None:
+        return INACTIVE
+    t = now()
+    if (entry.exp is not None and entry.exp <= t) or entry.nbf > t:
+        return INACTIVE
+    if caller.audiences and not entry.aud.intersection(caller.audiences):
+        return INACTIVE
+    if entry.client_id is not None and await owner_disabled(entry.client_id):
+        return INACTIVE
+    return answer

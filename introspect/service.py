@@ -1,0 +1,251 @@
+"""The authority: one object that the HTTP views and the CLI call for every operation.
+
+It owns the Postgres pool, the Redis client and the caches. Reads go
+through `CredentialCache.lookup`; every change runs in one Postgres
+transaction that also records its invalidation in the outbox and its audit
+entry, and is then announced (`CredentialCache.announce`): the one place
+where cache invalidations are published. The CLI uses the same object
+without a listener, so its changes publish the same invalidations.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import asyncpg
+import redis.asyncio as redis
+
+from introspect import credentials, store
+from introspect.cache import Announced, CredentialCache, Entry, Invalidation, Listener, LocalCache
+from introspect.config import Settings
+from introspect.credentials import Kind
+from introspect.metrics import METRICS
+from introspect.rfc6749 import Grant
+from introspect.rfc7662 import entry_for
+from introspect.store import Client
+
+T = TypeVar("T")
+_INACTIVE = Entry(answer=None, cacheable=False)
+
+
+def new_id(prefix: str) -> str:
+    """A public identifier: a readable prefix and 22 random base62 characters."""
+    return prefix + "_" + "".join(secrets.choice(credentials.ALPHABET) for _ in range(22))
+
+
+@dataclass(frozen=True, slots=True)
+class Revoked:
+    """The outcome of a revocation: how many credentials, and how it was announced."""
+
+    count: int
+    announced: Announced
+
+
+def open_redis(url: str, max_connections: int = 64) -> redis.Redis:
+    """A Redis client whose pool waits for a free connection instead of failing."""
+    pool = redis.BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=5, socket_timeout=2, socket_connect_timeout=2
+    )
+    return redis.Redis.from_pool(pool)
+
+
+class Authority:
+    """Every operation on clients and credentials, over the three cache layers."""
+
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, client: redis.Redis) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.redis = client
+        self.keys = settings.secrets
+        self.local = LocalCache(settings.local_cache_size, settings.local_cache_ttl)
+        self.cache = CredentialCache(
+            pool,
+            client,
+            local=self.local,
+            redis_ttl=settings.redis_cache_ttl,
+            negative_ttl=settings.negative_cache_ttl,
+        )
+        self.listener: Listener | None = None
+
+    @property
+    def issuer(self) -> str:
+        """`iss` of everything issued."""
+        return self.settings.issuer
+
+    async def listen(self, redis_url: str) -> None:
+        """Subscribe to invalidations; the in-process cache is used only while subscribed."""
+        self.listener = Listener(redis_url, self.local, self.redis)
+        self.listener.start()
+
+    async def close(self) -> None:
+        """Stop the listener and background tasks (the pools are closed by their owner)."""
+        if self.listener is not None:
+            await self.listener.stop()
+        await self.cache.close()
+
+    # --- reads -------------------------------------------------------------------------------
+
+    async def get_client(self, client_id: str) -> Client | None:
+        """A client record: in-process when cached, else from Postgres."""
+        local = self.local
+        found, client = local.get_client(client_id, time.monotonic())
+        if found:
+            return client
+        epoch = local.epoch
+        METRICS.pg_queries.inc()
+        client = await store.get_client(self.pool, client_id)
+        local.put_client(client_id, client, epoch)
+        return client
+
+    async def owner_disabled(self, client_id: str) -> bool:
+        """Whether the client holding a credential is disabled (or gone)."""
+        client = await self.get_client(client_id)
+        return client is None or client.disabled
+
+    async def lookup(self, token: str) -> Entry:
+        """The cache entry for a presented opaque credential; malformed ones cost no I/O."""
+        kind = credentials.parse(token)
+        if kind is not Kind.ACCESS_TOKEN and kind is not Kind.API_KEY:
+            return _INACTIVE
+        hashes = [credentials.keyed_hash(key, token) for key in self.keys]
+        primary = hashes[0]
+
+        async def load() -> Entry:
+            METRICS.pg_queries.inc()
+            found = await store.find_credential(self.pool, hashes)
+            entry = entry_for(found, self.issuer)
+            if found is not None and found.hash != primary:
+                # Stored under an older server secret: move it to the current one,
+                # and cache nothing until writers and readers agree on the key.
+                await store.rehash(self.pool, found.id, found.hash, primary)
+                entry.cacheable = False
+            return entry
+
+        return await self.cache.lookup(primary, load)
+
+    # --- changes -----------------------------------------------------------------------------
+
+    async def change(
+        self, apply: Callable[[asyncpg.Connection], Awaitable[tuple[T, Invalidation]]]
+    ) -> tuple[T, Announced]:
+        """Run `apply` in a transaction with its outbox row, then announce its invalidation."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            result, invalidation = await apply(conn)
+            outbox_id = await store.add_outbox(conn, invalidation.dumps())
+        return result, await self.cache.announce(invalidation, outbox_id)
+
+    async def issue_access_token(self, client: Client, grant: Grant) -> tuple[str, int]:
+        """Store and return a new opaque access token for `client`, and its lifetime."""
+        token = credentials.generate(Kind.ACCESS_TOKEN)
+        iat = store.now()
+        METRICS.pg_queries.inc()
+        await store.insert_credential(
+            self.pool,
+            credential_id=new_id("tok"),
+            kind=Kind.ACCESS_TOKEN.value,
+            hash_=credentials.keyed_hash(self.keys[0], token),
+            client_id=client.client_id,
+            sub=client.client_id,
+            scopes=list(grant.scopes),
+            audiences=list(grant.audiences),
+            iat=iat,
+            exp=iat + client.token_ttl,
+        )
+        METRICS.tokens_issued.inc()
+        return token, client.token_ttl
+
+    async def revoke_where(self, actor: str, where: str, *args: Any) -> Revoked:
+        """Revoke every live credential matching `where` (SQL over $2...), audited."""
+
+        async def apply(conn: asyncpg.Connection) -> tuple[int, Invalidation]:
+            rows = await store.revoke_credentials(conn, where, *args)
+            for credential_id, _hash, _version in rows:
+                await store.audit(
+                    conn,
+                    actor=actor,
+                    action="credential.revoke",
+                    target_kind="api_key" if credential_id.startswith("key_") else "access_token",
+                    target_id=credential_id,
+                )
+            return len(rows), Invalidation.for_credentials(rows)
+
+        count, announced = await self.change(apply)
+        return Revoked(count=count, announced=announced)
+
+    async def revoke_presented(self, token: str, actor: str, owner: str | None) -> Revoked:
+        """Revoke a presented credential (owned by `owner` when given): RFC 7009 and admin."""
+        kind = credentials.parse(token)
+        if kind is not Kind.ACCESS_TOKEN and kind is not Kind.API_KEY:
+            return Revoked(count=0, announced=Announced(listeners=0, pending=False))
+        hashes = [credentials.keyed_hash(key, token) for key in self.keys]
+        if owner is None:
+            return await self.revoke_where(actor, "hash = ANY($2::bytea[])", hashes)
+        return await self.revoke_where(
+            actor, "hash = ANY($2::bytea[]) AND client_id = $3", hashes, owner
+        )
+
+    async def create_client(
+        self,
+        *,
+        actor: str,
+        name: str,
+        scopes: list[str],
+        audiences: list[str],
+        can_introspect: bool = False,
+        token_ttl: int = 3600,
+        token_format: str = "opaque",
+        jwks: dict[str, Any] | None = None,
+    ) -> tuple[Client, str]:
+        """Register a client; returns it and its secret (shown once)."""
+        secret = credentials.generate(Kind.CLIENT_SECRET)
+        client_id = new_id("client")
+
+        async def apply(conn: asyncpg.Connection) -> tuple[Client, Invalidation]:
+            client = await store.insert_client(
+                conn,
+                client_id=client_id,
+                name=name,
+                scopes=scopes,
+                audiences=audiences,
+                can_introspect=can_introspect,
+                token_ttl=token_ttl,
+                token_format=token_format,
+                jwks=jwks,
+                secret_hash=credentials.keyed_hash(self.keys[0], secret),
+            )
+            await store.audit(
+                conn,
+                actor=actor,
+                action="client.create",
+                target_kind="client",
+                target_id=client_id,
+                details={"name": name, "scopes": scopes, "audiences": audiences},
+            )
+            # A worker may have cached this id as unknown.
+            return client, Invalidation(records=[client_id])
+
+        client, _ = await self.change(apply)
+        return client, secret
+
+
+@contextlib.asynccontextmanager
+async def open_authority(
+    settings: Settings, database_url: str, redis_url: str, *, listen: bool
+) -> AsyncIterator[Authority]:
+    """An Authority with its pools, torn down in reverse order on exit."""
+    pool = await store.create_pool(database_url)
+    client = open_redis(redis_url)
+    authority = Authority(settings, pool, client)
+    try:
+        if listen:
+            await authority.listen(redis_url)
+        yield authority
+    finally:
+        await authority.close()
+        await client.aclose()
+        await pool.close()

@@ -1,0 +1,363 @@
+"""Storage: the asyncpg queries behind every operation, and the records they return.
+
+Postgres is the truth (SPEC consistency promise 1). Only keyed hashes of
+credentials and client secrets are stored and every lookup goes by hash.
+Every change to a credential takes a fresh `version` from the
+`change_version` sequence, which is what lets cache writers order their
+writes (see `introspect/cache.py`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import orjson
+
+CREDENTIAL_COLUMNS = (
+    "id, kind, format, hash, client_id, sub, username, scopes, audiences,"
+    " iat, nbf, exp, revoked_at, metadata, version, last_used_at"
+)
+CLIENT_COLUMNS = (
+    "client_id, name, scopes, audiences, can_introspect, token_ttl, token_format,"
+    " jwks, disabled, created_at, updated_at"
+)
+
+
+def now() -> int:
+    """The current time in integer epoch seconds, as stored."""
+    return int(time.time())
+
+
+@dataclass(frozen=True, slots=True)
+class Client:
+    """A registered client, with the hashes of its live secrets and their expiry."""
+
+    client_id: str
+    name: str
+    scopes: tuple[str, ...]
+    audiences: tuple[str, ...]
+    can_introspect: bool
+    token_ttl: int
+    token_format: str
+    jwks: dict[str, Any] | None
+    disabled: bool
+    created_at: int
+    updated_at: int
+    secrets: tuple[tuple[bytes, int | None], ...] = ()
+
+    def public(self) -> dict[str, Any]:
+        """Every registered field, never a secret or a hash (the admin API's read shape)."""
+        return {
+            "client_id": self.client_id,
+            "name": self.name,
+            "scopes": list(self.scopes),
+            "audiences": list(self.audiences),
+            "can_introspect": self.can_introspect,
+            "token_ttl": self.token_ttl,
+            "token_format": self.token_format,
+            "jwks": self.jwks,
+            "disabled": self.disabled,
+            "created_at": self.created_at,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """An access token or API key as stored: never its value, only its keyed hash."""
+
+    id: str
+    kind: str
+    format: str
+    hash: bytes
+    client_id: str | None
+    sub: str
+    username: str | None
+    scopes: tuple[str, ...]
+    audiences: tuple[str, ...]
+    iat: int
+    nbf: int
+    exp: int | None
+    revoked_at: int | None
+    metadata: dict[str, Any] | None
+    version: int
+    last_used_at: int | None
+
+    def public(self) -> dict[str, Any]:
+        """The admin listing shape: every field but the hash."""
+        t = now()
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "format": self.format,
+            "client_id": self.client_id,
+            "sub": self.sub,
+            "username": self.username,
+            "scopes": list(self.scopes),
+            "audiences": list(self.audiences),
+            "iat": self.iat,
+            "nbf": self.nbf,
+            "exp": self.exp,
+            "revoked_at": self.revoked_at,
+            "metadata": self.metadata,
+            "last_used_at": self.last_used_at,
+            "active": self.revoked_at is None and (self.exp is None or self.exp > t),
+        }
+
+
+def _json(value: str | None) -> Any:
+    return None if value is None else orjson.loads(value)
+
+
+def client_from_record(
+    record: asyncpg.Record, secrets: tuple[tuple[bytes, int | None], ...]
+) -> Client:
+    """A Client from a row of CLIENT_COLUMNS and its live secrets."""
+    return Client(
+        client_id=record["client_id"],
+        name=record["name"],
+        scopes=tuple(record["scopes"]),
+        audiences=tuple(record["audiences"]),
+        can_introspect=record["can_introspect"],
+        token_ttl=record["token_ttl"],
+        token_format=record["token_format"],
+        jwks=_json(record["jwks"]),
+        disabled=record["disabled"],
+        created_at=record["created_at"],
+        updated_at=record["updated_at"],
+        secrets=secrets,
+    )
+
+
+def credential_from_record(record: asyncpg.Record) -> Credential:
+    """A Credential from a row of CREDENTIAL_COLUMNS."""
+    return Credential(
+        id=record["id"],
+        kind=record["kind"],
+        format=record["format"],
+        hash=bytes(record["hash"]),
+        client_id=record["client_id"],
+        sub=record["sub"],
+        username=record["username"],
+        scopes=tuple(record["scopes"]),
+        audiences=tuple(record["audiences"]),
+        iat=record["iat"],
+        nbf=record["nbf"],
+        exp=record["exp"],
+        revoked_at=record["revoked_at"],
+        metadata=_json(record["metadata"]),
+        version=record["version"],
+        last_used_at=record["last_used_at"],
+    )
+
+
+async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
+    """The connection pool; short statements only, so releases skip the reset query."""
+
+    async def _no_reset(_conn: asyncpg.Connection) -> None:
+        return None
+
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        reset=_no_reset,
+        command_timeout=10,
+        server_settings={"application_name": "introspect"},
+    )
+    if pool is None:  # pragma: no cover - asyncpg returns None only when not awaited
+        raise RuntimeError("could not create the Postgres pool")
+    return pool
+
+
+# --- clients -------------------------------------------------------------------------------
+
+
+async def get_client(conn: asyncpg.Pool | asyncpg.Connection, client_id: str) -> Client | None:
+    """A client and its live secrets (current, or rotated out and still in grace)."""
+    record = await conn.fetchrow(
+        f"SELECT {CLIENT_COLUMNS},"
+        " ARRAY(SELECT secret_hash FROM client_secrets s WHERE s.client_id = clients.client_id"
+        "  AND (s.expires_at IS NULL OR s.expires_at > $2) ORDER BY s.id DESC) AS hashes,"
+        " ARRAY(SELECT coalesce(expires_at, 0) FROM client_secrets s"
+        "  WHERE s.client_id = clients.client_id"
+        "  AND (s.expires_at IS NULL OR s.expires_at > $2) ORDER BY s.id DESC) AS expiries"
+        " FROM clients WHERE client_id = $1",
+        client_id,
+        now(),
+    )
+    if record is None:
+        return None
+    secrets = tuple(
+        (bytes(h), e or None) for h, e in zip(record["hashes"], record["expiries"], strict=True)
+    )
+    return client_from_record(record, secrets)
+
+
+async def insert_client(
+    conn: asyncpg.Connection,
+    *,
+    client_id: str,
+    name: str,
+    scopes: list[str],
+    audiences: list[str],
+    can_introspect: bool,
+    token_ttl: int,
+    token_format: str,
+    jwks: dict[str, Any] | None,
+    secret_hash: bytes,
+) -> Client:
+    """Register a client with its first secret."""
+    t = now()
+    record = await conn.fetchrow(
+        "INSERT INTO clients (client_id, name, scopes, audiences, can_introspect, token_ttl,"
+        " token_format, jwks, created_at, updated_at)"
+        f" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) RETURNING {CLIENT_COLUMNS}",
+        client_id,
+        name,
+        scopes,
+        audiences,
+        can_introspect,
+        token_ttl,
+        token_format,
+        None if jwks is None else orjson.dumps(jwks).decode(),
+        t,
+    )
+    await conn.execute(
+        "INSERT INTO client_secrets (client_id, secret_hash, created_at) VALUES ($1, $2, $3)",
+        client_id,
+        secret_hash,
+        t,
+    )
+    return client_from_record(record, ((secret_hash, None),))
+
+
+# --- credentials ---------------------------------------------------------------------------
+
+
+async def find_credential(
+    conn: asyncpg.Pool | asyncpg.Connection, hashes: list[bytes]
+) -> Credential | None:
+    """The credential stored under any of `hashes` (one per server secret), or None."""
+    record = await conn.fetchrow(
+        f"SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE hash = ANY($1::bytea[])", hashes
+    )
+    return None if record is None else credential_from_record(record)
+
+
+async def rehash(
+    conn: asyncpg.Pool | asyncpg.Connection, credential_id: str, old: bytes, new: bytes
+) -> None:
+    """Move a credential stored under an older server secret to the current one."""
+    await conn.execute(
+        "UPDATE credentials SET hash = $3 WHERE id = $1 AND hash = $2", credential_id, old, new
+    )
+
+
+async def insert_credential(
+    conn: asyncpg.Pool | asyncpg.Connection,
+    *,
+    credential_id: str,
+    kind: str,
+    hash_: bytes,
+    client_id: str | None,
+    sub: str,
+    scopes: list[str],
+    audiences: list[str],
+    iat: int,
+    exp: int | None,
+    fmt: str = "opaque",
+    username: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> None:
+    """Store a new credential (its hash only)."""
+    await conn.execute(
+        "INSERT INTO credentials (id, kind, format, hash, client_id, sub, username, scopes,"
+        " audiences, iat, nbf, exp, metadata)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11, $12)",
+        credential_id,
+        kind,
+        fmt,
+        hash_,
+        client_id,
+        sub,
+        username,
+        scopes,
+        audiences,
+        iat,
+        exp,
+        None if metadata is None else orjson.dumps(metadata).decode(),
+    )
+
+
+async def revoke_credentials(
+    conn: asyncpg.Connection, where: str, *args: Any
+) -> list[tuple[str, bytes, int]]:
+    """Revoke the live credentials matching `where` (SQL over $2...); return (id, hash, version).
+
+    Only credentials neither revoked nor expired before are touched and counted.
+    """
+    rows = await conn.fetch(
+        "UPDATE credentials SET revoked_at = $1, version = nextval('change_version')"
+        f" WHERE revoked_at IS NULL AND (exp IS NULL OR exp > $1) AND ({where})"
+        " RETURNING id, hash, version",
+        now(),
+        *args,
+    )
+    return [(r["id"], bytes(r["hash"]), r["version"]) for r in rows]
+
+
+# --- the invalidation outbox ---------------------------------------------------------------
+
+
+async def add_outbox(conn: asyncpg.Connection, message: bytes) -> int:
+    """Record an invalidation in the change's own transaction; returns its id."""
+    return await conn.fetchval(
+        "INSERT INTO invalidation_outbox (message, created_at) VALUES ($1, $2) RETURNING id",
+        message,
+        now(),
+    )
+
+
+async def delete_outbox(conn: asyncpg.Pool | asyncpg.Connection, ids: list[int]) -> None:
+    """Forget invalidations that have been published."""
+    await conn.execute("DELETE FROM invalidation_outbox WHERE id = ANY($1::bigint[])", ids)
+
+
+async def pending_outbox(
+    conn: asyncpg.Pool | asyncpg.Connection, older_than: int, limit: int = 100
+) -> list[tuple[int, bytes]]:
+    """Invalidations still unpublished, oldest first."""
+    rows = await conn.fetch(
+        "SELECT id, message FROM invalidation_outbox WHERE created_at <= $1 ORDER BY id LIMIT $2",
+        older_than,
+        limit,
+    )
+    return [(r["id"], bytes(r["message"])) for r in rows]
+
+
+# --- audit ---------------------------------------------------------------------------------
+
+
+async def audit(
+    conn: asyncpg.Connection,
+    *,
+    actor: str,
+    action: str,
+    target_kind: str,
+    target_id: str,
+    details: dict[str, Any] | None = None,
+) -> None:
+    """Append one audit entry (in the caller's transaction)."""
+    await conn.execute(
+        "INSERT INTO audit_log (at, actor, action, target_kind, target_id, details)"
+        " VALUES ($1, $2, $3, $4, $5, $6)",
+        now(),
+        actor,
+        action,
+        target_kind,
+        target_id,
+        orjson.dumps(details or {}).decode(),
+    )

@@ -1,0 +1,1 @@
+"""The aiohttp layer: thin views that parse requests and write answers."""

@@ -1,0 +1,87 @@
+"""The error middleware: every failure becomes a JSON answer, never a stack trace.
+
+OAuth endpoints answer RFC 6749 §5.2 errors; the admin API its own JSON
+errors; an unreachable store is 503 (revocations fail loudly, SPEC promise
+5); anything unexpected is logged with its trace and answered 500 with no
+detail.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+import orjson
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from introspect.errors import AdminError, OAuth2Error
+from introspect.metrics import METRICS
+
+log = logging.getLogger("introspect.web")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# Unreachable or overloaded stores; errors a query itself raised are bugs, answered 500.
+_UNAVAILABLE = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.InterfaceError,
+    OSError,
+    RedisError,
+    TimeoutError,
+)
+
+
+def json_response(
+    body: object, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    """A JSON answer serialized by orjson."""
+    return web.Response(
+        body=orjson.dumps(body), status=status, content_type="application/json", headers=headers
+    )
+
+
+def oauth_error_response(exc: OAuth2Error) -> web.Response:
+    """RFC 6749 §5.2 error answer, with no-store like every token endpoint answer."""
+    headers = {"Cache-Control": "no-store", "Pragma": "no-cache", **exc.headers}
+    return json_response(exc.body(), exc.status_code, headers)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Map errors to JSON answers and count every request by route and status."""
+    started = time.perf_counter()
+    route = request.match_info.route.resource
+    name = route.canonical if route is not None else "unmatched"
+    try:
+        response = await handler(request)
+    except OAuth2Error as exc:
+        if exc.detail:
+            log.info("oauth error %s: %s", exc.error, exc.detail)
+        response = oauth_error_response(exc)
+    except AdminError as exc:
+        response = json_response(exc.body(), exc.status)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = json_response(
+            {"error": "invalid_request", "error_description": exc.reason}, exc.status
+        )
+    except _UNAVAILABLE as exc:
+        log.warning("store unavailable on %s: %s", name, type(exc).__name__)
+        response = json_response(
+            {"error": "temporarily_unavailable", "error_description": "a store is unreachable"},
+            503,
+        )
+    except Exception:
+        log.exception("unexpected error on %s", name)
+        response = json_response(
+            {"error": "server_error", "error_description": "internal error"}, 500
+        )
+    METRICS.requests.labels(name, str(response.status)).inc()
+    METRICS.latency.labels(name).observe(time.perf_counter() - started)
+    return response

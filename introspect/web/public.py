@@ -1,0 +1,130 @@
+"""Public routes: the OAuth endpoints, discovery, health and metrics.
+
+Each view parses the request, calls the protocol module and the authority,
+and writes the answer; the decisions live in `introspect/rfc*.py`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import asyncpg
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from introspect import forms, metrics, rfc6749, rfc7662, rfc8414
+from introspect.errors import InvalidRequest
+from introspect.store import Client
+from introspect.web.errors import json_response
+from introspect.web.keys import AUTHORITY
+
+log = logging.getLogger(__name__)
+routes = web.RouteTableDef()
+
+FORM = "application/x-www-form-urlencoded"
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+async def read_form(request: web.Request) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """The single-valued and multi-valued parameters of a form POST (RFC 6749 §3.1)."""
+    if request.content_type != FORM:
+        raise InvalidRequest(f"the body must be {FORM}")
+    multi = forms.parse_form(await request.read())
+    return forms.single(multi), multi
+
+
+async def authenticated(request: web.Request, params: dict[str, str]) -> Client:
+    """The client that authenticated this request (RFC 6749 §2.3)."""
+    authority = request.app[AUTHORITY]
+    return await rfc6749.authenticate_client(
+        request.headers.get("Authorization"), params, authority.get_client, authority.keys
+    )
+
+
+@routes.post("/token")
+async def token(request: web.Request) -> web.Response:
+    """RFC 6749 §4.4: the client credentials grant."""
+    params, multi = await read_form(request)
+    client = await authenticated(request, params)
+    grant = rfc6749.client_credentials_grant(client, params, multi)
+    access_token, expires_in = await request.app[AUTHORITY].issue_access_token(client, grant)
+    return json_response(
+        rfc6749.token_response(access_token, expires_in, grant.scopes), headers=NO_STORE
+    )
+
+
+@routes.post("/introspect")
+async def introspect(request: web.Request) -> web.Response:
+    """RFC 7662 §2: introspection, for clients allowed to introspect."""
+    params, _ = await read_form(request)
+    caller = await authenticated(request, params)
+    rfc7662.require_introspection(caller)
+    presented = rfc7662.token_parameter(params)
+    authority = request.app[AUTHORITY]
+    entry = await authority.lookup(presented)
+    body = await rfc7662.decide(caller, entry, authority.owner_disabled)
+    return web.Response(body=body, content_type="application/json", headers=NO_STORE)
+
+
+@routes.post("/revoke")
+async def revoke(request: web.Request) -> web.Response:
+    """RFC 7009 §2: a client revokes one of its own credentials; anything else changes nothing."""
+    params, _ = await read_form(request)
+    client = await authenticated(request, params)
+    presented = rfc7662.token_parameter(params)
+    await request.app[AUTHORITY].revoke_presented(
+        presented, actor=f"client:{client.client_id}", owner=client.client_id
+    )
+    return web.Response(status=200, headers=NO_STORE)
+
+
+@routes.get("/.well-known/oauth-authorization-server")
+async def discovery(request: web.Request) -> web.Response:
+    """RFC 8414 metadata."""
+    authority = request.app[AUTHORITY]
+    scopes = await authority.pool.fetchval(
+        "SELECT coalesce(array_agg(DISTINCT s ORDER BY s), '{}')"
+        " FROM clients, unnest(scopes) AS s WHERE NOT disabled"
+    )
+    return json_response(rfc8414.metadata(authority.issuer, list(scopes)))
+
+
+@routes.get("/jwks.json")
+async def jwks(_request: web.Request) -> web.Response:
+    """RFC 7517: the public signing keys (none until JWT access tokens are enabled)."""
+    return json_response({"keys": []})
+
+
+@routes.get("/healthz")
+async def healthz(_request: web.Request) -> web.Response:
+    """Liveness: the process answers."""
+    return json_response({"status": "ok"})
+
+
+@routes.get("/readyz")
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness: Postgres must answer; without Redis the service is degraded but serving."""
+    authority = request.app[AUTHORITY]
+    checks = {"postgres": "ok", "redis": "ok"}
+    try:
+        await authority.pool.fetchval("SELECT 1", timeout=2)
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError):
+        checks["postgres"] = "unreachable"
+    try:
+        await authority.redis.ping()
+    except (RedisError, OSError, TimeoutError):
+        checks["redis"] = "unreachable"
+    if checks["postgres"] != "ok":
+        status, code = "unavailable", 503
+    elif checks["redis"] != "ok" or not authority.cache.redis_ok:
+        status, code = "degraded", 200
+    else:
+        status, code = "ok", 200
+    return json_response({"status": status, **checks}, code)
+
+
+@routes.get("/metrics")
+async def metrics_view(_request: web.Request) -> web.Response:
+    """Prometheus exposition of every worker's counters."""
+    body, content_type = metrics.render()
+    return web.Response(body=body, headers={"Content-Type": content_type})

@@ -1,0 +1,106 @@
+"""Shared fixtures: real Postgres and Redis, started once per test session.
+
+The embedded servers run under a session temp dir unless
+INTROSPECT_TEST_DATABASE_URL / INTROSPECT_TEST_REDIS_URL name real ones.
+Tests isolate themselves by unique names and ids, never by flushing.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from introspect import embedded
+from introspect.config import Settings
+from introspect.migrate import migrate
+from introspect.service import Authority, open_authority
+from tests.helpers import Registered, Server, register, start_server
+
+
+@dataclass(frozen=True)
+class Stores:
+    """Where the test session's Postgres and Redis are."""
+
+    database_url: str
+    redis_url: str
+    data_dir: Path
+
+
+@pytest.fixture(scope="session")
+def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stores]:
+    """The session's Postgres and Redis: from the environment, or embedded and started once."""
+    data_dir = tmp_path_factory.mktemp("introspect-data")
+    db = os.environ.get("INTROSPECT_TEST_DATABASE_URL")
+    rd = os.environ.get("INTROSPECT_TEST_REDIS_URL")
+    if db and rd:
+        yield Stores(db, rd, data_dir)
+        return
+    started = embedded.start(data_dir)
+    try:
+        yield Stores(db or started.database_url, rd or started.redis_url, data_dir)
+    finally:
+        if started.owned:
+            embedded.stop(data_dir)
+
+
+@pytest.fixture(scope="session")
+async def migrated(stores: Stores) -> Stores:
+    """The stores with every migration applied."""
+    conn = await asyncpg.connect(stores.database_url)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    return stores
+
+
+@pytest.fixture(scope="session")
+def settings(migrated: Stores) -> Settings:
+    """Settings for the test servers: the session's stores and a fixed secret."""
+    return Settings(
+        database_url=migrated.database_url,
+        redis_url=migrated.redis_url,
+        data_dir=migrated.data_dir,
+        secrets=(b"test-secret-" + secrets.token_hex(16).encode(),),
+        issuer_override="http://introspect.test",
+    )
+
+
+@pytest.fixture(scope="session")
+async def server(settings: Settings) -> AsyncIterator[Server]:
+    """One server for the session, as a resource server would reach it."""
+    test_server, srv = await start_server(settings)
+    try:
+        yield srv
+    finally:
+        await srv.http.close()
+        await test_server.close()
+
+
+@pytest.fixture(scope="session")
+async def authority(settings: Settings) -> AsyncIterator[Authority]:
+    """An Authority without a listener, as the CLI uses it."""
+    assert settings.database_url
+    assert settings.redis_url
+    async with open_authority(
+        settings, settings.database_url, settings.redis_url, listen=False
+    ) as auth:
+        yield auth
+
+
+@pytest.fixture
+async def resource_server(authority: Authority) -> Registered:
+    """A client allowed to introspect, registered with no audiences (sees everything)."""
+    return await register(authority, scopes=(), can_introspect=True)
+
+
+@pytest.fixture
+async def app_client(authority: Authority) -> Registered:
+    """An ordinary client with scopes read and write and no audiences."""
+    return await register(authority)

@@ -1,0 +1,108 @@
+"""Helpers shared by the integration tests: a running server, client registration."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from introspect.app import create_app
+from introspect.config import Settings
+from introspect.service import Authority
+from introspect.web.keys import AUTHORITY
+
+
+@dataclass(frozen=True)
+class Answer:
+    """An HTTP answer read whole: status, headers and body."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        """The body parsed as JSON."""
+        return orjson.loads(self.body)
+
+
+@dataclass
+class Server:
+    """A running test server: its base URL, its app's authority and an HTTP session."""
+
+    url: str
+    app: web.Application
+    http: aiohttp.ClientSession
+
+    @property
+    def authority(self) -> Authority:
+        """The server's Authority (its caches, pools and services)."""
+        return self.app[AUTHORITY]
+
+    async def post_form(
+        self, path: str, data: dict[str, Any] | list[tuple[str, str]] | bytes | str, **kw: Any
+    ) -> Answer:
+        """POST a form (or raw body) and read the answer whole."""
+        async with self.http.post(self.url + path, data=data, **kw) as resp:
+            return Answer(resp.status, dict(resp.headers), await resp.read())
+
+    async def request(self, method: str, path: str, **kw: Any) -> Answer:
+        """Any request, its answer read whole."""
+        async with self.http.request(method, self.url + path, **kw) as resp:
+            return Answer(resp.status, dict(resp.headers), await resp.read())
+
+
+async def start_server(settings: Settings) -> tuple[TestServer, Server]:
+    """Start an app on a free port and wait until its listener is subscribed."""
+    app = create_app(settings, settings.database_url or "", settings.redis_url or "")
+    test_server = TestServer(app)
+    await test_server.start_server()
+    listener = app[AUTHORITY].listener
+    assert listener is not None
+    await listener.subscribed.wait()
+    http = aiohttp.ClientSession()
+    return test_server, Server(str(test_server.make_url("")).rstrip("/"), app, http)
+
+
+def basic(client_id: str, secret: str) -> dict[str, str]:
+    """An Authorization header for client_secret_basic."""
+    raw = base64.b64encode(f"{client_id}:{secret}".encode()).decode()
+    return {"Authorization": f"Basic {raw}"}
+
+
+@dataclass(frozen=True)
+class Registered:
+    """A registered client with its secret."""
+
+    client_id: str
+    secret: str
+
+    @property
+    def auth(self) -> dict[str, str]:
+        """Its client_secret_basic header."""
+        return basic(self.client_id, self.secret)
+
+
+async def register(
+    authority: Authority,
+    *,
+    scopes: tuple[str, ...] = ("read", "write"),
+    audiences: tuple[str, ...] = (),
+    can_introspect: bool = False,
+    **kw: Any,
+) -> Registered:
+    """Register a client with a unique name."""
+    client, secret = await authority.create_client(
+        actor="test",
+        name="t-" + secrets.token_hex(4),
+        scopes=list(scopes),
+        audiences=list(audiences),
+        can_introspect=can_introspect,
+        **kw,
+    )
+    return Registered(client.client_id, secret)

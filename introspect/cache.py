@@ -355,7 +355,7 @@ class CredentialCache:
         self.redis_ok = True
         self._fill = client.register_script(_FILL)
         self._recovering: asyncio.Task[None] | None = None
-        # A hook for tests that force an interleaving between the read and the fill.
+        # Awaited between a read and the fills it leads to: tests force interleavings here.
         self.before_fill: Callable[[bytes], Awaitable[None]] | None = None
 
     # --- read path -----------------------------------------------------------------------
@@ -375,6 +375,8 @@ class CredentialCache:
                 entry = decode(raw)
                 if entry is not None:
                     METRICS.cache_hit("redis")
+                    if self.before_fill is not None:
+                        await self.before_fill(key)
                     local.put(key, entry, epoch, store.now())
                     return entry
             METRICS.cache_miss("redis")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,9 +35,10 @@ class Stores:
 
 
 @pytest.fixture(scope="session")
-def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stores]:
+def stores() -> Iterator[Stores]:
     """The session's Postgres and Redis: from the environment, or embedded and started once."""
-    data_dir = tmp_path_factory.mktemp("introspect-data")
+    # Not under pytest's basetemp: concurrent pytest runs prune each other's old basetemps.
+    data_dir = Path(tempfile.mkdtemp(prefix="introspect-test-"))
     db = os.environ.get("INTROSPECT_TEST_DATABASE_URL")
     rd = os.environ.get("INTROSPECT_TEST_REDIS_URL")
     if db and rd:
@@ -47,6 +50,7 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stores]:
     finally:
         if started.owned:
             embedded.stop(data_dir)
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,143 @@
+"""RFC 7662 at /introspect: who may call it, what each caller sees, inactive answers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from introspect import credentials
+from introspect.credentials import Kind
+from introspect.service import Authority
+from tests.helpers import Registered, Server, register
+
+GRANT = {"grant_type": "client_credentials"}
+
+
+async def token_for(server: Server, client: Registered, **form: str) -> str:
+    resp = await server.post_form("/token", {**GRANT, **form}, headers=client.auth)
+    assert resp.status == 200, resp.body
+    return resp.json()["access_token"]
+
+
+async def test_caller_must_authenticate(server: Server) -> None:
+    """Introspection without client authentication is 401 invalid_client."""
+    resp = await server.post_form("/introspect", {"token": "x"})
+    assert resp.status == 401
+    assert resp.json()["error"] == "invalid_client"
+
+
+async def test_caller_must_be_allowed(server: Server, app_client: Registered) -> None:
+    """A client without the introspection right is 403 unauthorized_client."""
+    resp = await server.post_form("/introspect", {"token": "x"}, headers=app_client.auth)
+    assert resp.status == 403
+    assert resp.json()["error"] == "unauthorized_client"
+
+
+async def test_missing_token_is_invalid_request(
+    server: Server, resource_server: Registered
+) -> None:
+    """A missing token parameter is 400 invalid_request."""
+    resp = await server.post_form(
+        "/introspect", {"token_type_hint": "access_token"}, headers=resource_server.auth
+    )
+    assert resp.status == 400
+    assert resp.json()["error"] == "invalid_request"
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "garbage",
+        credentials.generate(Kind.ACCESS_TOKEN),  # well-formed, unknown
+        credentials.generate(Kind.ACCESS_TOKEN)[:-1] + "0",  # bad checksum
+        credentials.generate(Kind.CLIENT_SECRET),  # a secret is not a token
+        credentials.generate(Kind.ADMIN_KEY),
+    ],
+)
+async def test_unknown_and_malformed_are_exactly_inactive(
+    server: Server, resource_server: Registered, token: str
+) -> None:
+    """Every inactive case answers exactly {"active": false}."""
+    resp = await server.post_form("/introspect", {"token": token}, headers=resource_server.auth)
+    assert resp.status == 200
+    assert resp.body == b'{"active":false}'
+
+
+async def test_malformed_credentials_cost_no_io(
+    server: Server, resource_server: Registered
+) -> None:
+    """A wrong prefix or checksum is answered without a Redis or Postgres lookup."""
+    from introspect.metrics import METRICS
+
+    def count() -> float:
+        return METRICS.redis_calls._value.get() + METRICS.pg_queries._value.get()
+
+    bad = credentials.generate(Kind.API_KEY)[:-1] + "Z"
+    await server.post_form("/introspect", {"token": "warm"}, headers=resource_server.auth)
+    before = count()
+    for token in (bad, "x" * 600, "ikey_short"):
+        resp = await server.post_form("/introspect", {"token": token}, headers=resource_server.auth)
+        assert resp.body == b'{"active":false}'
+    assert count() == before
+
+
+async def test_audience_restricted_resource_server(server: Server, authority: Authority) -> None:
+    """A resource server with audiences sees only credentials whose aud shares one."""
+    issuer = await register(authority, audiences=("https://orders", "https://billing"))
+    orders_rs = await register(
+        authority, scopes=(), audiences=("https://orders",), can_introspect=True
+    )
+    other_rs = await register(
+        authority, scopes=(), audiences=("https://other",), can_introspect=True
+    )
+    open_rs = await register(authority, scopes=(), can_introspect=True)
+    billing_only = await token_for(server, issuer, audience="https://billing")
+    both = await token_for(server, issuer)
+
+    async def active(rs: Registered, token: str) -> bool:
+        resp = await server.post_form("/introspect", {"token": token}, headers=rs.auth)
+        return resp.json()["active"]
+
+    assert await active(orders_rs, both)
+    assert not await active(orders_rs, billing_only)
+    assert not await active(other_rs, both)
+    assert await active(open_rs, billing_only)
+
+
+async def test_disabled_owner_makes_tokens_inactive_while_disabled(
+    server: Server, authority: Authority, resource_server: Registered
+) -> None:
+    """A disabled client's tokens introspect inactive, and active again once re-enabled."""
+    client = await register(authority)
+    token = await token_for(server, client)
+
+    async def set_disabled(value: bool) -> None:
+        await authority.pool.execute(
+            "UPDATE clients SET disabled = $2 WHERE client_id = $1", client.client_id, value
+        )
+        server.authority.local.apply({"r": [client.client_id]})
+
+    async def active() -> bool:
+        resp = await server.post_form("/introspect", {"token": token}, headers=resource_server.auth)
+        return resp.json()["active"]
+
+    assert await active()
+    await set_disabled(True)
+    assert not await active()
+    await set_disabled(False)
+    assert await active()
+
+
+async def test_cached_token_turns_inactive_at_exp(
+    server: Server, authority: Authority, resource_server: Registered
+) -> None:
+    """A token cached in every layer answers inactive as soon as its exp passes."""
+    client = await register(authority, token_ttl=1)
+    token = await token_for(server, client)
+    resp = await server.post_form("/introspect", {"token": token}, headers=resource_server.auth)
+    exp = resp.json()["exp"]
+    await asyncio.sleep(max(0.0, exp - time.time()) + 0.01)  # the condition is the clock
+    resp = await server.post_form("/introspect", {"token": token}, headers=resource_server.auth)
+    assert resp.body == b'{"active":false}'

@@ -1,0 +1,83 @@
+"""No interleaving of a read-through and a revocation leaves the old state cached.
+
+Each test stops a read-through between its read and its fills (the
+`before_fill` hook), revokes the credential meanwhile, then lets the fills
+run: they must be refused, in Redis by the version check and in-process by
+the epoch check (see introspect/cache.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from introspect import credentials
+from introspect.cache import KEY_PREFIX
+from tests.helpers import Registered, Server
+
+GRANT = {"grant_type": "client_credentials"}
+
+
+class Gate:
+    """Holds the read-through for one key at the fill point until released."""
+
+    def __init__(self, key: bytes) -> None:
+        self.key = key
+        self.reached = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def __call__(self, key: bytes) -> None:
+        if key == self.key:
+            self.reached.set()
+            await self.release.wait()
+
+
+@pytest.fixture
+async def token(server: Server, app_client: Registered) -> AsyncIterator[str]:
+    """A fresh token, and the hook removed afterwards."""
+    resp = await server.post_form("/token", GRANT, headers=app_client.auth)
+    yield resp.json()["access_token"]
+    server.authority.cache.before_fill = None
+
+
+async def race(server: Server, app_client: Registered, rs: Registered, token: str) -> None:
+    """Start an introspection, revoke while it waits at its fill point, then let it finish."""
+    key = credentials.keyed_hash(server.authority.keys[0], token)
+    gate = Gate(key)
+    server.authority.cache.before_fill = gate
+    reader = asyncio.create_task(server.post_form("/introspect", {"token": token}, headers=rs.auth))
+    await asyncio.wait_for(gate.reached.wait(), 10)
+    revoked = await server.post_form("/revoke", {"token": token}, headers=app_client.auth)
+    assert revoked.status == 200
+    gate.release.set()
+    in_flight = await asyncio.wait_for(reader, 10)
+    # The read began before the revocation: it may report the old state, once.
+    assert in_flight.json()["active"] is True
+    server.authority.cache.before_fill = None
+
+
+async def test_postgres_read_before_revocation_is_not_cached(
+    server: Server, app_client: Registered, resource_server: Registered, token: str
+) -> None:
+    """A Postgres read that began before a revocation fills neither Redis nor the worker."""
+    await race(server, app_client, resource_server, token)
+    key = credentials.keyed_hash(server.authority.keys[0], token)
+    raw = await server.authority.redis.get(KEY_PREFIX + key)
+    assert raw is not None
+    assert raw.split(b"|", 1)[1] in (b"T", b"0")  # a tombstone or the inactive answer
+    resp = await server.post_form("/introspect", {"token": token}, headers=resource_server.auth)
+    assert resp.body == b'{"active":false}'
+
+
+async def test_redis_hit_before_revocation_is_not_cached_in_process(
+    server: Server, app_client: Registered, resource_server: Registered, token: str
+) -> None:
+    """A Redis hit that began before a revocation is not stored in the worker's cache."""
+    first = await server.post_form("/introspect", {"token": token}, headers=resource_server.auth)
+    assert first.json()["active"] is True  # now in Redis (and in-process)
+    server.authority.local.clear()  # so the next read is a Redis hit
+    await race(server, app_client, resource_server, token)
+    resp = await server.post_form("/introspect", {"token": token}, headers=resource_server.auth)
+    assert resp.body == b'{"active":false}'

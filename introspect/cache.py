@@ -85,6 +85,8 @@ FILL_DEADLINE = 5.0
 # Revocation is final: an inactive answer for a revoked credential can be kept long.
 REVOKED_TTL = 86_400
 ACK_TIMEOUT = 1.0
+# A change whose writer could not reach Redis is replayed by a worker within about this.
+OUTBOX_SWEEP_INTERVAL = 2
 
 # KEYS[1] the key; ARGV[1] version, ARGV[2] the value, ARGV[3] TTL in ms.
 _FILL = """
@@ -355,6 +357,7 @@ class CredentialCache:
         self.redis_ok = True
         self._fill = client.register_script(_FILL)
         self._recovering: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         # Awaited between a read and the fills it leads to: tests force interleavings here.
         self.before_fill: Callable[[bytes], Awaitable[None]] | None = None
 
@@ -439,12 +442,29 @@ class CredentialCache:
             log.info("redis reachable again")
             return
 
+    def start_sweeper(self) -> None:
+        """Replay, every few seconds, invalidations that their writer could not publish."""
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(OUTBOX_SWEEP_INTERVAL)
+            if not self.redis_ok:
+                continue  # recovery replays the outbox before Redis is trusted again
+            try:
+                await self.replay_outbox(older_than=store.now() - OUTBOX_SWEEP_INTERVAL)
+            except (RedisError, OSError) as exc:
+                self._redis_failed(exc)
+            except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("outbox sweep failed: %s", type(exc).__name__)
+
     async def close(self) -> None:
-        """Stop the recovery task, if any."""
-        if self._recovering is not None:
-            self._recovering.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._recovering
+        """Stop the background tasks, if any."""
+        for task in (self._recovering, self._sweeper):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     # --- write path ----------------------------------------------------------------------
 
@@ -513,6 +533,8 @@ class Listener:
         self._ack = ack
         self.local = local
         self.subscribed = asyncio.Event()
+        # How many times the subscription was (re)established.
+        self.subscriptions = 0
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -555,6 +577,7 @@ class Listener:
             # Messages may have been missed before this (re)subscription: start empty.
             self.local.set_state(subscribed=False)
             self.local.set_state(subscribed=True)
+            self.subscriptions += 1
             self.subscribed.set()
             return
         if kind != "message":

@@ -81,6 +81,7 @@ class Authority:
         """Subscribe to invalidations; the in-process cache is used only while subscribed."""
         self.listener = Listener(redis_url, self.local, self.redis)
         self.listener.start()
+        self.cache.start_sweeper()
 
     async def close(self) -> None:
         """Stop the listener and background tasks (the pools are closed by their owner)."""

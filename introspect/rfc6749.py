@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import hmac
 import re
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 from urllib.parse import urlsplit
 
-from introspect import credentials
+from introspect import credentials, rfc7523
 from introspect.errors import (
     InvalidClient,
     InvalidRequest,
@@ -30,7 +30,7 @@ from introspect.store import Client, now
 SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5B\x5D-\x7E]+")
 _DUMMY_HASH = b"\x00" * 32
 
-GetClient = Callable[[str], Awaitable[Client | None]]
+GetClient = rfc7523.GetClient
 
 
 def secret_matches(keys: tuple[bytes, ...], client: Client | None, secret: str) -> bool:
@@ -50,18 +50,30 @@ async def authenticate_client(
     params: dict[str, str],
     get_client: GetClient,
     keys: tuple[bytes, ...],
+    assertions: rfc7523.Assertions | None = None,
+    memo: AuthMemo | None = None,
 ) -> Client:
-    """The client that authenticated with `client_secret_basic` or `client_secret_post`.
+    """The client that authenticated with `client_secret_basic`, `client_secret_post`,
+    or (given `assertions`) RFC 7523 `private_key_jwt`.
 
     Two methods at once is `invalid_request`; none, or one that fails, is
-    `invalid_client` (401). A disabled client cannot authenticate.
+    `invalid_client` (401). A disabled client cannot authenticate. `memo`
+    remembers a Basic header that authenticated, so a resource server calling
+    again and again skips the decoding and the keyed hash.
     """
     in_body = "client_secret" in params
     if "client_assertion" in params or "client_assertion_type" in params:
-        raise InvalidClient("private_key_jwt is not enabled for this client")
+        if authorization is not None or in_body:
+            raise InvalidRequest("more than one client authentication method")
+        if assertions is None:
+            raise InvalidClient("private_key_jwt is not enabled here")
+        return await rfc7523.authenticate(params, get_client, assertions)
     if authorization is not None:
         if in_body:
             raise InvalidRequest("more than one client authentication method")
+        known = memo.recall(authorization) if memo is not None else None
+        if known is not None and params.get("client_id", known.client_id) == known.client_id:
+            return known
         client_id, secret = parse_basic(authorization)
         if params.get("client_id", client_id) != client_id:
             raise InvalidRequest("client_id does not match the authenticated client")
@@ -77,7 +89,19 @@ async def authenticate_client(
     client = await get_client(client_id)
     if not secret_matches(keys, client, secret) or client is None or client.disabled:
         raise InvalidClient("client authentication failed")
+    if memo is not None and authorization is not None:
+        memo.remember(authorization, client)
     return client
+
+
+class AuthMemo(Protocol):
+    """Remembers Authorization headers that authenticated, for as long as their client holds."""
+
+    def recall(self, authorization: str) -> Client | None:
+        """The client a remembered header authenticated, if its record is unchanged."""
+
+    def remember(self, authorization: str, client: Client) -> None:
+        """Remember that `authorization` authenticated `client`."""
 
 
 @dataclass(frozen=True, slots=True)

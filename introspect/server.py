@@ -43,26 +43,40 @@ async def apply_migrations(database_url: str) -> list[str]:
 
 
 async def _worker_main(settings: Settings, database_url: str, redis_url: str) -> None:
-    from introspect.app import create_app  # imported in the worker, after metrics are set up
+    from introspect.app import create_admin_app, create_app  # in the worker, after metrics setup
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     app = create_app(settings, database_url, redis_url)
+    access_log = logging.getLogger("introspect.access") if settings.access_log else None
     runner = web.AppRunner(
         app,
-        access_log=logging.getLogger("introspect.access") if settings.access_log else None,
+        access_log=access_log,
         shutdown_timeout=SHUTDOWN_TIMEOUT,
         handle_signals=False,
     )
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, reuse_port=True, backlog=1024)
     await site.start()
+    runners = [runner]
+    if settings.admin_port is not None:
+        # The admin API on its own port, over this worker's Authority (started above).
+        admin_runner = web.AppRunner(
+            create_admin_app(settings, app),
+            access_log=access_log,
+            shutdown_timeout=SHUTDOWN_TIMEOUT,
+            handle_signals=False,
+        )
+        await admin_runner.setup()
+        await web.TCPSite(admin_runner, settings.host, settings.admin_port, reuse_port=True).start()
+        runners.insert(0, admin_runner)
     log.info("worker %d listening", os.getpid())
     await stop.wait()
     log.info("worker %d draining", os.getpid())
-    await runner.cleanup()
+    for each in runners:  # the admin app first: it borrows the main app's Authority
+        await each.cleanup()
 
 
 def _worker(settings: Settings, database_url: str, redis_url: str) -> None:
@@ -108,8 +122,9 @@ def serve(settings: Settings, *, workers: int, run_migrations: bool = True) -> i
                 proc.start()
                 procs.append(proc)
             where = "embedded postgres and redis" if found.embedded else "configured stores"
+            admin = "" if settings.admin_port is None else f", admin API on :{settings.admin_port}"
             print(
-                f"introspect serving {settings.issuer} on {settings.host}:{settings.port}"
+                f"introspect serving {settings.issuer} on {settings.host}:{settings.port}{admin}"
                 f" with {workers} worker(s), {where}; Ctrl-C stops",
                 file=sys.stderr,
                 flush=True,

@@ -13,14 +13,14 @@ from __future__ import annotations
 import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import asyncpg
 import redis.asyncio as redis
 
-from introspect import credentials, store
+from introspect import credentials, rfc7523, rfc8414, rfc9068, rfc9701, signing, store
 from introspect.cache import Announced, CredentialCache, Entry, Invalidation, Listener, LocalCache
 from introspect.config import Settings
 from introspect.credentials import Kind
@@ -71,6 +71,11 @@ class Authority:
             negative_ttl=settings.negative_cache_ttl,
         )
         self.listener: Listener | None = None
+        self.keyring = signing.Keyring(pool, settings.secrets)
+        self.assertions = rfc7523.Assertions(
+            audiences=frozenset([self.issuer, *rfc8414.endpoints(self.issuer).values()]),
+            first_use=self.first_use_of_assertion,
+        )
 
     @property
     def issuer(self) -> str:
@@ -109,9 +114,15 @@ class Authority:
         return client is None or client.disabled
 
     async def lookup(self, token: str) -> Entry:
-        """The cache entry for a presented opaque credential; malformed ones cost no I/O."""
+        """The cache entry for a presented credential, opaque or JWT; malformed ones cost no I/O.
+
+        A JWT is verified locally first (RFC 9068 §4), then looked up like an
+        opaque credential, by the keyed hash of the whole string.
+        """
         kind = credentials.parse(token)
-        if kind is not Kind.ACCESS_TOKEN and kind is not Kind.API_KEY:
+        if (kind is not Kind.ACCESS_TOKEN and kind is not Kind.API_KEY) and (
+            kind is not None or await self.jwt_claims(token) is None
+        ):
             return _INACTIVE
         hashes = [credentials.keyed_hash(key, token) for key in self.keys]
         primary = hashes[0]
@@ -129,6 +140,33 @@ class Authority:
 
         return await self.cache.lookup(primary, load)
 
+    async def jwt_claims(self, token: str) -> dict[str, Any] | None:
+        """The claims of a live JWT access token signed by one of our published keys, or None."""
+        found = rfc9068.header(token)
+        if found is None:
+            return None
+        alg, kid = found
+        key = await self.keyring.verification_key(kid)
+        if key is None:
+            return None
+        return rfc9068.verify(token, key, alg, self.issuer)
+
+    async def first_use_of_assertion(self, client_id: str, jti: str, until: int) -> bool:
+        """RFC 7523 §3: remember a client assertion's `jti` until `until`; False when seen before.
+
+        SET NX in Redis, which every worker shares: a replay on any of them fails.
+        """
+        key = b"introspect:jti:" + credentials.keyed_hash(self.keys[0], f"{client_id}\x00{jti}")
+        METRICS.redis_calls.inc()
+        return bool(await self.redis.set(key, b"1", nx=True, exat=until))
+
+    async def sign_introspection(self, caller: Client, answer: bytes) -> bytes:
+        """RFC 9701 §5: `answer` as a JWT signed for `caller`."""
+        iat = store.now()
+        claims = rfc9701.response_claims(answer, self.issuer, caller.client_id, iat)
+        signed = await self.keyring.sign(claims, rfc9701.TYP, iat + rfc9701.VERIFY_WINDOW)
+        return signed.encode()
+
     # --- changes -----------------------------------------------------------------------------
 
     async def change(
@@ -141,13 +179,31 @@ class Authority:
         return result, await self.cache.announce(invalidation, outbox_id)
 
     async def issue_access_token(self, client: Client, grant: Grant) -> tuple[str, int]:
-        """Store and return a new opaque access token for `client`, and its lifetime."""
-        token = credentials.generate(Kind.ACCESS_TOKEN)
+        """Store and return a new access token for `client` in its format, and its lifetime.
+
+        A JWT (RFC 9068) is stored like an opaque token: by the keyed hash of
+        the whole string, its `jti` as the credential id.
+        """
+        credential_id = new_id("tok")
         iat = store.now()
+        exp = iat + client.token_ttl
+        if client.token_format == "jwt":
+            claims = rfc9068.access_token_claims(
+                issuer=self.issuer,
+                client_id=client.client_id,
+                scopes=grant.scopes,
+                audiences=grant.audiences,
+                jti=credential_id,
+                iat=iat,
+                exp=exp,
+            )
+            token = await self.keyring.sign(claims, rfc9068.TYP, exp)
+        else:
+            token = credentials.generate(Kind.ACCESS_TOKEN)
         METRICS.pg_queries.inc()
         await store.insert_credential(
             self.pool,
-            credential_id=new_id("tok"),
+            credential_id=credential_id,
             kind=Kind.ACCESS_TOKEN.value,
             hash_=credentials.keyed_hash(self.keys[0], token),
             client_id=client.client_id,
@@ -155,33 +211,44 @@ class Authority:
             scopes=list(grant.scopes),
             audiences=list(grant.audiences),
             iat=iat,
-            exp=iat + client.token_ttl,
+            exp=exp,
+            fmt=client.token_format,
         )
         METRICS.tokens_issued.inc()
         return token, client.token_ttl
 
-    async def revoke_where(self, actor: str, where: str, *args: Any) -> Revoked:
-        """Revoke every live credential matching `where` (SQL over $2...), audited."""
+    async def revoke_where(
+        self,
+        actor: str,
+        where: str,
+        *args: Any,
+        clients: Sequence[str] = (),
+        subs: Sequence[str] = (),
+    ) -> Revoked:
+        """Revoke every live credential matching `where` (SQL over $2...), audited.
+
+        `clients` or `subs` name whose credentials all match (by client or by
+        subject): the one message then drops them in O(1) instead of key by key.
+        """
 
         async def apply(conn: asyncpg.Connection) -> tuple[int, Invalidation]:
-            rows = await store.revoke_credentials(conn, where, *args)
-            for credential_id, _hash, _version in rows:
-                await store.audit(
-                    conn,
-                    actor=actor,
-                    action="credential.revoke",
-                    target_kind="api_key" if credential_id.startswith("key_") else "access_token",
-                    target_id=credential_id,
-                )
+            rows = await revoke_in(conn, actor, where, *args)
+            if clients or subs:
+                tombstones = [(key, version) for _id, key, version in rows]
+                bulk = Invalidation(tombstones=tombstones, clients=[*clients], subs=[*subs])
+                return len(rows), bulk
             return len(rows), Invalidation.for_credentials(rows)
 
         count, announced = await self.change(apply)
         return Revoked(count=count, announced=announced)
 
     async def revoke_presented(self, token: str, actor: str, owner: str | None) -> Revoked:
-        """Revoke a presented credential (owned by `owner` when given): RFC 7009 and admin."""
+        """Revoke a presented credential, opaque or JWT (owned by `owner` when given):
+        RFC 7009 and admin."""
         kind = credentials.parse(token)
-        if kind is not Kind.ACCESS_TOKEN and kind is not Kind.API_KEY:
+        if (kind is not Kind.ACCESS_TOKEN and kind is not Kind.API_KEY) and (
+            kind is not None or await self.jwt_claims(token) is None
+        ):
             return Revoked(count=0, announced=Announced(listeners=0, pending=False))
         hashes = [credentials.keyed_hash(key, token) for key in self.keys]
         if owner is None:
@@ -232,6 +299,15 @@ class Authority:
 
         client, _ = await self.change(apply)
         return client, secret
+
+
+async def revoke_in(
+    conn: asyncpg.Connection, actor: str, where: str, *args: Any
+) -> list[tuple[str, bytes, int]]:
+    """Revoke and audit the live credentials matching `where`, in the caller's transaction."""
+    rows = await store.revoke_credentials(conn, where, *args)
+    await store.audit_revoked(conn, actor, rows)
+    return rows
 
 
 @contextlib.asynccontextmanager

@@ -314,11 +314,12 @@ async def revoke_credentials(
 
 async def add_outbox(conn: asyncpg.Connection, message: bytes) -> int:
     """Record an invalidation in the change's own transaction; returns its id."""
-    return await conn.fetchval(
+    outbox_id: int = await conn.fetchval(
         "INSERT INTO invalidation_outbox (message, created_at) VALUES ($1, $2) RETURNING id",
         message,
         now(),
     )
+    return outbox_id
 
 
 async def delete_outbox(conn: asyncpg.Pool | asyncpg.Connection, ids: list[int]) -> None:
@@ -360,4 +361,234 @@ async def audit(
         target_kind,
         target_id,
         orjson.dumps(details or {}).decode(),
+    )
+
+
+# --- admin ---------------------------------------------------------------------------------
+
+AUDIT_COLUMNS = "id, at, actor, action, target_kind, target_id, details"
+# The columns an admin change may set; values are always bound parameters.
+CLIENT_MUTABLE = frozenset(CLIENT_COLUMNS.split(", ")) - {"client_id", "created_at", "updated_at"}
+CREDENTIAL_MUTABLE = frozenset({"scopes", "audiences", "exp", "metadata"})
+_JSON_COLUMNS = frozenset({"jwks", "metadata"})
+
+
+def _assignments(changes: dict[str, Any], allowed: frozenset[str], first: int) -> tuple[str, list]:
+    """`col = $n, ...` for `changes` (column names checked against `allowed`), and the values."""
+    parts, values = [], []
+    for n, (column, value) in enumerate(changes.items(), start=first):
+        if column not in allowed:
+            raise ValueError(f"not a mutable column: {column}")
+        parts.append(f"{column} = ${n}")
+        dumped = column in _JSON_COLUMNS and value is not None
+        values.append(orjson.dumps(value).decode() if dumped else value)
+    return ", ".join(parts), values
+
+
+def _where(filters: list[tuple[str, Any]]) -> tuple[str, list[Any]]:
+    """` WHERE a AND b` from (condition with `{}` for its one parameter, value) pairs."""
+    parts, values = [], []
+    for condition, value in filters:
+        values.append(value)
+        parts.append(condition.format(f"${len(values)}"))
+    return (" WHERE " + " AND ".join(parts) if parts else ""), values
+
+
+async def insert_admin_key(
+    conn: asyncpg.Connection, *, key_id: str, name: str, hash_: bytes
+) -> None:
+    """Store a new admin key (its hash only)."""
+    await conn.execute(
+        "INSERT INTO admin_keys (id, name, hash, created_at) VALUES ($1, $2, $3, $4)",
+        key_id,
+        name,
+        hash_,
+        now(),
+    )
+
+
+async def find_admin_key(
+    conn: asyncpg.Pool | asyncpg.Connection, hashes: list[bytes]
+) -> str | None:
+    """The id of the live admin key stored under any of `hashes`, or None."""
+    return await conn.fetchval(
+        "SELECT id FROM admin_keys WHERE hash = ANY($1::bytea[]) AND revoked_at IS NULL", hashes
+    )
+
+
+async def list_clients(
+    conn: asyncpg.Pool | asyncpg.Connection, *, limit: int, after: tuple[int, str] | None
+) -> list[Client]:
+    """Clients in creation order, after the (created_at, client_id) of the previous page."""
+    where, values = _where([] if after is None else [("(created_at, client_id) > {}", after)])
+    records = await conn.fetch(
+        f"SELECT {CLIENT_COLUMNS} FROM clients{where}"
+        f" ORDER BY created_at, client_id LIMIT ${len(values) + 1}",
+        *values,
+        limit,
+    )
+    return [client_from_record(r, ()) for r in records]
+
+
+async def lock_client(conn: asyncpg.Connection, client_id: str) -> Client | None:
+    """A client's row, locked for the rest of the transaction (its secrets are not read)."""
+    record = await conn.fetchrow(
+        f"SELECT {CLIENT_COLUMNS} FROM clients WHERE client_id = $1 FOR UPDATE", client_id
+    )
+    return None if record is None else client_from_record(record, ())
+
+
+async def update_client(
+    conn: asyncpg.Connection, client_id: str, changes: dict[str, Any]
+) -> Client:
+    """Apply `changes` (column: value) to a client; returns it without its secrets."""
+    sets, values = _assignments(changes, CLIENT_MUTABLE, first=3)
+    record = await conn.fetchrow(
+        f"UPDATE clients SET {sets}, updated_at = $2 WHERE client_id = $1"
+        f" RETURNING {CLIENT_COLUMNS}",
+        client_id,
+        now(),
+        *values,
+    )
+    return client_from_record(record, ())
+
+
+async def rotate_client_secret(
+    conn: asyncpg.Connection, client_id: str, *, secret_hash: bytes, grace_until: int, keep: int
+) -> None:
+    """Add a new current secret; the current ones live on until `grace_until`.
+
+    At most `keep` secrets stay in grace (the newest); dead ones are deleted.
+    """
+    t = now()
+    await conn.execute(
+        "UPDATE client_secrets SET expires_at = $2 WHERE client_id = $1 AND expires_at IS NULL",
+        client_id,
+        grace_until,
+    )
+    await conn.execute(
+        "INSERT INTO client_secrets (client_id, secret_hash, created_at) VALUES ($1, $2, $3)",
+        client_id,
+        secret_hash,
+        t,
+    )
+    await conn.execute(
+        "DELETE FROM client_secrets WHERE client_id = $1 AND expires_at IS NOT NULL"
+        " AND (expires_at <= $2 OR id NOT IN (SELECT id FROM client_secrets"
+        "  WHERE client_id = $1 AND expires_at > $2 ORDER BY id DESC LIMIT $3))",
+        client_id,
+        t,
+        keep,
+    )
+
+
+async def delete_client_secrets(conn: asyncpg.Connection, client_id: str) -> None:
+    """Forget every secret of a client (it is being deleted)."""
+    await conn.execute("DELETE FROM client_secrets WHERE client_id = $1", client_id)
+
+
+async def get_credential(
+    conn: asyncpg.Pool | asyncpg.Connection, credential_id: str, *, lock: bool = False
+) -> Credential | None:
+    """A credential by id, optionally locked for the rest of the transaction."""
+    record = await conn.fetchrow(
+        f"SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE id = $1"
+        + (" FOR UPDATE" if lock else ""),
+        credential_id,
+    )
+    return None if record is None else credential_from_record(record)
+
+
+async def update_credential(
+    conn: asyncpg.Connection, credential_id: str, changes: dict[str, Any]
+) -> tuple[str, bytes, int]:
+    """Apply `changes` to a credential under a fresh version; returns (id, hash, version)."""
+    sets, values = _assignments(changes, CREDENTIAL_MUTABLE, first=2)
+    record = await conn.fetchrow(
+        f"UPDATE credentials SET {sets}, version = nextval('change_version') WHERE id = $1"
+        " RETURNING id, hash, version",
+        credential_id,
+        *values,
+    )
+    return record["id"], bytes(record["hash"]), record["version"]
+
+
+async def list_credentials(
+    conn: asyncpg.Pool | asyncpg.Connection,
+    *,
+    client_id: str | None,
+    sub: str | None,
+    kind: str | None,
+    active: bool | None,
+    limit: int,
+    after: str | None,
+) -> list[Credential]:
+    """Credentials in id order after `after`, filtered by each criterion given."""
+    live = "(revoked_at IS NULL AND (exp IS NULL OR exp > {}))"
+    filters: list[tuple[str, Any]] = [
+        (condition, value)
+        for condition, value in (
+            ("client_id = {}", client_id),
+            ("sub = {}", sub),
+            ("kind = {}", kind),
+            ("id > {}", after),
+        )
+        if value is not None
+    ]
+    if active is not None:
+        filters.append((live if active else f"NOT {live}", now()))
+    where, values = _where(filters)
+    records = await conn.fetch(
+        f"SELECT {CREDENTIAL_COLUMNS} FROM credentials{where} ORDER BY id LIMIT ${len(values) + 1}",
+        *values,
+        limit,
+    )
+    return [credential_from_record(r) for r in records]
+
+
+async def list_audit(
+    conn: asyncpg.Pool | asyncpg.Connection,
+    *,
+    action: str | None,
+    target_id: str | None,
+    actor: str | None,
+    limit: int,
+    before: int | None,
+) -> list[dict[str, Any]]:
+    """Audit entries, newest first, older than the id `before`, filtered by each criterion."""
+    where, values = _where(
+        [
+            (condition, value)
+            for condition, value in (
+                ("action = {}", action),
+                ("target_id = {}", target_id),
+                ("actor = {}", actor),
+                ("id < {}", before),
+            )
+            if value is not None
+        ]
+    )
+    records = await conn.fetch(
+        f"SELECT {AUDIT_COLUMNS} FROM audit_log{where} ORDER BY id DESC LIMIT ${len(values) + 1}",
+        *values,
+        limit,
+    )
+    return [{**dict(r), "details": orjson.loads(r["details"])} for r in records]
+
+
+async def audit_revoked(
+    conn: asyncpg.Connection, actor: str, revoked: list[tuple[str, bytes, int]]
+) -> None:
+    """One `credential.revoke` entry per revoked (id, hash, version), in one statement."""
+    if not revoked:
+        return
+    ids = [credential_id for credential_id, _hash, _version in revoked]
+    await conn.execute(
+        "INSERT INTO audit_log (at, actor, action, target_kind, target_id)"
+        " SELECT $1, $2, 'credential.revoke',"
+        "  CASE WHEN c.kind = 'api_key' THEN 'api_key' ELSE 'access_token' END, c.id"
+        " FROM credentials c WHERE c.id = ANY($3::text[]) ORDER BY c.id",
+        now(),
+        actor,
+        ids,
     )

@@ -22,6 +22,7 @@ import orjson
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from introspect import admin
 from introspect.app import create_app
 from introspect.config import Settings
 from introspect.service import Authority
@@ -178,3 +179,28 @@ async def eventually(check: Callable[[], Awaitable[bool]], within: float = 10.0)
     while not await check():
         assert time.monotonic() < deadline, "condition not reached in time"
         await asyncio.sleep(0.02)
+
+
+@dataclass(frozen=True)
+class AdminAPI:
+    """The admin API of a test server, called with an admin key of its own."""
+
+    server: Server
+    key_id: str
+    key: str
+
+    async def call(self, method: str, path: str, body: Any = None, **kw: Any) -> Answer:
+        """`method /admin{path}` with the bearer key, and `body` as JSON when given."""
+        headers = {"Authorization": f"Bearer {self.key}", **kw.pop("headers", {})}
+        if body is not None:
+            kw["data"] = orjson.dumps(body)
+            headers.setdefault("Content-Type", "application/json")
+        return await self.server.request(method, "/admin" + path, headers=headers, **kw)
+
+
+async def admin_api(server: Server) -> AdminAPI:
+    """A fresh admin key for `server`'s admin API."""
+    minted = await admin.create_admin_key(
+        server.authority, "test", {"name": "t-" + secrets.token_hex(4)}
+    )
+    return AdminAPI(server, minted["id"], minted["key"])

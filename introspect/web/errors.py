@@ -82,6 +82,5 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         response = json_response(
             {"error": "server_error", "error_description": "internal error"}, 500
         )
-    METRICS.requests.labels(name, str(response.status)).inc()
-    METRICS.latency.labels(name).observe(time.perf_counter() - started)
+    METRICS.request(name, response.status, time.perf_counter() - started)
     return response

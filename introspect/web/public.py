@@ -12,7 +12,7 @@ import asyncpg
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from introspect import forms, metrics, rfc6749, rfc7662, rfc8414
+from introspect import forms, metrics, rfc6749, rfc7662, rfc8414, rfc9701, signing
 from introspect.errors import InvalidRequest
 from introspect.store import Client
 from introspect.web.errors import json_response
@@ -37,7 +37,12 @@ async def authenticated(request: web.Request, params: dict[str, str]) -> Client:
     """The client that authenticated this request (RFC 6749 §2.3)."""
     authority = request.app[AUTHORITY]
     return await rfc6749.authenticate_client(
-        request.headers.get("Authorization"), params, authority.get_client, authority.keys
+        request.headers.get("Authorization"),
+        params,
+        authority.get_client,
+        authority.keys,
+        authority.assertions,
+        authority.local,
     )
 
 
@@ -63,6 +68,9 @@ async def introspect(request: web.Request) -> web.Response:
     authority = request.app[AUTHORITY]
     entry = await authority.lookup(presented)
     body = await rfc7662.decide(caller, entry, authority.owner_disabled)
+    if rfc9701.wants_jwt(request.headers.get("Accept")):
+        signed = await authority.sign_introspection(caller, body)
+        return web.Response(body=signed, content_type=rfc9701.MEDIA_TYPE, headers=NO_STORE)
     return web.Response(body=body, content_type="application/json", headers=NO_STORE)
 
 
@@ -90,9 +98,11 @@ async def discovery(request: web.Request) -> web.Response:
 
 
 @routes.get("/jwks.json")
-async def jwks(_request: web.Request) -> web.Response:
-    """RFC 7517: the public signing keys (none until JWT access tokens are enabled)."""
-    return json_response({"keys": []})
+async def jwks(request: web.Request) -> web.Response:
+    """RFC 7517 §5: every published signing key, including those not signing yet."""
+    body = await request.app[AUTHORITY].keyring.jwks()
+    cache = {"Cache-Control": f"public, max-age={signing.JWKS_MAX_AGE}"}
+    return web.Response(body=body, content_type="application/json", headers=cache)
 
 
 @routes.get("/healthz")

@@ -72,7 +72,7 @@ async def test_malformed_credentials_cost_no_io(
     from introspect.metrics import METRICS
 
     def count() -> float:
-        return METRICS.redis_calls._value.get() + METRICS.pg_queries._value.get()
+        return METRICS.redis_calls.value() + METRICS.pg_queries.value()
 
     bad = credentials.generate(Kind.API_KEY)[:-1] + "Z"
     await server.post_form("/introspect", {"token": "warm"}, headers=resource_server.auth)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hmac
 import string
+import zlib
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -59,3 +61,20 @@ def test_keyed_hash_is_verified_only_under_its_key(key: bytes, value: str) -> No
     assert len(stored) == 32
     assert credentials.verify_hash((b"another-key-0123456789", key), value, stored)
     assert not credentials.verify_hash((key + b"x",), value, stored)
+
+
+@given(st.binary(min_size=1, max_size=100), st.text(max_size=200))
+def test_keyed_hash_is_hmac_sha256(key: bytes, value: str) -> None:
+    """The keyed hash is exactly HMAC-SHA256 (RFC 2104), for short and long keys alike."""
+    expected = hmac.digest(key, value.encode("utf-8", "surrogatepass"), "sha256")
+    assert credentials.keyed_hash(key, value) == expected
+
+
+@given(st.text(alphabet=credentials.ALPHABET + "_", max_size=60))
+def test_checksum_is_base62_crc32(text: str) -> None:
+    """The checksum is CRC32 written as six base62 digits, most significant first."""
+    digits = credentials.checksum(text)
+    value = 0
+    for char in digits:
+        value = value * 62 + credentials.ALPHABET.index(char)
+    assert value == zlib.crc32(text.encode("ascii"))

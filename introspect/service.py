@@ -21,7 +21,15 @@ import asyncpg
 import redis.asyncio as redis
 
 from introspect import credentials, rfc7523, rfc8414, rfc9068, rfc9701, signing, store
-from introspect.cache import Announced, CredentialCache, Entry, Invalidation, Listener, LocalCache
+from introspect.cache import (
+    Announced,
+    Coalescer,
+    CredentialCache,
+    Entry,
+    Invalidation,
+    Listener,
+    LocalCache,
+)
 from introspect.config import Settings
 from introspect.credentials import Kind
 from introspect.metrics import METRICS
@@ -71,6 +79,8 @@ class Authority:
             negative_ttl=settings.negative_cache_ttl,
         )
         self.listener: Listener | None = None
+        # Postgres lookups of one event-loop iteration share one query.
+        self._finds: Coalescer[tuple[bytes, ...], store.Credential] = Coalescer(self._find_many)
         self.keyring = signing.Keyring(pool, settings.secrets)
         self.assertions = rfc7523.Assertions(
             audiences=frozenset([self.issuer, *rfc8414.endpoints(self.issuer).values()]),
@@ -128,8 +138,7 @@ class Authority:
         primary = hashes[0]
 
         async def load() -> Entry:
-            METRICS.pg_queries.inc()
-            found = await store.find_credential(self.pool, hashes)
+            found = await self._finds.get(tuple(hashes))
             entry = entry_for(found, self.issuer)
             if found is not None and found.hash != primary:
                 # Stored under an older server secret: move it to the current one,
@@ -139,6 +148,21 @@ class Authority:
             return entry
 
         return await self.cache.lookup(primary, load)
+
+    async def _find_many(
+        self, wanted: list[tuple[bytes, ...]]
+    ) -> dict[tuple[bytes, ...], store.Credential]:
+        """The credentials of several lookups (each one hash per server secret), in one query."""
+        METRICS.pg_queries.inc()
+        found = await store.find_credentials(self.pool, [h for hashes in wanted for h in hashes])
+        by_hash = {credential.hash: credential for credential in found}
+        out = {}
+        for hashes in wanted:
+            for h in hashes:
+                if h in by_hash:
+                    out[hashes] = by_hash[h]
+                    break
+        return out
 
     async def jwt_claims(self, token: str) -> dict[str, Any] | None:
         """The claims of a live JWT access token signed by one of our published keys, or None."""

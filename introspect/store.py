@@ -237,14 +237,14 @@ async def insert_client(
 # --- credentials ---------------------------------------------------------------------------
 
 
-async def find_credential(
+async def find_credentials(
     conn: asyncpg.Pool | asyncpg.Connection, hashes: list[bytes]
-) -> Credential | None:
-    """The credential stored under any of `hashes` (one per server secret), or None."""
-    record = await conn.fetchrow(
+) -> list[Credential]:
+    """The credentials stored under any of `hashes`, in one query."""
+    records = await conn.fetch(
         f"SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE hash = ANY($1::bytea[])", hashes
     )
-    return None if record is None else credential_from_record(record)
+    return [credential_from_record(record) for record in records]
 
 
 async def rehash(

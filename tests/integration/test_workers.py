@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
+from introspect.admin import create_admin_key
 from introspect.config import Settings
 from introspect.service import Authority
 from tests.helpers import Registered, register, serve_subprocess
@@ -67,3 +68,34 @@ async def test_no_worker_answers_active_after_revoke_returns(
             late = [body for sent, body in answers + after if sent > returned]
             assert late, "some introspections must start after the revocation returned"
             assert all(body == {"active": False} for body in late)
+
+
+async def test_api_key_patch_is_seen_by_every_worker_at_once(
+    base: str, authority: Authority
+) -> None:
+    """After PATCH of an API key's scopes returns, every worker answers the new scopes."""
+    admin_key = (await create_admin_key(authority, "test", {"name": "workers"}))["key"]
+    bearer = {"Authorization": f"Bearer {admin_key}"}
+    rs = await register(authority, scopes=(), can_introspect=True)
+    connector = aiohttp.TCPConnector(limit=64, force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        async with http.post(
+            f"{base}/admin/api-keys",
+            json={"sub": "patched-user", "scopes": ["old"]},
+            headers=bearer,
+        ) as resp:
+            assert resp.status == 201, await resp.text()
+            created = await resp.json()
+        form = {"token": created["key"]}
+        warm = await asyncio.gather(
+            *(post(http, f"{base}/introspect", form, rs) for _ in range(30))
+        )
+        assert all(body["scope"] == "old" for _, body in warm)
+        async with http.patch(
+            f"{base}/admin/api-keys/{created['id']}", json={"scopes": ["new"]}, headers=bearer
+        ) as resp:
+            assert resp.status == 200, await resp.text()
+        after = await asyncio.gather(
+            *(post(http, f"{base}/introspect", form, rs) for _ in range(60))
+        )
+        assert all(body["scope"] == "new" for _, body in after)

@@ -447,8 +447,18 @@ class CredentialCache:
 
     # --- read path -----------------------------------------------------------------------
 
-    async def lookup(self, key: bytes, load: Callable[[], Awaitable[Entry]]) -> Entry:
-        """The entry for `key`: in-process, else Redis, else `load()` from Postgres."""
+    async def lookup(
+        self,
+        key: bytes,
+        load: Callable[[], Awaitable[Entry]],
+        admit: Callable[[], Awaitable[bool]] | None = None,
+    ) -> Entry:
+        """The entry for `key`: in-process, else Redis, else `load()` from Postgres.
+
+        `admit`, when given, is asked after an in-process miss whether the
+        lookup may go on (a JWT's signature check): an in-process entry was
+        only ever stored after this worker admitted the very same string.
+        """
         local = self.local
         entry = local.get(key, time.monotonic())
         if entry is not None:
@@ -456,6 +466,8 @@ class CredentialCache:
             return entry
         epoch = local.epoch
         METRICS.cache_miss("local")
+        if admit is not None and not await admit():
+            return Entry(answer=None, cacheable=False)
         if self.redis_ok:
             raw = await self._redis_get(key)
             if raw is not None:

@@ -130,10 +130,14 @@ class Authority:
         opaque credential, by the keyed hash of the whole string.
         """
         kind = credentials.parse(token)
-        if (kind is not Kind.ACCESS_TOKEN and kind is not Kind.API_KEY) and (
-            kind is not None or await self.jwt_claims(token) is None
-        ):
-            return _INACTIVE
+        admit = None
+        if kind is not Kind.ACCESS_TOKEN and kind is not Kind.API_KEY:
+            if kind is not None or rfc9068.header(token) is None:
+                return _INACTIVE
+
+            async def admit() -> bool:
+                return await self.jwt_claims(token) is not None
+
         hashes = [credentials.keyed_hash(key, token) for key in self.keys]
         primary = hashes[0]
 
@@ -147,7 +151,7 @@ class Authority:
                 entry.cacheable = False
             return entry
 
-        return await self.cache.lookup(primary, load)
+        return await self.cache.lookup(primary, load, admit)
 
     async def _find_many(
         self, wanted: list[tuple[bytes, ...]]

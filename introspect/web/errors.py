@@ -15,6 +15,8 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 from redis.exceptions import RedisError
 
 from introspect.errors import AdminError, OAuth2Error
@@ -65,6 +67,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         response = oauth_error_response(exc)
     except AdminError as exc:
         response = json_response(exc.body(), exc.status)
+    except (HttpProcessingError, RequestPayloadError):
+        # A body aiohttp could not read (bad chunking, undecodable content-encoding).
+        response = json_response(
+            {"error": "invalid_request", "error_description": "the request body is malformed"},
+            400,
+        )
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -32,6 +32,8 @@ BODIES: list[tuple[str, bytes, dict[str, str]]] = [
     ("SQL-looking hint", b"token=x&token_type_hint=%27+OR+1%3D1--", FORM),
     ("only separators", b"&&&===&", FORM),
     ("percent garbage", b"token=%zz%", FORM),
+    ("undecodable gzip", b"not gzip at all", {**FORM, "Content-Encoding": "gzip"}),
+    ("undecodable deflate", b"not deflate", {**FORM, "Content-Encoding": "deflate"}),
 ]
 
 

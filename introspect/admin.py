@@ -52,6 +52,7 @@ MAX_SCOPE = 128
 MAX_ITEMS = 100
 MAX_METADATA = 4096
 MAX_JWKS = 16384
+MAX_DEPTH = 32
 MAX_TOKEN_TTL = 366 * 86_400
 MAX_LIFETIME = 10 * 366 * 86_400
 MAX_GRACE = 30 * 86_400
@@ -64,6 +65,8 @@ MAX_PAGE = 500
 SELECTORS = ("token", "id", "jti", "client_id", "sub")
 
 _ID_BODY = re.compile(r"[0-9A-Za-z]{22}")
+# RFC 7518 §6: the members that carry private or symmetric key material.
+_PRIVATE_JWK_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 
 
 # --- validation ----------------------------------------------------------------------------
@@ -142,20 +145,21 @@ def _token_format(value: object, field: str) -> str:
     return str(value)
 
 
-def _holds_nul(value: object) -> bool:
-    """Whether any string (or key) in a JSON value holds NUL, which Postgres cannot store."""
-    stack = [value]
+def _check_nesting(value: object, field: str) -> None:
+    """No string (or key) holds NUL, which Postgres cannot store; nesting stays shallow."""
+    stack = [(value, 0)]
     while stack:
-        item = stack.pop()
+        item, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise Invalid(f"{field}: nested more than {MAX_DEPTH} levels deep")
         if isinstance(item, str):
             if "\x00" in item:
-                return True
+                raise Invalid(f"{field}: must not hold NUL characters")
         elif isinstance(item, dict):
-            stack.extend(item)
-            stack.extend(item.values())
+            stack.extend((k, depth) for k in item)
+            stack.extend((v, depth + 1) for v in item.values())
         elif isinstance(item, list):
-            stack.extend(item)
-    return False
+            stack.extend((v, depth + 1) for v in item)
 
 
 def _json_object(value: object, field: str, max_bytes: int) -> dict[str, Any] | None:
@@ -164,10 +168,9 @@ def _json_object(value: object, field: str, max_bytes: int) -> dict[str, Any] | 
         return None
     if not isinstance(value, dict):
         raise Invalid(f"{field}: must be a JSON object")
+    _check_nesting(value, field)
     if len(orjson.dumps(value)) > max_bytes:
         raise Invalid(f"{field}: must be at most {max_bytes} bytes as compact JSON")
-    if _holds_nul(value):
-        raise Invalid(f"{field}: must not hold NUL characters")
     return value
 
 
@@ -176,6 +179,7 @@ def _metadata(value: object, field: str) -> dict[str, Any] | None:
 
 
 def _jwks(value: object, field: str) -> dict[str, Any] | None:
+    """A JWK Set of public keys (for private_key_jwt), or null."""
     jwks = _json_object(value, field, MAX_JWKS)
     if jwks is not None:
         keys = jwks.get("keys")
@@ -183,6 +187,8 @@ def _jwks(value: object, field: str) -> dict[str, Any] | None:
             isinstance(k, dict) and isinstance(k.get("kty"), str) for k in keys
         ):
             raise Invalid(f"{field}: must be a JWK Set: keys, an array of JWKs with kty")
+        if any(_PRIVATE_JWK_MEMBERS.intersection(k) for k in keys):
+            raise Invalid(f"{field}: must hold public keys only (no private key members)")
     return jwks
 
 
@@ -249,7 +255,7 @@ def _query(query: Mapping[str, str], filters: Sequence[str]) -> tuple[int, dict[
     raw = query.get("limit")
     limit = DEFAULT_PAGE
     if raw is not None:
-        if not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= MAX_PAGE):
+        if not (len(raw) <= 3 and raw.isascii() and raw.isdigit() and 1 <= int(raw) <= MAX_PAGE):
             raise Invalid(f"limit: must be an integer from 1 to {MAX_PAGE}")
         limit = int(raw)
     return limit, {name: _text(query[name], name) for name in filters if name in query}

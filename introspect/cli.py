@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 import orjson
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from introspect import admin, logs, runtime, signing
 from introspect.config import ConfigError, Settings, load_settings
@@ -571,7 +571,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AdminError as exc:
         print(f"introspect: {exc.description}", file=sys.stderr)
         return 1
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, RedisError) as exc:
+    except (OSError, TimeoutError, asyncpg.PostgresConnectionError, RedisConnectionError) as exc:
         print(f"introspect: a store is unreachable ({type(exc).__name__})", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -22,7 +22,6 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 import asyncpg
-from aiohttp import web
 
 from introspect import logs, runtime
 from introspect.config import Settings
@@ -43,7 +42,10 @@ async def apply_migrations(database_url: str) -> list[str]:
 
 
 async def _worker_main(settings: Settings, database_url: str, redis_url: str) -> None:
-    from introspect.app import create_admin_app, create_app  # in the worker, after metrics setup
+    # The web stack is imported in the worker only (after metrics setup): the CLI needs none.
+    from aiohttp import web
+
+    from introspect.app import create_admin_app, create_app
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

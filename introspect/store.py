@@ -420,11 +420,11 @@ async def list_clients(
     conn: asyncpg.Pool | asyncpg.Connection, *, limit: int, after: tuple[int, str] | None
 ) -> list[Client]:
     """Clients in creation order, after the (created_at, client_id) of the previous page."""
-    where, values = _where([] if after is None else [("(created_at, client_id) > {}", after)])
+    position = after or (-1, "")
     records = await conn.fetch(
-        f"SELECT {CLIENT_COLUMNS} FROM clients{where}"
-        f" ORDER BY created_at, client_id LIMIT ${len(values) + 1}",
-        *values,
+        f"SELECT {CLIENT_COLUMNS} FROM clients WHERE (created_at, client_id) > ($1, $2)"
+        " ORDER BY created_at, client_id LIMIT $3",
+        *position,
         limit,
     )
     return [client_from_record(r, ()) for r in records]

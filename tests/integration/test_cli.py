@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import sys
 import urllib.error
 import urllib.request
@@ -71,6 +72,11 @@ async def cli(env: dict[str, str], *args: str, stdin: str | None = None) -> Ran:
     return Ran(proc.returncode, out.decode(), err.decode())
 
 
+def unique(prefix: str) -> str:
+    """A subject no other test uses."""
+    return f"{prefix}-{secrets.token_hex(6)}"
+
+
 async def api_key_of(env: dict[str, str], *args: str) -> dict[str, Any]:
     """`introspect api-key create ARGS --json`: {id, key}."""
     return (await cli(env, "api-key", "create", *args, "--json")).json()
@@ -87,13 +93,15 @@ def failed_with_one_line(ran: Ran, words: str) -> None:
 
 async def test_admin_key_create_prints_one_json_object(env: dict[str, str], server: Server) -> None:
     """`admin-key create --json` prints exactly {id, key}, logs nothing, and the key works."""
-    ran = await cli(env, "admin-key", "create", "--name", "ops", "--json")
+    ran, human = await asyncio.gather(
+        cli(env, "admin-key", "create", "--name", "ops", "--json"),
+        cli(env, "admin-key", "create", "--name", "ops2"),
+    )
     minted = ran.json()
     assert set(minted) == {"id", "key"}
     assert ran.err == ""
     api = AdminAPI(server, minted["id"], minted["key"])
     assert (await api.call("GET", "/clients?limit=1")).status == 200
-    human = await cli(env, "admin-key", "create", "--name", "ops2")
     assert human.code == 0
     assert "iadm_" in human.out
     assert "shown once" in human.out
@@ -110,14 +118,17 @@ async def test_client_commands(
     app = Registered(created["client_id"], created["client_secret"])
     token = (await issue(server, app))["access_token"]
 
-    shown = (await cli(env, "client", "show", app.client_id, "--json")).json()
+    show, listing = await asyncio.gather(
+        cli(env, "client", "show", app.client_id, "--json"),
+        cli(env, "client", "list", "--limit", "500", "--json"),
+    )
+    shown = show.json()
     assert (shown["name"], shown["scopes"], shown["disabled"]) == (
         "cli-app",
         ["read", "write"],
         False,
     )
-    listed = (await cli(env, "client", "list", "--limit", "500", "--json")).json()
-    assert set(listed) == {"items", "next_cursor"}
+    assert set(listing.json()) == {"items", "next_cursor"}
 
     updated = await cli(
         env, "client", "update", app.client_id, "--scope", "read", "--token-ttl", "60", "--json"
@@ -175,35 +186,41 @@ async def test_api_key_commands(
     assert not (await introspect(server, resource_server, issued["key"]))["active"]
     assert (await introspect(server, resource_server, rotated["key"]))["scope"] == "read write"
 
-    for_sub = await api_key_of(env, "--sub", "cli-user", "--scope", "anything")
-    assert (await introspect(server, resource_server, for_sub["key"]))["sub"] == "cli-user"
+    sub = unique("cli-user")
+    for_sub = await api_key_of(env, "--sub", sub, "--scope", "anything")
+    assert (await introspect(server, resource_server, for_sub["key"]))["sub"] == sub
 
 
 async def test_revoke_command_by_each_selector(
     env: dict[str, str], server: Server, resource_server: Registered, app_client: Registered
 ) -> None:
     """`revoke` by --token (also from stdin), --id, --jti, --client-id and --sub."""
-    keys = [
-        await api_key_of(env, "--client-id", app_client.client_id, "--scope", "read")
-        for _ in range(4)
-    ]
-    runs = [
-        await cli(env, "revoke", "--token", keys[0]["key"], "--json"),
-        await cli(env, "revoke", "--token", "-", "--json", stdin=keys[1]["key"] + "\n"),
-        await cli(env, "revoke", "--id", keys[2]["id"], "--json"),
-        await cli(env, "revoke", "--jti", keys[3]["id"], "--json"),
-    ]
+    sub = unique("cli-user")
+    *keys, sub_key = await asyncio.gather(
+        *(
+            api_key_of(env, "--client-id", app_client.client_id, "--scope", "read")
+            for _ in range(4)
+        ),
+        api_key_of(env, "--sub", sub, "--scope", "x"),
+    )
+    runs = await asyncio.gather(
+        cli(env, "revoke", "--token", keys[0]["key"], "--json"),
+        cli(env, "revoke", "--token", "-", "--json", stdin=keys[1]["key"] + "\n"),
+        cli(env, "revoke", "--id", keys[2]["id"], "--json"),
+        cli(env, "revoke", "--jti", keys[3]["id"], "--json"),
+    )
     for ran in runs:
         assert ran.json() == {"revoked": 1, "listeners": 1}
     for key in keys:
         assert not (await introspect(server, resource_server, key["key"]))["active"]
 
     token = (await issue(server, app_client))["access_token"]
-    by_client = await cli(env, "revoke", "--client-id", app_client.client_id, "--json")
+    by_client, human = await asyncio.gather(
+        cli(env, "revoke", "--client-id", app_client.client_id, "--json"),
+        cli(env, "revoke", "--sub", sub),
+    )
     assert by_client.json()["revoked"] == 1
     assert not (await introspect(server, resource_server, token))["active"]
-    sub_key = await api_key_of(env, "--sub", "cli-revoked-user", "--scope", "x")
-    human = await cli(env, "revoke", "--sub", "cli-revoked-user")
     assert human.out.startswith("revoked 1 credential(s); 1 server worker(s) acknowledged")
     assert not (await introspect(server, resource_server, sub_key["key"]))["active"]
 
@@ -238,25 +255,20 @@ async def test_tokens_and_audit_commands(env: dict[str, str], app_client: Regist
 
 async def test_failures_exit_non_zero_with_one_line(env: dict[str, str]) -> None:
     """An unknown id, a bad field, bad JSON or an unreachable store: exit 1 and one line."""
-    failed_with_one_line(await cli(env, "client", "show", "client_nope"), "no such client")
-    failed_with_one_line(
-        await cli(env, "client", "create", "--name", "x", "--scope", 'bad"scope', "--json"),
-        "scopes:",
-    )
-    failed_with_one_line(
-        await cli(env, "api-key", "create", "--sub", "s", "--scope", "a", "--metadata", "{"),
-        "--metadata is not valid JSON",
-    )
-    failed_with_one_line(
-        await cli(env, "api-key", "update", "key_" + "A" * 22, "--scope", "a"), "no such API key"
-    )
-    failed_with_one_line(await cli(env, "client", "update", "client_x"), "no field to change")
     unreachable = {**env, "INTROSPECT_DATABASE_URL": f"postgresql://127.0.0.1:{free_port()}/x"}
-    failed_with_one_line(
-        await cli(unreachable, "client", "list", "--json"), "a store is unreachable"
-    )
-    same_port = await cli(env, "serve", "--port", "9999", "--admin-port", "9999")
-    failed_with_one_line(same_port, "admin port must differ")
+    cases = {
+        "no such client": cli(env, "client", "show", "client_nope"),
+        "scopes:": cli(env, "client", "create", "--name", "x", "--scope", 'bad"scope', "--json"),
+        "--metadata is not valid JSON": cli(
+            env, "api-key", "create", "--sub", "s", "--scope", "a", "--metadata", "{"
+        ),
+        "no such API key": cli(env, "api-key", "update", "key_" + "A" * 22, "--scope", "a"),
+        "no field to change": cli(env, "client", "update", "client_x"),
+        "a store is unreachable": cli(unreachable, "client", "list", "--json"),
+        "admin port must differ": cli(env, "serve", "--port", "9999", "--admin-port", "9999"),
+    }
+    for words, ran in zip(cases, await asyncio.gather(*cases.values()), strict=True):
+        failed_with_one_line(ran, words)
 
 
 def get(url: str, headers: dict[str, str] | None = None) -> int:

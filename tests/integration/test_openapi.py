@@ -141,8 +141,9 @@ parameters = {{ key_id = "{key["id"]}" }}
         str(MAX_EXAMPLES),
         "--phases",
         "examples,coverage,fuzzing,stateful",
+        # One worker: Python 3.11's ast.parse (which hypothesis calls) is not thread-safe.
         "--workers",
-        "4",
+        "1",
         "--no-shrink",
         cwd=tmp_path,
         stdout=asyncio.subprocess.PIPE,

@@ -165,6 +165,8 @@ class Entry:
     nbf: int = 0
     client_id: str | None = None
     sub: str | None = None
+    # The id of an API key, whose `last_used_at` is kept (see Authority.note_use).
+    key_id: str | None = None
     cacheable: bool = True
     # In-process bookkeeping: set by LocalCache.put.
     local_expires: float = 0.0
@@ -206,6 +208,7 @@ def decode(raw: bytes) -> Entry | None:
         nbf=body.get("nbf", 0),
         client_id=body.get("client_id"),
         sub=body.get("sub"),
+        key_id=body.get("jti") if body.get("kind") == "api_key" else None,
     )
 
 

@@ -64,6 +64,7 @@ def entry_for(credential: Credential | None, issuer: str) -> Entry:
         nbf=credential.nbf,
         client_id=credential.client_id,
         sub=credential.sub,
+        key_id=credential.id if credential.kind == "api_key" else None,
     )
 
 

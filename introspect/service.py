@@ -10,7 +10,9 @@ without a listener, so its changes publish the same invalidations.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -38,6 +40,9 @@ from introspect.rfc7662 import entry_for
 from introspect.store import Client
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+# API keys' last_used_at is written at most this often (seconds), in one statement.
+USAGE_FLUSH_INTERVAL = 10
 _INACTIVE = Entry(answer=None, cacheable=False)
 
 
@@ -79,6 +84,8 @@ class Authority:
             negative_ttl=settings.negative_cache_ttl,
         )
         self.listener: Listener | None = None
+        self._used: dict[str, int] = {}
+        self._usage_task: asyncio.Task[None] | None = None
         # Postgres lookups of one event-loop iteration share one query.
         self._finds: Coalescer[tuple[bytes, ...], store.Credential] = Coalescer(self._find_many)
         self.keyring = signing.Keyring(pool, settings.secrets)
@@ -97,12 +104,44 @@ class Authority:
         self.listener = Listener(redis_url, self.local, self.redis)
         self.listener.start()
         self.cache.start_sweeper()
+        self._usage_task = asyncio.get_running_loop().create_task(self._flush_usage_forever())
 
     async def close(self) -> None:
         """Stop the listener and background tasks (the pools are closed by their owner)."""
         if self.listener is not None:
             await self.listener.stop()
+        if self._usage_task is not None:
+            self._usage_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._usage_task
         await self.cache.close()
+
+    # --- last use of API keys: remembered in memory, written in batches ---------------------
+
+    def note_use(self, entry: Entry) -> None:
+        """Remember that an API key was just answered active (a dict write, no I/O)."""
+        if entry.key_id is not None:
+            self._used[entry.key_id] = store.now()
+
+    async def flush_usage(self) -> int:
+        """Write the remembered last uses in one statement; how many keys it touched."""
+        used, self._used = self._used, {}
+        if used:
+            METRICS.pg_queries.inc()
+            await store.touch_credentials(self.pool, used)
+        return len(used)
+
+    async def _flush_usage_forever(self) -> None:
+        try:
+            while True:
+                await asyncio.sleep(USAGE_FLUSH_INTERVAL)
+                try:
+                    await self.flush_usage()
+                except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                    log.warning("could not record API key use: %s", type(exc).__name__)
+        finally:
+            with contextlib.suppress(Exception):
+                await self.flush_usage()
 
     # --- reads -------------------------------------------------------------------------------
 

@@ -309,6 +309,17 @@ async def revoke_credentials(
     return [(r["id"], bytes(r["hash"]), r["version"]) for r in rows]
 
 
+async def touch_credentials(conn: asyncpg.Pool | asyncpg.Connection, used: dict[str, int]) -> None:
+    """Record last uses {credential id: epoch seconds} in one statement, never moving back."""
+    await conn.execute(
+        "UPDATE credentials c SET last_used_at = u.at"
+        " FROM unnest($1::text[], $2::bigint[]) AS u(id, at)"
+        " WHERE c.id = u.id AND (c.last_used_at IS NULL OR c.last_used_at < u.at)",
+        list(used),
+        list(used.values()),
+    )
+
+
 # --- the invalidation outbox ---------------------------------------------------------------
 
 

@@ -68,6 +68,8 @@ async def introspect(request: web.Request) -> web.Response:
     authority = request.app[AUTHORITY]
     entry = await authority.lookup(presented)
     body = await rfc7662.decide(caller, entry, authority.owner_disabled)
+    if body is not rfc7662.INACTIVE:
+        authority.note_use(entry)
     if rfc9701.wants_jwt(request.headers.get("Accept")):
         signed = await authority.sign_introspection(caller, body)
         return web.Response(body=signed, content_type=rfc9701.MEDIA_TYPE, headers=NO_STORE)

@@ -863,3 +863,25 @@ async def test_deeply_nested_json_is_400(api: AdminAPI, depth: int) -> None:
     ):
         resp = await api.call("POST", path, headers={"Content-Type": "application/json"}, data=raw)
         assert resp.status == 400, (depth, path, resp.body)
+
+
+async def test_api_key_last_use_is_recorded_in_batches(
+    server: Server, api: AdminAPI, resource_server: Registered
+) -> None:
+    """An introspected API key shows last_used_at once the batch is written, not before."""
+    created = await created_key(api, sub=unique("used"), scopes=["read"])
+
+    async def last_used() -> int | None:
+        listed = (await api.call("GET", "/tokens?kind=api_key&active=true&limit=500")).json()
+        return next(i["last_used_at"] for i in listed["items"] if i["id"] == created["id"])
+
+    await server.authority.flush_usage()
+    resp = await server.post_form(
+        "/introspect", {"token": created["key"]}, headers=resource_server.auth
+    )
+    assert resp.json()["active"]
+    assert await last_used() is None
+    assert await server.authority.flush_usage() >= 1
+    used = await last_used()
+    assert used is not None
+    assert abs(used - time.time()) < 60

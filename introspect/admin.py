@@ -224,6 +224,14 @@ def _encode_cursor(position: list[Any]) -> str:
     return base64.urlsafe_b64encode(orjson.dumps(position)).rstrip(b"=").decode()
 
 
+def _cursor_part(value: object, kind: type) -> bool:
+    if isinstance(value, bool) or type(value) is not kind:
+        return False
+    if isinstance(value, int):
+        return 0 <= value <= MAX_BIGINT
+    return isinstance(value, str) and _printable(value)
+
+
 def _decode_cursor(raw: str, shape: tuple[type, ...]) -> list[Any]:
     """The position a cursor of this list encodes; anything else is `Invalid`."""
     try:
@@ -233,10 +241,7 @@ def _decode_cursor(raw: str, shape: tuple[type, ...]) -> list[Any]:
     valid = (
         isinstance(position, list)
         and len(position) == len(shape)
-        and all(
-            type(value) is kind and (0 <= value <= MAX_BIGINT if kind is int else _printable(value))
-            for value, kind in zip(position, shape, strict=True)
-        )
+        and all(_cursor_part(value, kind) for value, kind in zip(position, shape, strict=True))
     )
     if not valid:
         raise Invalid("cursor: not a cursor of this list")

@@ -223,7 +223,8 @@ class Keyring:
 
     async def _load(self) -> list[asyncpg.Record]:
         METRICS.pg_queries.inc()
-        return await self.pool.fetch(_LOAD, store.now())
+        rows: list[asyncpg.Record] = await self.pool.fetch(_LOAD, store.now())
+        return rows
 
     async def _create_first(self) -> None:
         async with self.pool.acquire() as conn, conn.transaction():

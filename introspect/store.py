@@ -384,7 +384,9 @@ CREDENTIAL_MUTABLE = frozenset({"scopes", "audiences", "exp", "metadata"})
 _JSON_COLUMNS = frozenset({"jwks", "metadata"})
 
 
-def _assignments(changes: dict[str, Any], allowed: frozenset[str], first: int) -> tuple[str, list]:
+def _assignments(
+    changes: dict[str, Any], allowed: frozenset[str], first: int
+) -> tuple[str, list[Any]]:
     """`col = $n, ...` for `changes` (column names checked against `allowed`), and the values."""
     parts, values = [], []
     for n, (column, value) in enumerate(changes.items(), start=first):
@@ -422,9 +424,10 @@ async def find_admin_key(
     conn: asyncpg.Pool | asyncpg.Connection, hashes: list[bytes]
 ) -> str | None:
     """The id of the live admin key stored under any of `hashes`, or None."""
-    return await conn.fetchval(
+    key_id: str | None = await conn.fetchval(
         "SELECT id FROM admin_keys WHERE hash = ANY($1::bytea[]) AND revoked_at IS NULL", hashes
     )
+    return key_id
 
 
 async def list_clients(

@@ -108,11 +108,12 @@ return 1
 
 
 class Coalescer(Generic[K, V]):
-    """Coalesces the single-key lookups of one event-loop iteration into one batched call.
+    """Coalesces the single-key calls of one event-loop iteration into one batched call.
 
     Concurrent requests each ask for one key; the first ask in an iteration
-    schedules a flush, and the flush fetches every key asked so far with one
-    `fetch_many` (one MGET, one query). Asks for the same key share the answer.
+    schedules a flush, and the flush hands every key asked so far to one
+    `fetch_many` (one MGET, one query, one COPY of new rows). Asks for the
+    same key share the answer.
     """
 
     def __init__(self, fetch_many: Callable[[list[K]], Awaitable[dict[K, V]]]) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
-import secrets
+import os
 import zlib
 from enum import StrEnum
 
@@ -59,10 +59,23 @@ def checksum(text: str) -> str:
     )
 
 
+# os.urandom bytes 0..247 map uniformly onto the 62 characters (248 = 4 * 62); 248..255
+# are dropped, so every character is equally likely.
+_TO_BASE62 = bytes(ord(ALPHABET[b % 62]) for b in range(248)) + bytes(8)
+_DROPPED = bytes(range(248, 256))
+
+
+def random_base62(length: int) -> str:
+    """`length` characters drawn uniformly from the base62 alphabet by the OS's CSPRNG."""
+    out = b""
+    while len(out) < length:
+        out += os.urandom(length + 8).translate(_TO_BASE62, _DROPPED)
+    return out[:length].decode("ascii")
+
+
 def generate(kind: Kind) -> str:
     """A new random credential of `kind`, with its prefix and checksum."""
-    body = "".join(secrets.choice(ALPHABET) for _ in range(BODY_LENGTH))
-    head = f"{PREFIXES[kind]}_{body}"
+    head = f"{PREFIXES[kind]}_{random_base62(BODY_LENGTH)}"
     return head + checksum(head)
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -48,7 +47,7 @@ _INACTIVE = Entry(answer=None, cacheable=False)
 
 def new_id(prefix: str) -> str:
     """A public identifier: a readable prefix and 22 random base62 characters."""
-    return prefix + "_" + "".join(secrets.choice(credentials.ALPHABET) for _ in range(22))
+    return prefix + "_" + credentials.random_base62(22)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,9 +69,18 @@ def open_redis(url: str, max_connections: int = 64) -> redis.Redis:
 class Authority:
     """Every operation on clients and credentials, over the three cache layers."""
 
-    def __init__(self, settings: Settings, pool: asyncpg.Pool, client: redis.Redis) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        pool: asyncpg.Pool,
+        client: redis.Redis,
+        issue_pool: asyncpg.Pool | None = None,
+    ) -> None:
         self.settings = settings
         self.pool = pool
+        # New access tokens commit asynchronously: a crash may forget the last few, which
+        # then introspect inactive (fail-closed). Every other change commits synchronously.
+        self.issue_pool = issue_pool or pool
         self.redis = client
         self.keys = settings.secrets
         self.local = LocalCache(settings.local_cache_size, settings.local_cache_ttl)
@@ -87,6 +95,8 @@ class Authority:
         self._used: dict[str, int] = {}
         self._usage_task: asyncio.Task[None] | None = None
         # Postgres lookups of one event-loop iteration share one query.
+        # Access tokens issued in one event-loop iteration are stored by one COPY.
+        self._issues: Coalescer[tuple[Any, ...], None] = Coalescer(self._store_access_tokens)
         self._finds: Coalescer[tuple[bytes, ...], store.Credential] = Coalescer(self._find_many)
         self.keyring = signing.Keyring(pool, settings.secrets)
         self.assertions = rfc7523.Assertions(
@@ -267,22 +277,28 @@ class Authority:
             token = await self.keyring.sign(claims, rfc9068.TYP, exp)
         else:
             token = credentials.generate(Kind.ACCESS_TOKEN)
-        METRICS.pg_queries.inc()
-        await store.insert_credential(
-            self.pool,
-            credential_id=credential_id,
-            kind=Kind.ACCESS_TOKEN.value,
-            hash_=credentials.keyed_hash(self.keys[0], token),
-            client_id=client.client_id,
-            sub=client.client_id,
-            scopes=list(grant.scopes),
-            audiences=list(grant.audiences),
-            iat=iat,
-            exp=exp,
-            fmt=client.token_format,
+        row = (
+            credential_id,
+            Kind.ACCESS_TOKEN.value,
+            client.token_format,
+            credentials.keyed_hash(self.keys[0], token),
+            client.client_id,
+            client.client_id,
+            grant.scopes,
+            grant.audiences,
+            iat,
+            iat,
+            exp,
         )
+        await self._issues.get(row)
         METRICS.tokens_issued.inc()
         return token, client.token_ttl
+
+    async def _store_access_tokens(self, rows: list[tuple[Any, ...]]) -> dict[Any, None]:
+        """Store the access tokens issued in one loop iteration with one COPY."""
+        METRICS.pg_queries.inc()
+        await store.copy_access_tokens(self.issue_pool, rows)
+        return {}
 
     async def revoke_where(
         self,
@@ -383,8 +399,11 @@ async def open_authority(
 ) -> AsyncIterator[Authority]:
     """An Authority with its pools, torn down in reverse order on exit."""
     pool = await store.create_pool(database_url)
+    issue_pool = await store.create_pool(
+        database_url, min_size=1, max_size=4, synchronous_commit=False
+    )
     client = open_redis(redis_url)
-    authority = Authority(settings, pool, client)
+    authority = Authority(settings, pool, client, issue_pool)
     try:
         if listen:
             await authority.listen(redis_url)
@@ -392,4 +411,5 @@ async def open_authority(
     finally:
         await authority.close()
         await client.aclose()
+        await issue_pool.close()
         await pool.close()

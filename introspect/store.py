@@ -153,8 +153,14 @@ def credential_from_record(record: asyncpg.Record) -> Credential:
     )
 
 
-async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
-    """The connection pool; short statements only, so releases skip the reset query."""
+async def create_pool(
+    dsn: str, *, min_size: int = 2, max_size: int = 10, synchronous_commit: bool = True
+) -> asyncpg.Pool:
+    """A connection pool; short statements only, so releases skip the reset query.
+
+    `synchronous_commit=False` makes its commits return before the WAL is on
+    disk: for writes whose loss in a crash fails closed (see Authority).
+    """
 
     async def _no_reset(_conn: asyncpg.Connection) -> None:
         return None
@@ -165,7 +171,10 @@ async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asy
         max_size=max_size,
         reset=_no_reset,
         command_timeout=10,
-        server_settings={"application_name": "introspect"},
+        server_settings={
+            "application_name": "introspect",
+            "synchronous_commit": "on" if synchronous_commit else "off",
+        },
     )
     if pool is None:  # pragma: no cover - asyncpg returns None only when not awaited
         raise RuntimeError("could not create the Postgres pool")
@@ -290,6 +299,28 @@ async def insert_credential(
         exp,
         None if metadata is None else orjson.dumps(metadata).decode(),
     )
+
+
+ACCESS_TOKEN_COLUMNS = (
+    "id",
+    "kind",
+    "format",
+    "hash",
+    "client_id",
+    "sub",
+    "scopes",
+    "audiences",
+    "iat",
+    "nbf",
+    "exp",
+)
+
+
+async def copy_access_tokens(
+    conn: asyncpg.Pool | asyncpg.Connection, rows: list[tuple[Any, ...]]
+) -> None:
+    """Store many new access tokens (rows of ACCESS_TOKEN_COLUMNS) with one COPY."""
+    await conn.copy_records_to_table("credentials", records=rows, columns=ACCESS_TOKEN_COLUMNS)
 
 
 async def revoke_credentials(

@@ -444,6 +444,7 @@ class CredentialCache:
         self.redis_ok = True
         self._fill = client.register_script(_FILL)
         self._gets: Coalescer[bytes, bytes] = Coalescer(self._mget)
+        self._fills: Coalescer[tuple[bytes, int, bytes, int], None] = Coalescer(self._fill_many)
         self._recovering: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         # Awaited between a read and the fills it leads to: tests force interleavings here.
@@ -472,7 +473,7 @@ class CredentialCache:
         METRICS.cache_miss("local")
         if admit is not None and not await admit():
             return Entry(answer=None, cacheable=False)
-        if self.redis_ok:
+        if self.redis_ok and self.redis_ttl:
             raw = await self._redis_get(key)
             if raw is not None:
                 entry = decode(raw)
@@ -487,7 +488,12 @@ class CredentialCache:
         entry = await load()
         if self.before_fill is not None:
             await self.before_fill(key)
-        if entry.cacheable and self.redis_ok and time.monotonic() - started < FILL_DEADLINE:
+        if (
+            entry.cacheable
+            and self.redis_ok
+            and self.redis_ttl
+            and time.monotonic() - started < FILL_DEADLINE
+        ):
             await self._redis_fill(key, entry)
         local.put(key, entry, epoch, store.now())
         return entry
@@ -513,12 +519,20 @@ class CredentialCache:
         if ttl <= 0:
             return
         try:
-            METRICS.redis_calls.inc()
-            await self._fill(
-                keys=[KEY_PREFIX + key], args=[entry.version, encode(entry), ttl * 1000]
-            )
+            await self._fills.get((key, entry.version, encode(entry), ttl * 1000))
         except (RedisError, OSError) as exc:
             self._redis_failed(exc)
+
+    async def _fill_many(self, fills: list[tuple[bytes, int, bytes, int]]) -> dict[Any, None]:
+        """Run the fills of one loop iteration through `_FILL` in one pipeline."""
+        METRICS.redis_calls.inc()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key, version, value, ttl_ms in fills:
+                await self._fill(
+                    keys=[KEY_PREFIX + key], args=[version, value, ttl_ms], client=pipe
+                )
+            await pipe.execute()
+        return {}
 
     # --- Redis health ------------------------------------------------------------------------
 

@@ -52,7 +52,8 @@ class Settings:
     # The HMAC keys for stored credential hashes: the first hashes new
     # credentials, the others still verify old ones.
     secrets: tuple[bytes, ...] = field(default=(), repr=False)
-    # Cache tuning.
+    # Cache tuning: a size of 0 turns the in-process layer off, a Redis TTL of 0 the Redis
+    # layer (invalidations are still published and applied).
     local_cache_size: int = 100_000
     local_cache_ttl: float = 10.0
     redis_cache_ttl: int = 300
@@ -149,7 +150,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         secrets=keys,
         local_cache_size=_int(env, "INTROSPECT_LOCAL_CACHE_SIZE", 100_000),
         local_cache_ttl=float(_int(env, "INTROSPECT_LOCAL_CACHE_TTL", 10)),
-        redis_cache_ttl=_int(env, "INTROSPECT_REDIS_CACHE_TTL", 300, minimum=1),
+        redis_cache_ttl=_int(env, "INTROSPECT_REDIS_CACHE_TTL", 300),
         negative_cache_ttl=_int(env, "INTROSPECT_NEGATIVE_CACHE_TTL", 30, minimum=1),
         access_log=env.get("INTROSPECT_ACCESS_LOG", "") in ("1", "true", "yes"),
     )

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+from introspect import credentials
+from introspect.cache import KEY_PREFIX
+from introspect.config import Settings
 from introspect.service import Authority
-from tests.helpers import Registered, Server, register
+from tests.helpers import Registered, Server, register, start_server
 
 
 async def issue(server: Server, client: Registered, **form: str) -> dict:
@@ -73,3 +78,22 @@ async def test_hint_never_changes_answer(
     plain = await introspect(server, resource_server, tok)
     for hint in ("access_token", "api_key", "refresh_token", "nonsense"):
         assert await introspect(server, resource_server, tok, token_type_hint=hint) == plain
+
+
+async def test_cache_layers_can_be_turned_off(settings: Settings) -> None:
+    """With both cache layers off, answers come from Postgres and nothing is cached."""
+    test_server, srv = await start_server(replace(settings, local_cache_size=0, redis_cache_ttl=0))
+    try:
+        app = await register(srv.authority)
+        rs = await register(srv.authority, scopes=(), can_introspect=True)
+        token = (await issue(srv, app))["access_token"]
+        assert (await introspect(srv, rs, token))["active"]
+        assert (await introspect(srv, rs, token))["active"]
+        key = KEY_PREFIX + credentials.keyed_hash(settings.secrets[0], token)
+        assert await srv.authority.redis.get(key) is None
+        assert len(srv.authority.local) == 0
+        await srv.post_form("/revoke", {"token": token}, headers=app.auth)
+        assert await introspect(srv, rs, token) == {"active": False}
+    finally:
+        await srv.http.close()
+        await test_server.close()

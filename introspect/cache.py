@@ -435,8 +435,12 @@ class CredentialCache:
         local: LocalCache,
         redis_ttl: int,
         negative_ttl: int,
+        lazy_pool: asyncpg.Pool | None = None,
     ) -> None:
         self.pool = pool
+        # Deleting a published outbox row need not wait for the WAL flush: if a crash
+        # forgets the delete, the invalidation is only published once more.
+        self.lazy_pool = lazy_pool or pool
         self.redis = client
         self.local = local
         self.redis_ttl = redis_ttl
@@ -597,7 +601,7 @@ class CredentialCache:
         except (RedisError, OSError) as exc:
             self._redis_failed(exc)
             return Announced(listeners=0, pending=True)
-        await store.delete_outbox(self.pool, [outbox_id])
+        await store.delete_outbox(self.lazy_pool, [outbox_id])
         return Announced(listeners=listeners, pending=False)
 
     async def _publish(self, invalidation: Invalidation) -> int:
@@ -621,10 +625,13 @@ class CredentialCache:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            got = await self.redis.blpop([ack_key], timeout=max(remaining, 0.01))
-            if got is None:
+            # Every acknowledgement already there, in one round trip.
+            got = await self.redis.blmpop(
+                max(remaining, 0.01), 1, ack_key, direction="LEFT", count=expected - acked
+            )
+            if not got:
                 break
-            acked += 1
+            acked += len(got[1])
         if expected:
             await self.redis.delete(ack_key)
         return acked

@@ -74,13 +74,14 @@ class Authority:
         settings: Settings,
         pool: asyncpg.Pool,
         client: redis.Redis,
-        issue_pool: asyncpg.Pool | None = None,
+        lazy_pool: asyncpg.Pool | None = None,
     ) -> None:
         self.settings = settings
         self.pool = pool
-        # New access tokens commit asynchronously: a crash may forget the last few, which
-        # then introspect inactive (fail-closed). Every other change commits synchronously.
-        self.issue_pool = issue_pool or pool
+        # Commits on this pool do not wait for the WAL flush. Only writes whose loss in a
+        # crash fails closed go there: new access tokens (forgotten ones introspect
+        # inactive) and deletes of published outbox rows (forgotten ones are replayed).
+        self.lazy_pool = lazy_pool or pool
         self.redis = client
         self.keys = settings.secrets
         self.local = LocalCache(settings.local_cache_size, settings.local_cache_ttl)
@@ -90,13 +91,14 @@ class Authority:
             local=self.local,
             redis_ttl=settings.redis_cache_ttl,
             negative_ttl=settings.negative_cache_ttl,
+            lazy_pool=lazy_pool,
         )
         self.listener: Listener | None = None
         self._used: dict[str, int] = {}
         self._usage_task: asyncio.Task[None] | None = None
-        # Postgres lookups of one event-loop iteration share one query.
         # Access tokens issued in one event-loop iteration are stored by one COPY.
         self._issues: Coalescer[tuple[Any, ...], None] = Coalescer(self._store_access_tokens)
+        # Postgres lookups of one event-loop iteration share one query.
         self._finds: Coalescer[tuple[bytes, ...], store.Credential] = Coalescer(self._find_many)
         self.keyring = signing.Keyring(pool, settings.secrets)
         self.assertions = rfc7523.Assertions(
@@ -297,7 +299,7 @@ class Authority:
     async def _store_access_tokens(self, rows: list[tuple[Any, ...]]) -> dict[Any, None]:
         """Store the access tokens issued in one loop iteration with one COPY."""
         METRICS.pg_queries.inc()
-        await store.copy_access_tokens(self.issue_pool, rows)
+        await store.copy_access_tokens(self.lazy_pool, rows)
         return {}
 
     async def revoke_where(
@@ -399,11 +401,11 @@ async def open_authority(
 ) -> AsyncIterator[Authority]:
     """An Authority with its pools, torn down in reverse order on exit."""
     pool = await store.create_pool(database_url)
-    issue_pool = await store.create_pool(
+    lazy_pool = await store.create_pool(
         database_url, min_size=1, max_size=4, synchronous_commit=False
     )
     client = open_redis(redis_url)
-    authority = Authority(settings, pool, client, issue_pool)
+    authority = Authority(settings, pool, client, lazy_pool)
     try:
         if listen:
             await authority.listen(redis_url)
@@ -411,5 +413,5 @@ async def open_authority(
     finally:
         await authority.close()
         await client.aclose()
-        await issue_pool.close()
+        await lazy_pool.close()
         await pool.close()

@@ -21,6 +21,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from multidict import CIMultiDict
 
 from introspect import admin
 from introspect.app import create_app
@@ -34,7 +35,7 @@ class Answer:
     """An HTTP answer read whole: status, headers and body."""
 
     status: int
-    headers: dict[str, str]
+    headers: CIMultiDict[str]
     body: bytes
 
     def json(self) -> Any:
@@ -60,12 +61,12 @@ class Server:
     ) -> Answer:
         """POST a form (or raw body) and read the answer whole."""
         async with self.http.post(self.url + path, data=data, **kw) as resp:
-            return Answer(resp.status, dict(resp.headers), await resp.read())
+            return Answer(resp.status, CIMultiDict(resp.headers), await resp.read())
 
     async def request(self, method: str, path: str, **kw: Any) -> Answer:
         """Any request, its answer read whole."""
         async with self.http.request(method, self.url + path, **kw) as resp:
-            return Answer(resp.status, dict(resp.headers), await resp.read())
+            return Answer(resp.status, CIMultiDict(resp.headers), await resp.read())
 
 
 async def start_server(settings: Settings) -> tuple[TestServer, Server]:

@@ -9,6 +9,8 @@ detail.
 from __future__ import annotations
 
 import logging
+import os
+import re
 import time
 from collections.abc import Awaitable, Callable
 
@@ -63,7 +65,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         response = await handler(request)
     except OAuth2Error as exc:
         if exc.detail:
-            log.info("oauth error %s: %s", exc.error, exc.detail)
+            log.info("oauth error %s: %s", exc.error, exc.detail, extra=_ids(request))
         response = oauth_error_response(exc)
     except AdminError as exc:
         response = json_response(exc.body(), exc.status)
@@ -80,15 +82,33 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             {"error": "invalid_request", "error_description": exc.reason}, exc.status
         )
     except _UNAVAILABLE as exc:
-        log.warning("store unavailable on %s: %s", name, type(exc).__name__)
+        log.warning("store unavailable on %s: %s", name, type(exc).__name__, extra=_ids(request))
         response = json_response(
             {"error": "temporarily_unavailable", "error_description": "a store is unreachable"},
             503,
         )
     except Exception:
-        log.exception("unexpected error on %s", name)
+        log.exception("unexpected error on %s", name, extra=_ids(request))
         response = json_response(
             {"error": "server_error", "error_description": "internal error"}, 500
         )
     METRICS.request(name, response.status, time.perf_counter() - started)
+    request_id = request.headers.get(REQUEST_ID)
+    if request_id is not None and _REQUEST_ID.fullmatch(request_id):
+        response.headers[REQUEST_ID] = request_id
     return response
+
+
+REQUEST_ID = "X-Request-Id"
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+def _ids(request: web.Request) -> dict[str, str]:
+    """The log record extras of a request: the caller's X-Request-Id when sane, else a new one.
+
+    Only failing requests are logged, so only they pay for generating an id.
+    """
+    given = request.headers.get(REQUEST_ID)
+    if given is not None and _REQUEST_ID.fullmatch(given):
+        return {"request_id": given}
+    return {"request_id": os.urandom(8).hex()}

@@ -20,13 +20,14 @@ import bisect
 import contextlib
 import os
 from collections import Counter as Tally
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
@@ -94,6 +95,14 @@ class Metrics:
         self.tokens_issued = LocalCounter(
             Counter("introspect_tokens_issued_total", "Access tokens issued")
         )
+        self._pools = Gauge(
+            "introspect_pool_connections",
+            "Connections of each store pool by state, summed over live workers",
+            ["pool", "state"],
+            multiprocess_mode="livesum",
+        )
+        # name -> a callable giving (in use, idle) connections, read at each flush.
+        self.pool_probes: dict[str, Callable[[], tuple[int, int]]] = {}
         self._counters = [
             *self._hits.values(),
             *self._misses.values(),
@@ -126,6 +135,10 @@ class Metrics:
         """Hand everything counted since the last flush to Prometheus."""
         for counter in self._counters:
             counter.flush()
+        for pool, probe in self.pool_probes.items():
+            in_use, idle = probe()
+            self._pools.labels(pool, "in_use").set(in_use)
+            self._pools.labels(pool, "idle").set(idle)
         by_route, self._by_route = self._by_route, Tally()
         for (route, status), count in by_route.items():
             self._requests.labels(route, str(status)).inc(count)

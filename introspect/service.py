@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -395,6 +396,12 @@ async def revoke_in(
     return rows
 
 
+def _pool_usage(pool: asyncpg.Pool) -> tuple[int, int]:
+    """(in use, idle) connections of an asyncpg pool."""
+    idle = pool.get_idle_size()
+    return pool.get_size() - idle, idle
+
+
 @contextlib.asynccontextmanager
 async def open_authority(
     settings: Settings, database_url: str, redis_url: str, *, listen: bool
@@ -406,12 +413,20 @@ async def open_authority(
     )
     client = open_redis(redis_url)
     authority = Authority(settings, pool, client, lazy_pool)
+    probes = {
+        "postgres": functools.partial(_pool_usage, pool),
+        "postgres_lazy": functools.partial(_pool_usage, lazy_pool),
+    }
+    METRICS.pool_probes.update(probes)
     try:
         if listen:
             await authority.listen(redis_url)
         yield authority
     finally:
         await authority.close()
+        for name, probe in probes.items():
+            if METRICS.pool_probes.get(name) is probe:
+                del METRICS.pool_probes[name]
         await client.aclose()
         await lazy_pool.close()
         await pool.close()

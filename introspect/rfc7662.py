@@ -57,7 +57,8 @@ def entry_for(credential: Credential | None, issuer: str) -> Entry:
         return Entry(answer=None, version=credential.version)
     body = active_answer(credential, issuer)
     return Entry(
-        answer=orjson.dumps(body),
+        # A copy of exact size: orjson leaves its 4 KiB output buffer attached to the bytes.
+        answer=memoryview(orjson.dumps(body)).tobytes(),
         version=credential.version,
         aud=frozenset(credential.audiences),
         exp=credential.exp,

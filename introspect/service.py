@@ -98,9 +98,13 @@ class Authority:
         self._used: dict[str, int] = {}
         self._usage_task: asyncio.Task[None] | None = None
         # Access tokens issued in one event-loop iteration are stored by one COPY.
-        self._issues: Coalescer[tuple[Any, ...], None] = Coalescer(self._store_access_tokens)
+        self._issues: Coalescer[tuple[Any, ...], None] = Coalescer(
+            self._store_access_tokens, flights=2
+        )
         # Postgres lookups of one event-loop iteration share one query.
-        self._finds: Coalescer[tuple[bytes, ...], store.Credential] = Coalescer(self._find_many)
+        self._finds: Coalescer[tuple[bytes, ...], store.Credential] = Coalescer(
+            self._find_many, flights=2
+        )
         self.keyring = signing.Keyring(pool, settings.secrets)
         self.assertions = rfc7523.Assertions(
             audiences=frozenset([self.issuer, *rfc8414.endpoints(self.issuer).values()]),

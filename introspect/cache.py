@@ -475,6 +475,7 @@ class CredentialCache:
         self._fills: Coalescer[tuple[bytes, int, bytes, int], None] = Coalescer(self._fill_many)
         self._recovering: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
         # Awaited between a read and the fills it leads to: tests force interleavings here.
         self.before_fill: Callable[[bytes], Awaitable[None]] | None = None
 
@@ -605,7 +606,9 @@ class CredentialCache:
                 log.warning("outbox sweep failed: %s", type(exc).__name__)
 
     async def close(self) -> None:
-        """Stop the background tasks, if any."""
+        """Finish the outbox deletes under way and stop the background tasks."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
         for task in (self._recovering, self._sweeper):
             if task is not None:
                 task.cancel()
@@ -625,8 +628,17 @@ class CredentialCache:
         except (RedisError, OSError) as exc:
             self._redis_failed(exc)
             return Announced(listeners=0, pending=True)
-        await store.delete_outbox(self.lazy_pool, [outbox_id])
+        # Off the caller's path: a delete that fails or is lost only republishes.
+        task = asyncio.get_running_loop().create_task(self._forget(outbox_id))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
         return Announced(listeners=listeners, pending=False)
+
+    async def _forget(self, outbox_id: int) -> None:
+        try:
+            await store.delete_outbox(self.lazy_pool, [outbox_id])
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            log.warning("published invalidation left in the outbox: %s", type(exc).__name__)
 
     async def _publish(self, invalidation: Invalidation) -> int:
         nonce = os.urandom(12).hex()

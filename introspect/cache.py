@@ -668,8 +668,7 @@ class CredentialCache:
             if not got:
                 break
             acked += len(got[1])
-        if expected:
-            await self.redis.delete(ack_key)
+        # Late acknowledgements, if any, expire with the list (see Listener._on).
         return acked
 
     async def replay_outbox(self, older_than: int) -> int:

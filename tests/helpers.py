@@ -127,6 +127,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def cli_env(settings: Settings, data_dir: Path) -> dict[str, str]:
+    """The environment that points `introspect` at the session's stores and secret."""
+    assert settings.database_url
+    assert settings.redis_url
+    return {
+        **os.environ,
+        "INTROSPECT_DATABASE_URL": settings.database_url,
+        "INTROSPECT_REDIS_URL": settings.redis_url,
+        "INTROSPECT_SECRET": settings.secrets[0].decode(),
+        "INTROSPECT_DATA_DIR": str(data_dir),
+    }
+
+
 @contextlib.contextmanager
 def serve_subprocess(
     settings: Settings, data_dir: Path, *, workers: int, extra: dict[str, str] | None = None
@@ -136,14 +149,8 @@ def serve_subprocess(
     The env holds the stores' URLs, the server secret and `BASE`, the server's URL.
     """
     port = free_port()
-    assert settings.database_url
-    assert settings.redis_url
     env = {
-        **os.environ,
-        "INTROSPECT_DATABASE_URL": settings.database_url,
-        "INTROSPECT_REDIS_URL": settings.redis_url,
-        "INTROSPECT_SECRET": settings.secrets[0].decode(),
-        "INTROSPECT_DATA_DIR": str(data_dir),
+        **cli_env(settings, data_dir),
         "INTROSPECT_PORT": str(port),
         "BASE": f"http://127.0.0.1:{port}",
         **(extra or {}),

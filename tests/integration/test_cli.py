@@ -4,7 +4,6 @@ command, its JSON and table output, its errors, and `serve` with the admin API o
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 import sys
 import urllib.error
@@ -17,7 +16,7 @@ import orjson
 import pytest
 
 from introspect.config import Settings
-from tests.helpers import AdminAPI, Registered, Server, free_port, serve_subprocess
+from tests.helpers import AdminAPI, Registered, Server, cli_env, free_port, serve_subprocess
 from tests.integration.test_flow import introspect, issue
 
 
@@ -42,15 +41,7 @@ class Ran:
 @pytest.fixture(scope="module")
 def env(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """The environment that points the CLI at the session's stores."""
-    assert settings.database_url
-    assert settings.redis_url
-    return {
-        **os.environ,
-        "INTROSPECT_DATABASE_URL": settings.database_url,
-        "INTROSPECT_REDIS_URL": settings.redis_url,
-        "INTROSPECT_SECRET": settings.secrets[0].decode(),
-        "INTROSPECT_DATA_DIR": str(tmp_path_factory.mktemp("cli")),
-    }
+    return cli_env(settings, tmp_path_factory.mktemp("cli"))
 
 
 async def cli(env: dict[str, str], *args: str, stdin: str | None = None) -> Ran:

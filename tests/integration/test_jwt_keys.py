@@ -4,7 +4,6 @@ retirement once nothing a key signed can be live, and the first key made once.""
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from introspect import signing, store
 from introspect.config import Settings
 from introspect.migrate import migrate
 from introspect.service import Authority
-from tests.helpers import Registered, Server
+from tests.helpers import Registered, Server, cli_env
 from tests.integration.test_jwt import (
     AUDIENCE,
     introspect,
@@ -168,15 +167,7 @@ async def test_first_key_is_created_once_by_concurrent_workers(settings: Setting
 
 def test_cli_rotates_keys(settings: Settings, tmp_path: Path) -> None:
     """`introspect keys rotate --json` publishes a key that activates after the delay."""
-    assert settings.database_url
-    assert settings.redis_url
-    env = {
-        **os.environ,
-        "INTROSPECT_DATABASE_URL": settings.database_url,
-        "INTROSPECT_REDIS_URL": settings.redis_url,
-        "INTROSPECT_SECRET": settings.secrets[0].decode(),
-        "INTROSPECT_DATA_DIR": str(tmp_path),
-    }
+    env = cli_env(settings, tmp_path)
     cli = Path(sys.executable).with_name("introspect")
     before = store.now()
     result = subprocess.run(

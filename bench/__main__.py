@@ -1,0 +1,114 @@
+"""`python -m bench`: how fast is introspect here, and where does the time go."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import fields
+from pathlib import Path
+
+from bench.run import ALL_SCENARIOS, Options, run
+
+QUICK = {
+    "credentials": 100_000,
+    "duration": 5.0,
+    "warmup": 1.0,
+    "revocations": 100,
+    "fill_seconds": 15.0,
+}
+
+
+def parse(argv: Sequence[str] | None = None) -> Options:
+    """Options from the command line (`--quick` changes the defaults, flags still win)."""
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="100k credentials, 5 s per scenario, 100 revocations (about 2 minutes)",
+    )
+    p.add_argument("--workers", type=int, default=2, help="server worker processes (2)")
+    p.add_argument("--connections", type=int, default=32, help="closed-loop connections (32)")
+    p.add_argument("--duration", type=float, help="seconds per scenario (20; quick 5)")
+    p.add_argument("--warmup", type=float, help="warmup seconds before each (2; quick 1)")
+    p.add_argument("--credentials", type=int, help="credentials to seed (1,000,000; quick 100,000)")
+    p.add_argument("--revocations", type=int, help="revocations to time (1000; quick 100)")
+    p.add_argument(
+        "--rate", type=float, help="run every load scenario open loop at this offered rate (req/s)"
+    )
+    p.add_argument(
+        "--open-rate",
+        type=float,
+        help="offered rate of mix-open (default: half the closed-loop mix)",
+    )
+    p.add_argument(
+        "--scenarios",
+        default=",".join(ALL_SCENARIOS),
+        help=f"comma-separated subset of: {', '.join(ALL_SCENARIOS)}",
+    )
+    p.add_argument(
+        "--generator",
+        choices=("auto", "wrk", "builtin"),
+        default="auto",
+        help="closed-loop load: wrk when installed (auto), or the built-in one",
+    )
+    p.add_argument("--processes", type=int, default=2, help="built-in generator processes (2)")
+    p.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (1)")
+    p.add_argument("--database-url", help="use this Postgres instead of an embedded one")
+    p.add_argument("--redis-url", help="use this Redis instead of an embedded one")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(".introspect-bench"),
+        help="the bench's own embedded stores (.introspect-bench)",
+    )
+    p.add_argument(
+        "--out", type=Path, default=Path("bench/results"), help="where results go (bench/results)"
+    )
+    p.add_argument(
+        "--fill-seconds",
+        type=float,
+        help="time bound of the memory phase's cache fill (240; quick 15)",
+    )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample one server worker with py-spy during each scenario",
+    )
+    args = p.parse_args(argv)
+    # The full run's defaults are Options' own; --quick replaces them; flags win over both.
+    defaults = {f.name: f.default for f in fields(Options) if f.name in QUICK}
+    defaults |= QUICK if args.quick else {}
+    chosen = {
+        k: getattr(args, k) if getattr(args, k) is not None else v for k, v in defaults.items()
+    }
+    names = tuple(n.strip() for n in args.scenarios.split(",") if n.strip())
+    unknown = set(names) - set(ALL_SCENARIOS)
+    if unknown:
+        p.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
+    return Options(
+        data_dir=args.data_dir.absolute(),
+        out=args.out.absolute(),
+        workers=args.workers,
+        connections=args.connections,
+        rate=args.rate,
+        open_rate=args.open_rate,
+        generator=args.generator,
+        processes=args.processes,
+        wrk_threads=args.wrk_threads,
+        scenarios=names,
+        database_url=args.database_url,
+        redis_url=args.redis_url,
+        profile=args.profile,
+        quick=args.quick,
+        **chosen,
+    )
+
+
+def main() -> int:
+    """Entry point of `python -m bench`."""
+    return run(parse())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

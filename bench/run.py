@@ -1,0 +1,654 @@
+"""One run of the bench: start what is needed, seed, drive each scenario, report, stop it all.
+
+Order: the stores (embedded under the bench's own data dir unless URLs were
+given), the seed, the ceiling (its own processes, measured alone on the
+machine, then again just before and after each scenario, which is compared
+with the mean of the two),
+then the server in its default configuration (in-process hit, mix, mix at
+a fixed rate, /token, revocation, memory), then with the in-process cache
+off (Redis hit), then with both cache layers off (cold). Everything started is registered on one
+ExitStack, closed with Ctrl-C ignored, so a run always stops what it
+started, in reverse order, whatever happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import platform
+import random
+import secrets
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+from urllib.parse import urlsplit
+
+import asyncpg
+
+from bench import loadgen, procs, report, scenarios, seed, wrkrun
+from bench.http import Connection, basic_auth, form_request, request_head
+from bench.loadgen import Load, Outcome
+from bench.profile import Profiler
+from bench.report import MIB, Memory, Results, Row
+from bench.scenarios import DEFAULT, NO_CACHE, NO_LOCAL, Scenario, Slices
+from bench.scrape import Delta, scrape
+from bench.workers import fill_local_caches, revocations
+from introspect import embedded
+from introspect.config import Settings, load_settings
+from introspect.server import apply_migrations
+from introspect.service import open_authority
+
+HOST = "127.0.0.1"
+LOAD_SCENARIOS = ("local-hit", "redis-hit", "cold", "mix", "mix-open", "token")
+ALL_SCENARIOS = (*LOAD_SCENARIOS, "revocation", "memory")
+# The server flushes its counters to /metrics once a second: wait longer before a scrape.
+SCRAPE_SETTLE = 1.5
+PREFILL_TIMEOUT = 120.0
+EXPECTED_SHARE = 0.9  # of requests that must do what their scenario is about (see Scenario)
+NOISY = 0.25  # cores used by other processes above which a comparison is flagged
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """Everything `python -m bench` can be told."""
+
+    data_dir: Path
+    out: Path
+    workers: int = 2
+    connections: int = 32
+    duration: float = 20.0
+    warmup: float = 2.0
+    credentials: int = 1_000_000
+    revocations: int = 1000
+    rate: float | None = None  # every load scenario open loop at this rate
+    open_rate: float | None = None  # mix-open's rate; None: half the closed-loop mix
+    generator: str = "auto"  # auto, wrk or builtin
+    processes: int = 2  # of the built-in generator
+    wrk_threads: int = 1
+    scenarios: tuple[str, ...] = ALL_SCENARIOS
+    database_url: str | None = None
+    redis_url: str | None = None
+    fill_seconds: float = 240.0
+    profile: bool = False
+    quick: bool = False
+
+
+class Progress:
+    """One line per phase on stderr, updated in place on a terminal."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.tty = sys.stderr.isatty()
+        self.open = False
+        self.last = 0.0
+
+    def _clock(self) -> str:
+        seconds = int(time.monotonic() - self.started)
+        return f"{seconds // 60:02d}:{seconds % 60:02d}"
+
+    def phase(self, text: str) -> None:
+        """Start a phase."""
+        self._close()
+        print(f"[{self._clock()}] {text}", file=sys.stderr, flush=True)
+
+    def tick(self, text: str) -> None:
+        """Show how the phase is going (in place on a terminal, every 5 s otherwise)."""
+        if self.tty:
+            sys.stderr.write(f"\r         {text}\x1b[K")
+            sys.stderr.flush()
+            self.open = True
+        elif time.monotonic() - self.last >= 5:
+            self.last = time.monotonic()
+            print(f"[{self._clock()}]   {text}", file=sys.stderr, flush=True)
+
+    def note(self, text: str) -> None:
+        """A result worth keeping on screen, always printed."""
+        self._close()
+        print(f"[{self._clock()}]   {text}", file=sys.stderr, flush=True)
+
+    def _close(self) -> None:
+        if self.open:
+            sys.stderr.write("\n")
+            self.open = False
+
+
+def _interrupt(_signum: int, _frame: object) -> NoReturn:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _uninterrupted() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait while what was started is being stopped."""
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _local(url: str) -> int | None:
+    """The port of a store URL when the store runs on this machine (its CPU is then counted)."""
+    parts = urlsplit(url)
+    if parts.hostname in ("127.0.0.1", "localhost", "::1"):
+        return parts.port or (5432 if parts.scheme.startswith("postgres") else 6379)
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Ceiling:
+    """The ceiling as measured just before a scenario."""
+
+    rate: float
+    cpu_us: float | None  # server CPU per request
+    other: float  # cores busy with other processes meanwhile
+
+    @staticmethod
+    def around(before: Ceiling | None, after: Ceiling | None) -> Ceiling | None:
+        """The ceiling measured before and after a scenario, averaged: drift cancels out."""
+        if before is None or after is None:
+            return before or after
+        cpu = [c for c in (before.cpu_us, after.cpu_us) if c is not None]
+        return Ceiling(
+            (before.rate + after.rate) / 2,
+            sum(cpu) / len(cpu) if cpu else None,
+            max(before.other, after.other),
+        )
+
+
+def _cpu_us(cores: dict[str, float | None], outcome: Outcome) -> float | None:
+    """CPU microseconds the server and its stores spent per request."""
+    answered = outcome.ok + outcome.error_count
+    if not answered:
+        return None
+    busy = (cores["server"] or 0.0) + (cores["stores"] or 0.0)
+    return busy * outcome.duration * 1e6 / answered
+
+
+class _Cpu:
+    """CPU used over a window: by the server workers, the stores, and the whole machine."""
+
+    def __init__(self, workers: list[int], store_roots: list[int]) -> None:
+        self.workers = workers
+        self.roots = store_roots
+        self.wall = time.monotonic()
+        self.server = procs.cpu_seconds(workers)
+        self.stores = self._stores()
+        self.machine = procs.machine_busy_seconds()
+        self.own = time.process_time()
+
+    def _stores(self) -> dict[int, float]:
+        pids = [p for root in self.roots for p in procs.descendants(root)]
+        return {pid: procs.cpu_seconds([pid]) for pid in pids}
+
+    def cores(self, generator_cpu: float) -> dict[str, float | None]:
+        """Average cores busy since the window opened."""
+        wall = time.monotonic() - self.wall
+        stores_now = self._stores()
+        server = (procs.cpu_seconds(self.workers) - self.server) / wall
+        stores = sum(v - self.stores.get(p, 0.0) for p, v in stores_now.items()) / wall
+        generator = (generator_cpu + time.process_time() - self.own) / wall
+        machine = (procs.machine_busy_seconds() - self.machine) / wall
+        return {
+            "server": server,
+            "stores": stores if self.roots else None,
+            "generator": generator,
+            "other": max(0.0, machine - server - stores - generator),
+        }
+
+
+class Bench:
+    """The run: its options, what it started (on `stack`), and what it measured."""
+
+    def __init__(self, opts: Options, stack: contextlib.ExitStack, results: Results) -> None:
+        self.opts = opts
+        self.stack = stack
+        self.results = results
+        self.progress = Progress()
+        self.logs = Path(results.meta["results_dir"])
+        self.workdir = opts.data_dir / "run"
+        self.env: dict[str, str] = {}
+        self.store_roots: list[int] = []
+        self.profiler = Profiler(self.logs) if opts.profile else None
+        self.ceiling: tuple[Scenario, int, procs.Service] | None = None
+
+    # --- setup -------------------------------------------------------------------------------
+
+    def _stores(self) -> tuple[str, str, bool]:
+        opts = self.opts
+        if opts.database_url and opts.redis_url:
+            return opts.database_url, opts.redis_url, False
+        if opts.database_url or opts.redis_url:
+            raise ValueError("give both --database-url and --redis-url, or neither")
+        self.progress.phase(f"starting embedded Postgres and Valkey under {opts.data_dir}")
+        started = embedded.start(opts.data_dir)
+        if started.owned:
+            self.stack.callback(self._stop_embedded)
+        return started.database_url, started.redis_url, True
+
+    def _stop_embedded(self) -> None:
+        self.progress.phase("stopping the embedded stores")
+        embedded.stop(self.opts.data_dir)
+
+    async def _seed(self, settings: Settings, db: str, rd: str, own: bool) -> seed.Seeded:
+        await apply_migrations(db)
+        conn = await asyncpg.connect(db)
+        try:
+            if own:
+                await seed.reset(conn)
+            async with open_authority(settings, db, rd, listen=False) as authority:
+                seeded = await seed.register_clients(authority)
+            if not own:
+                self.stack.callback(lambda: asyncio.run(self._unseed(db, seeded)))
+            total = self.opts.credentials
+            await seed.copy_credentials(
+                conn,
+                seeded,
+                settings.secrets[0],
+                total,
+                bulk=own,
+                on_progress=lambda n: self.progress.tick(f"{n:,} / {total:,} credentials"),
+            )
+        finally:
+            await conn.close()
+        return seeded
+
+    async def _unseed(self, db: str, seeded: seed.Seeded) -> None:
+        self.progress.phase("removing the bench's clients and credentials from the database")
+        conn = await asyncpg.connect(db)
+        try:
+            await seed.remove(conn, seeded)
+        finally:
+            await conn.close()
+
+    # --- processes ---------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _service(
+        self, name: str, command: list[str], env: dict[str, str]
+    ) -> Iterator[tuple[procs.Service, int]]:
+        port = procs.free_port()
+        command = [*command, "--port", str(port), "--workers", str(self.opts.workers)]
+        service = procs.Service(name, command, env, self.logs / f"{name}.log")
+        try:
+            service.wait_ready(port, self.opts.workers)
+            yield service, port
+        finally:
+            with _uninterrupted():
+                service.stop()
+
+    def _server_env(self, config: str) -> dict[str, str]:
+        return {**self.env, **scenarios.CONFIGS[config]}
+
+    def _drive(self, load: Load, label: str, *, builtin: bool = False) -> Outcome:
+        opts = self.opts
+        wrk = (
+            not builtin
+            and load.rate is None
+            and load.wrap
+            and opts.generator != "builtin"
+            and wrkrun.available() is not None
+        )
+        if opts.generator == "wrk" and not wrk and not builtin and load.rate is None:
+            raise RuntimeError("--generator wrk, but wrk is not installed")
+
+        def tick(elapsed: float, answers: int | None) -> None:
+            rate = f", {answers / elapsed:,.0f} answers/s" if answers and elapsed > 0 else ""
+            self.progress.tick(f"{label}: {elapsed:4.0f} / {load.duration:g} s{rate}")
+
+        if wrk:
+            return wrkrun.run(load, opts.wrk_threads, tick)
+        return loadgen.run(load, opts.processes, tick)
+
+    # --- measuring ---------------------------------------------------------------------------
+
+    def _rate_for(self, scenario: Scenario) -> float | None:
+        if self.opts.rate is not None:
+            return self.opts.rate
+        if not scenario.open_loop:
+            return None
+        if self.opts.open_rate is not None:
+            return self.opts.open_rate
+        mix = self.results.row("mix")
+        return max(100.0, round(mix.rate / 2, -2)) if mix is not None else 1000.0
+
+    def _ceiling_again(self) -> Ceiling | None:
+        """The ceiling right now (a shorter run), just before or after a scenario."""
+        if self.ceiling is None:
+            return None
+        scenario, port, service = self.ceiling
+        headers = {"Authorization": basic_auth(scenario.client.client_id, scenario.client.secret)}
+        duration = float(max(2, round(self.opts.duration / 4)))
+        load = Load(
+            HOST, port, scenario.path, headers, scenario.bodies, self.opts.connections, duration
+        )
+        cpu = _Cpu(service.workers(), [])
+        outcome = self._drive(load, "ceiling, again")
+        cores = cpu.cores(outcome.generator_cpu)
+        return Ceiling(outcome.rate, _cpu_us(cores, outcome), cores["other"] or 0.0)
+
+    def measure(self, scenario: Scenario, service: procs.Service, port: int, metrics: bool) -> Row:
+        """Prefill, warm up, drive one scenario and read what it cost, between two ceilings.
+
+        Each scenario is compared with the ceiling measured just before and
+        just after it: on a shared machine the load of the neighbours drifts,
+        and a ceiling taken minutes earlier would not be the same machine.
+        """
+        opts = self.opts
+        rate = self._rate_for(scenario)
+        headers = {"Authorization": basic_auth(scenario.client.client_id, scenario.client.secret)}
+
+        def load(bodies: Path, duration: float, *, wrap: bool = True) -> Load:
+            return Load(
+                HOST,
+                port,
+                scenario.path,
+                headers,
+                bodies,
+                opts.connections,
+                duration,
+                rate=rate if wrap else None,
+                wrap=wrap,
+            )
+
+        self.progress.phase(f"{scenario.name}: {scenario.title}")
+        if scenario.prefill is not None:
+            self._drive(
+                load(scenario.prefill, PREFILL_TIMEOUT, wrap=False), "prefill", builtin=True
+            )
+        bracket = metrics and rate is None
+        first = self._ceiling_again() if bracket else None
+        if opts.warmup > 0:
+            self._drive(load(scenario.warmup, opts.warmup), "warmup")
+        before = self._scrape(port) if metrics else None
+        workers = service.workers()
+        cpu = _Cpu(workers, self.store_roots if metrics else [])
+        profiling = (
+            self.profiler.start(scenario.name, workers[0], opts.duration)
+            if (self.profiler is not None and metrics)
+            else None
+        )
+        outcome = self._drive(load(scenario.bodies, opts.duration), scenario.name)
+        cores = cpu.cores(outcome.generator_cpu)
+        work: dict[str, float | None] = {}
+        notes = []
+        if before is not None:
+            delta = Delta(before, self._scrape(port))
+            work = delta.per_request(scenario.path)
+        if profiling is not None:
+            notes.append(self.profiler.finish(profiling))
+        adjacent = Ceiling.around(first, self._ceiling_again() if bracket else None)
+        mode = f"{rate:,.0f}/s open" if rate is not None else f"{opts.connections} conns"
+        cost = _cpu_us(cores, outcome)
+        if adjacent is not None:
+            noisy = max(adjacent.other, cores["other"] or 0.0)
+            if noisy > NOISY:
+                notes.append(
+                    f"noisy: other processes used {adjacent.other:.2f} cores during the ceilings"
+                    f" and {cores['other'] or 0:.2f} during the scenario; trust cpu % more"
+                )
+        if outcome.errors:
+            notes.append(f"errors: {outcome.errors}")
+        share = work.get(scenario.expect) if scenario.expect else None
+        if share is not None and share < EXPECTED_SHARE:
+            notes.append(
+                f"only {share:.0%} of requests counted {scenario.expect}: not the"
+                " scenario it claims to be"
+            )
+        if rate is not None and outcome.rate < 0.95 * rate:
+            notes.append(f"offered {rate:,.0f}/s, answered {outcome.rate:,.0f}/s: overloaded")
+        row = Row(
+            scenario.name,
+            scenario.title,
+            mode,
+            outcome.tool,
+            outcome.rate,
+            adjacent.rate if adjacent else None,
+            100 * outcome.rate / adjacent.rate if adjacent and adjacent.rate else None,
+            100 * adjacent.cpu_us / cost if adjacent and adjacent.cpu_us and cost else None,
+            outcome.percentiles,
+            outcome.errors,
+            cores,
+            cost,
+            work,
+            notes,
+        )
+        self.results.rows.append(row)
+        lat = outcome.percentiles
+        self.progress.note(
+            f"{scenario.name}: {outcome.rate:,.0f} answers/s, p99 {lat.get('p99', 0):.2f} ms,"
+            f" {outcome.error_count} errors"
+        )
+        return row
+
+    def _scrape(self, port: int) -> dict[Any, float]:
+        time.sleep(SCRAPE_SETTLE)
+        return asyncio.run(scrape(HOST, port))
+
+    async def _sanity(self, port: int, seeded: seed.Seeded) -> None:
+        """Check the server answers the seeded credentials as seeded, before measuring anything."""
+        rs, app = seeded.resource_server, seeded.apps[0]
+        introspect = request_head(
+            "POST",
+            HOST,
+            port,
+            "/introspect",
+            {"Authorization": basic_auth(rs.client_id, rs.secret)},
+        )
+        token = request_head(
+            "POST", HOST, port, "/token", {"Authorization": basic_auth(app.client_id, app.secret)}
+        )
+        conn = await Connection.open(HOST, port)
+        try:
+            expect = [
+                (seeded.active[0], True),
+                (seeded.revoked[0], False),
+                (seeded.expired[0], False),
+                (seeded.unknown[0], False),
+            ]
+            for value, active in expect:
+                status, body = await conn.send(form_request(introspect, f"token={value}".encode()))
+                if status != 200 or (b'"active":true' in body) != active:
+                    expected = "active" if active else "inactive"
+                    raise RuntimeError(
+                        f"sanity check: a seeded credential expected {expected} answered"
+                        f" {status} {body[:80]!r}; does the server use the bench's secret?"
+                    )
+            status, body = await conn.send(form_request(token, b"grant_type=client_credentials"))
+            if status != 200 or b"access_token" not in body:
+                raise RuntimeError(f"sanity check: /token answered {status} {body[:120]!r}")
+        finally:
+            conn.close()
+
+    # --- the run -----------------------------------------------------------------------------
+
+    def execute(self) -> None:
+        """Everything, in order."""
+        opts = self.opts
+        db, rd, own = self._stores()
+        self.store_roots = [
+            pid for port in (_local(db), _local(rd)) if port for pid in procs.pids_listening(port)
+        ]
+        self.env = dict(os.environ)
+        self.env.update(
+            INTROSPECT_DATABASE_URL=db,
+            INTROSPECT_REDIS_URL=rd,
+            INTROSPECT_DATA_DIR=str(opts.data_dir),
+            INTROSPECT_HOST=HOST,
+            INTROSPECT_SECRET=os.environ.get("INTROSPECT_SECRET")
+            or "bench-" + secrets.token_urlsafe(32),
+        )
+        settings = load_settings(self.env)
+        self.progress.phase(f"seeding {opts.credentials:,} credentials")
+        began = time.monotonic()
+        seeded = asyncio.run(self._seed(settings, db, rd, own))
+        self.results.meta["seed_seconds"] = time.monotonic() - began
+        self.results.meta["seeded"] = seeded.total
+        self.progress.note(
+            f"{seeded.total:,} credentials in {self.results.meta['seed_seconds']:.1f} s:"
+            f" {len(seeded.active):,} live, {len(seeded.revoked):,} revoked,"
+            f" {len(seeded.expired):,} expired"
+        )
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.stack.callback(shutil.rmtree, self.workdir, True)
+        rng = random.Random(11)
+        cold = max(opts.connections * 1000, int(opts.duration * 20_000))
+        cut = scenarios.slices(seeded, opts.revocations, cold)
+        sequence = max(100_000, int(opts.duration * 20_000))
+        built = scenarios.build(seeded, cut, self.workdir, sequence, rng)
+        wanted = [n for n in LOAD_SCENARIOS if n in opts.scenarios]
+        if wanted:
+            # The ceiling stays up (idle) for the whole run, to be measured again before each
+            # scenario.
+            ceiling_cmd = [sys.executable, "-m", "bench.ceiling"]
+            service, port = self.stack.enter_context(
+                self._service("ceiling", ceiling_cmd, self.env)
+            )
+            self.measure(built["ceiling"], service, port, metrics=False)
+            if opts.rate is None:
+                self.ceiling = (built["ceiling"], port, service)
+        server_cmd = [sys.executable, "-m", "introspect.cli", "serve"]
+        for config in (DEFAULT, NO_LOCAL, NO_CACHE):
+            names = [n for n in wanted if built[n].config == config]
+            extra = [n for n in ("revocation", "memory") if n in opts.scenarios]
+            if config != DEFAULT:
+                extra = []
+            if not names and not extra:
+                continue
+            self.progress.phase(f"starting the server ({config}, {opts.workers} workers)")
+            env = self._server_env(config)
+            with self._service(f"server-{config}", server_cmd, env) as (service, port):
+                asyncio.run(self._sanity(port, seeded))
+                for name in names:
+                    self.measure(built[name], service, port, metrics=True)
+                if "revocation" in extra:
+                    self._revocation(service, port, seeded, cut)
+                if "memory" in extra:
+                    self._memory(service, port, seeded, cut, load_settings(env))
+
+    def _revocation(
+        self, service: procs.Service, port: int, seeded: seed.Seeded, cut: Slices
+    ) -> None:
+        total = len(cut.revocation)
+        self.progress.phase(f"revocation: {total} revocations, every worker caching each")
+        self.results.revocation = asyncio.run(
+            revocations(
+                HOST,
+                port,
+                service.workers(),
+                seeded.resource_server,
+                seeded.apps,
+                cut.revocation,
+                on_progress=lambda n: self.progress.tick(f"revocation: {n} / {total}"),
+            )
+        )
+
+    def _memory(
+        self,
+        service: procs.Service,
+        port: int,
+        seeded: seed.Seeded,
+        cut: Slices,
+        settings: Settings,
+    ) -> None:
+        workers = service.workers()
+        size = settings.local_cache_size
+        per_worker = min(size, len(cut.fill) // len(workers))
+        self.progress.phase(
+            f"memory: {per_worker:,} distinct credentials at each of {len(workers)} workers"
+            f" (in-process cache size {size:,})"
+        )
+        before = {pid: procs.rss_bytes(pid) / MIB for pid in workers}
+        deadline = time.monotonic() + self.opts.fill_seconds
+        sent = asyncio.run(
+            fill_local_caches(
+                HOST,
+                port,
+                workers,
+                seeded.resource_server,
+                cut.fill,
+                per_worker,
+                deadline,
+                on_progress=lambda n: self.progress.tick(
+                    f"memory: {n:,} / {per_worker * len(workers):,} introspected"
+                ),
+            )
+        )
+        self.results.memory = Memory(
+            rss_before_mib=before,
+            rss_mib={pid: procs.rss_bytes(pid) / MIB for pid in workers},
+            entries_sent=sent,
+            cache_size=size,
+            seeded=seeded.total,
+        )
+
+
+def run(opts: Options) -> int:
+    """Run the bench with `opts`; print and write the results; the exit status."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    results_dir = opts.out / stamp
+    results_dir.mkdir(parents=True, exist_ok=True)
+    results = Results(
+        meta={
+            "started": stamp,
+            "results_dir": str(results_dir),
+            "options": {
+                k: str(v) if isinstance(v, Path) else v
+                for k, v in asdict(opts).items()
+                if k not in ("database_url", "redis_url")
+            },
+            "workers": opts.workers,
+            "connections": opts.connections,
+            "duration": opts.duration,
+            "cpus": os.cpu_count(),
+            "load_average": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+            "python": platform.python_version(),
+            "wrk": wrkrun.available(),
+            "seeded": 0,
+            "seed_seconds": 0.0,
+        }
+    )
+    # Ctrl-C and SIGTERM both unwind the run (SIGINT even when the shell started it ignored).
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    stack = contextlib.ExitStack()
+    status = 0
+    bench = Bench(opts, stack, results)
+    try:
+        bench.execute()
+    except KeyboardInterrupt:
+        bench.progress.phase("interrupted: stopping everything the bench started")
+        status = 130
+    except (
+        RuntimeError,
+        ValueError,
+        OSError,
+        asyncpg.PostgresError,
+        embedded.EmbeddedError,
+    ) as exc:
+        bench.progress.phase(f"failed: {exc}")
+        status = 1
+    finally:
+        with _uninterrupted():
+            stack.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    bench.progress.phase(f"done in {time.monotonic() - bench.progress.started:.0f} s")
+    checks = report.targets(results, full_size_run=results.meta["seeded"] >= 1_000_000)
+    text = report.render(results, checks)
+    print(text)
+    (results_dir / "results.txt").write_text(text + "\n")
+    report.write_json(results, checks, results_dir / "results.json")
+    drawn = report.draw(results, results_dir / "results.png")
+    print(
+        f"\nwritten: {results_dir}/results.txt, results.json"
+        + (", results.png" if drawn else " (no PNG: pip install -e '.[bench]' for matplotlib)")
+        + ", and the server logs",
+        file=sys.stderr,
+    )
+    return status

@@ -1,0 +1,195 @@
+"""The scenarios: which credentials each one presents, in what order, to which server.
+
+The seeded live credentials are cut into disjoint slices, so that no
+scenario warms a cache for another: a small hot set (in-process hits), a
+Redis set (hits in Redis with the in-process cache off), credentials for
+the revocations, a long run never presented before (cold, with both cache
+layers off as well), and the rest to fill the in-process caches for the
+memory figure. The mix draws from everything.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.seed import Registered, Seeded
+
+HOT = 1_000
+REDIS_SET = 10_000
+ZIPF_EXPONENT = 1.0
+# The realistic mix: shares of what resource servers present.
+MIX_REVOKED = 0.05
+MIX_EXPIRED = 0.02
+MIX_UNKNOWN = 0.05
+
+# Server configurations: the environment each adds to the server's.
+DEFAULT = "default"
+NO_LOCAL = "no-local"
+NO_CACHE = "no-cache"
+CONFIGS: dict[str, dict[str, str]] = {
+    DEFAULT: {},
+    NO_LOCAL: {"INTROSPECT_LOCAL_CACHE_SIZE": "0"},
+    NO_CACHE: {"INTROSPECT_LOCAL_CACHE_SIZE": "0", "INTROSPECT_REDIS_CACHE_TTL": "0"},
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """One load scenario: what to send, where, and what it is measured against."""
+
+    name: str
+    title: str
+    config: str  # a key of CONFIGS
+    path: str
+    client: Registered
+    bodies: Path  # the measured sequence, one form body per line
+    warmup: Path  # the warmup sequence (a different slice when bodies must be unseen)
+    prefill: Path | None = None  # sent once each before the warmup, untimed
+    open_loop: bool = False  # measured at a fixed offered rate rather than closed loop
+    # What (nearly) every request must do, by the server's counters, for the scenario to be
+    # what it says: a key of scrape.Delta.per_request.
+    expect: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Slices:
+    """Disjoint slices of the live credentials, one per use."""
+
+    hot: Sequence[str]
+    redis: Sequence[str]
+    revocation: Sequence[tuple[str, int]]
+    cold: Sequence[str]
+    cold_warmup: Sequence[str]
+    fill: Sequence[str]
+
+
+def slices(seeded: Seeded, revocations: int, cold: int) -> Slices:
+    """Cut the live credentials (already in random order) into the scenarios' slices."""
+    active = seeded.active
+    redis_set = min(REDIS_SET, len(active) // 10)
+    a = min(HOT, len(active) // 20)
+    b = a + redis_set
+    c = b + revocations
+    cold = max(0, min(cold, (len(active) - c) // 2))
+    d = c + cold
+    e = d + max(1, cold // 10)
+    if e > len(active):
+        raise ValueError(f"{len(active)} live credentials are too few for these scenarios")
+    owners = seeded.active_owner
+    return Slices(
+        hot=active[:a],
+        redis=active[a:b],
+        revocation=list(zip(active[b:c], owners[b:c], strict=True)),
+        cold=active[c:d],
+        cold_warmup=active[d:e],
+        fill=active[e:],
+    )
+
+
+def _write(path: Path, tokens: Sequence[str]) -> Path:
+    with open(path, "w") as f:
+        f.writelines(f"token={token}\n" for token in tokens)
+    return path
+
+
+def _repeat_shuffled(tokens: Sequence[str], length: int, rng: random.Random) -> list[str]:
+    out: list[str] = []
+    while len(out) < length:
+        batch = list(tokens)
+        rng.shuffle(batch)
+        out += batch
+    return out[:length]
+
+
+def zipf(tokens: Sequence[str], count: int, rng: random.Random) -> list[str]:
+    """`count` draws from `tokens` with P(rank k) proportional to 1/k**ZIPF_EXPONENT."""
+    weights = itertools.accumulate(1.0 / (k**ZIPF_EXPONENT) for k in range(1, len(tokens) + 1))
+    return rng.choices(tokens, cum_weights=list(weights), k=count)
+
+
+def mix(seeded: Seeded, count: int, rng: random.Random) -> list[str]:
+    """The realistic mix: Zipf over live and revoked credentials, some expired and unknown."""
+    revoked = int(count * MIX_REVOKED)
+    expired = int(count * MIX_EXPIRED)
+    unknown = int(count * MIX_UNKNOWN)
+    out = zipf(seeded.active, count - revoked - expired - unknown, rng)
+    out += zipf(seeded.revoked, revoked, rng)
+    out += rng.choices(seeded.expired, k=expired)
+    out += rng.choices(seeded.unknown, k=unknown)
+    rng.shuffle(out)
+    return out
+
+
+def build(
+    seeded: Seeded, cut: Slices, workdir: Path, sequence: int, rng: random.Random
+) -> dict[str, Scenario]:
+    """Every load scenario by name, its body files written under `workdir`."""
+    rs, app = seeded.resource_server, seeded.apps[0]
+    hot = _write(workdir / "hot.txt", _repeat_shuffled(cut.hot, sequence, rng))
+    redis = _write(workdir / "redis.txt", _repeat_shuffled(cut.redis, sequence, rng))
+    cold = _write(workdir / "cold.txt", cut.cold)
+    mixed = _write(workdir / "mix.txt", mix(seeded, sequence, rng))
+    token = workdir / "token.txt"
+    token.write_text("grant_type=client_credentials\n")
+    ceiling = Scenario(
+        "ceiling", "ceiling: parse + orjson, no I/O", DEFAULT, "/introspect", rs, hot, hot
+    )
+    scenarios = [
+        ceiling,
+        Scenario(
+            "local-hit",
+            "hit in the in-process cache",
+            DEFAULT,
+            "/introspect",
+            rs,
+            hot,
+            hot,
+            expect="local_hits",
+        ),
+        Scenario(
+            "redis-hit",
+            "hit in Redis (in-process cache off)",
+            NO_LOCAL,
+            "/introspect",
+            rs,
+            redis,
+            redis,
+            prefill=_write(workdir / "redis-prefill.txt", cut.redis),
+            expect="redis_hits",
+        ),
+        Scenario(
+            "cold",
+            "cold: both caches off, each credential new, Postgres answers",
+            NO_CACHE,
+            "/introspect",
+            rs,
+            cold,
+            _write(workdir / "cold-warmup.txt", cut.cold_warmup),
+            expect="uncached",
+        ),
+        Scenario(
+            "mix",
+            "realistic mix (Zipf, revoked, expired, unknown)",
+            DEFAULT,
+            "/introspect",
+            rs,
+            mixed,
+            mixed,
+        ),
+        Scenario(
+            "mix-open",
+            "realistic mix at a fixed offered rate",
+            DEFAULT,
+            "/introspect",
+            rs,
+            mixed,
+            mixed,
+            open_loop=True,
+        ),
+        Scenario("token", "token issuance (POST /token)", DEFAULT, "/token", app, token, token),
+    ]
+    return {s.name: s for s in scenarios}

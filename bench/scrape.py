@@ -1,0 +1,64 @@
+"""The server's own counters, read from its /metrics before and after a scenario.
+
+Work per request (Redis calls, Postgres queries, cache hits by layer) comes
+from the difference of two scrapes divided by the requests the scenario
+made, as counted by the server itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from bench.procs import get
+
+Sample = tuple[str, frozenset[tuple[str, str]]]
+
+
+async def scrape(host: str, port: int) -> dict[Sample, float]:
+    """Every counter sample of the server (the `_total` series), by name and labels."""
+    status, body = await get(host, port, "/metrics")
+    if status != 200:
+        raise RuntimeError(f"/metrics answered {status}")
+    out: dict[Sample, float] = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            if sample.name.endswith("_total"):
+                out[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return out
+
+
+class Delta:
+    """The change of the server's counters between two scrapes."""
+
+    def __init__(self, before: Mapping[Sample, float], after: Mapping[Sample, float]) -> None:
+        self.values = {key: value - before.get(key, 0.0) for key, value in after.items()}
+
+    def total(self, name: str, **labels: str) -> float:
+        """The sum over the series of `name` whose labels include `labels`."""
+        wanted = set(labels.items())
+        return sum(v for (n, lab), v in self.values.items() if n == name and wanted <= lab)
+
+    def requests(self, route: str) -> float:
+        """Requests the server answered on `route`, any status."""
+        return self.total("introspect_requests_total", route=route)
+
+    def per_request(self, route: str) -> dict[str, float | None]:
+        """Work per request on `route`: Redis calls, Postgres queries, cache hits and misses."""
+        count = self.requests(route)
+
+        def per(value: float) -> float | None:
+            return value / count if count else None
+
+        local_hits = self.total("introspect_cache_hits_total", layer="local")
+        redis_hits = self.total("introspect_cache_hits_total", layer="redis")
+        return {
+            "requests": count,
+            "redis_calls": per(self.total("introspect_redis_calls_total")),
+            "pg_queries": per(self.total("introspect_pg_queries_total")),
+            "local_hits": per(local_hits),
+            "redis_hits": per(redis_hits),
+            "redis_misses": per(self.total("introspect_cache_misses_total", layer="redis")),
+            "uncached": None if not count else max(0.0, 1 - (local_hits + redis_hits) / count),
+        }

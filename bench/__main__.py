@@ -25,7 +25,7 @@ def parse(argv: Sequence[str] | None = None) -> Options:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="100k credentials, 5 s per scenario, 100 revocations (about 2 minutes)",
+        help="100k credentials, 5 s per scenario, 100 revocations (about 2.5 minutes)",
     )
     p.add_argument("--workers", type=int, default=2, help="server worker processes (2)")
     p.add_argument("--connections", type=int, default=32, help="closed-loop connections (32)")

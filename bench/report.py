@@ -88,6 +88,32 @@ RSS_MIB = 200.0
 _LABELS = {"local-hit": "in-process hit", "redis-hit": "Redis hit", "cold": "cold"}
 
 
+# Each JWT scenario and the opaque one it differs from only by the credential presented.
+JWT_TWINS = {"jwt-hit": "local-hit", "jwt-verify": "redis-hit"}
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    """A JWT scenario next to its opaque twin, both measured in the same run."""
+
+    jwt: str
+    opaque: str
+    rate_pct: float  # the JWT scenario's req/s as a % of its twin's
+    extra_cpu_us: float | None  # server and stores CPU per request, JWT minus opaque
+
+
+def comparisons(results: Results) -> list[Comparison]:
+    """Each JWT scenario of the run against its opaque twin, when both ran."""
+    out = []
+    for jwt, opaque in JWT_TWINS.items():
+        a, b = results.row(jwt), results.row(opaque)
+        if a is None or b is None or not b.rate:
+            continue
+        extra = None if a.cpu_us is None or b.cpu_us is None else a.cpu_us - b.cpu_us
+        out.append(Comparison(jwt, opaque, 100 * a.rate / b.rate, extra))
+    return out
+
+
 def targets(results: Results, *, full_size_run: bool) -> list[Target]:
     """Each target figure of the run next to its target; n/a when it was not measured."""
     out = []
@@ -166,7 +192,8 @@ def render(results: Results, checks: Sequence[Target]) -> str:
     parts = [
         f"introspect bench, {meta['started']}: {meta['workers']} workers, "
         f"{meta['connections']} connections, {meta['duration']:g} s per scenario, "
-        f"{meta['seeded']:,} credentials seeded in {meta['seed_seconds']:.0f} s, "
+        f"{meta['seeded']:,} credentials and {meta['jwts']:,} JWTs seeded in"
+        f" {meta['seed_seconds']:.0f} s, "
         f"{meta['cpus']} CPUs, load average {meta['load_average']} at start",
         "",
         "ceil/s: the ceiling measured again just before and after the scenario (mean); % ceil:"
@@ -224,6 +251,25 @@ def render(results: Results, checks: Sequence[Target]) -> str:
         )
     if rows:
         parts.append(_table(headers, rows))
+    twins = comparisons(results)
+    if twins:
+        parts += [
+            "",
+            "JWT next to opaque: the same cache path, presenting a JWT instead of an opaque"
+            " credential",
+            _table(
+                ["scenario", "opaque twin", "req/s, % of twin's", "extra us/req"],
+                [
+                    [
+                        c.jwt,
+                        c.opaque,
+                        f"{c.rate_pct:.0f} %",
+                        "-" if c.extra_cpu_us is None else f"{c.extra_cpu_us:+.0f}",
+                    ]
+                    for c in twins
+                ],
+            ),
+        ]
     notes = [f"  {r.name}: {n}" for r in results.rows for n in r.notes]
     if notes:
         parts += ["", "notes:", *notes]
@@ -287,6 +333,7 @@ def write_json(results: Results, checks: Sequence[Target], path: Path) -> None:
         "memory": asdict(results.memory) | {"full": results.memory.full}
         if results.memory
         else None,
+        "jwt_vs_opaque": [asdict(c) for c in comparisons(results)],
         "targets": [asdict(t) for t in checks],
     }
     path.write_text(json.dumps(data, indent=2) + "\n")
@@ -315,7 +362,10 @@ def draw(results: Results, path: Path) -> bool:
     left.grid(True, which="both", alpha=0.3)
     left.legend()
     names = [r.name for r in rows]
-    colors = ["tab:gray" if r.name == "ceiling" else "tab:blue" for r in rows]
+    colors = [
+        "tab:gray" if r.name == "ceiling" else "tab:orange" if r.name in JWT_TWINS else "tab:blue"
+        for r in rows
+    ]
     bars = right.bar(names, [r.rate for r in rows], color=colors)
     for bar, r in zip(bars, rows, strict=True):
         if r.mode.endswith("open"):
@@ -335,7 +385,9 @@ def draw(results: Results, path: Path) -> bool:
             fontsize=8,
         )
     right.set_ylabel("answers per second")
-    right.set_title("throughput (% of the ceiling; dashed red: target; hatched: open loop)")
+    right.set_title(
+        "throughput (% of the ceiling; dashed red: target; hatched: open loop; orange: JWT)"
+    )
     right.tick_params(axis="x", rotation=30)
     meta = results.meta
     fig.suptitle(

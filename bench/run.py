@@ -4,9 +4,10 @@ Order: the stores (embedded under the bench's own data dir unless URLs were
 given), the seed, the ceiling (its own processes, measured alone on the
 machine, then again just before and after each scenario, which is compared
 with the mean of the two),
-then the server in its default configuration (in-process hit, mix, mix at
-a fixed rate, /token, revocation, memory), then with the in-process cache
-off (Redis hit), then with both cache layers off (cold). Everything started is registered on one
+then the server in its default configuration (in-process hit, the same
+for JWTs, mix, mix at a fixed rate, /token, revocation, memory), then with
+the in-process cache off (Redis hit, then JWTs verified and found in
+Redis), then with both cache layers off (cold). Everything started is registered on one
 ExitStack, closed with Ctrl-C ignored, so a run always stops what it
 started, in reverse order, whatever happened.
 """
@@ -42,16 +43,29 @@ from bench.workers import fill_local_caches, revocations
 from introspect import embedded
 from introspect.config import Settings, load_settings
 from introspect.server import apply_migrations
-from introspect.service import open_authority
+from introspect.service import Authority, open_authority
 
 HOST = "127.0.0.1"
-LOAD_SCENARIOS = ("local-hit", "redis-hit", "cold", "mix", "mix-open", "token")
+LOAD_SCENARIOS = (
+    "local-hit",
+    "jwt-hit",
+    "redis-hit",
+    "jwt-verify",
+    "cold",
+    "mix",
+    "mix-open",
+    "token",
+)
+JWT_SCENARIOS = ("jwt-hit", "jwt-verify")
 ALL_SCENARIOS = (*LOAD_SCENARIOS, "revocation", "memory")
 # The server flushes its counters to /metrics once a second: wait longer before a scrape.
 SCRAPE_SETTLE = 1.5
 PREFILL_TIMEOUT = 120.0
 EXPECTED_SHARE = 0.9  # of requests that must do what their scenario is about (see Scenario)
 NOISY = 0.25  # cores used by other processes above which a comparison is flagged
+# A server's issuer is its listen address unless configured, and every server of a run
+# listens on a port of its own: the JWTs, signed at seeding, need one issuer they all share.
+ISSUER = f"http://{HOST}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,8 +258,10 @@ class Bench:
                 await seed.reset(conn)
             async with open_authority(settings, db, rd, listen=False) as authority:
                 seeded = await seed.register_clients(authority)
-            if not own:
-                self.stack.callback(lambda: asyncio.run(self._unseed(db, seeded)))
+                if not own:
+                    self.stack.callback(lambda: asyncio.run(self._unseed(db, seeded)))
+                if any(n in self.opts.scenarios for n in JWT_SCENARIOS):
+                    await self._issue_jwts(authority, seeded)
             total = self.opts.credentials
             await seed.copy_credentials(
                 conn,
@@ -258,6 +274,21 @@ class Bench:
         finally:
             await conn.close()
         return seeded
+
+    async def _issue_jwts(self, authority: Authority, seeded: seed.Seeded) -> None:
+        count = scenarios.JWTS
+        began = time.monotonic()
+        await seed.issue_jwts(
+            authority,
+            seeded,
+            count,
+            on_progress=lambda n: self.progress.tick(f"{n:,} / {count:,} JWTs issued"),
+        )
+        seconds = time.monotonic() - began
+        self.progress.note(
+            f"{count:,} JWT access tokens issued and signed by the server's code in"
+            f" {seconds:.1f} s ({count / seconds:,.0f}/s)"
+        )
 
     async def _unseed(self, db: str, seeded: seed.Seeded) -> None:
         self.progress.phase("removing the bench's clients and credentials from the database")
@@ -451,6 +482,7 @@ class Bench:
                 (seeded.revoked[0], False),
                 (seeded.expired[0], False),
                 (seeded.unknown[0], False),
+                *((token, True) for token in seeded.jwt[:1]),
             ]
             for value, active in expect:
                 status, body = await conn.send(form_request(introspect, f"token={value}".encode()))
@@ -458,7 +490,8 @@ class Bench:
                     expected = "active" if active else "inactive"
                     raise RuntimeError(
                         f"sanity check: a seeded credential expected {expected} answered"
-                        f" {status} {body[:80]!r}; does the server use the bench's secret?"
+                        f" {status} {body[:80]!r}; does the server use the bench's secret"
+                        " and issuer?"
                     )
             status, body = await conn.send(form_request(token, b"grant_type=client_credentials"))
             if status != 200 or b"access_token" not in body:
@@ -483,6 +516,7 @@ class Bench:
             INTROSPECT_HOST=HOST,
             INTROSPECT_SECRET=os.environ.get("INTROSPECT_SECRET")
             or "bench-" + secrets.token_urlsafe(32),
+            INTROSPECT_ISSUER=os.environ.get("INTROSPECT_ISSUER") or ISSUER,
         )
         settings = load_settings(self.env)
         self.progress.phase(f"seeding {opts.credentials:,} credentials")
@@ -490,6 +524,7 @@ class Bench:
         seeded = asyncio.run(self._seed(settings, db, rd, own))
         self.results.meta["seed_seconds"] = time.monotonic() - began
         self.results.meta["seeded"] = seeded.total
+        self.results.meta["jwts"] = len(seeded.jwt)
         self.progress.note(
             f"{seeded.total:,} credentials in {self.results.meta['seed_seconds']:.1f} s:"
             f" {len(seeded.active):,} live, {len(seeded.revoked):,} revoked,"
@@ -611,6 +646,7 @@ def run(opts: Options) -> int:
             "python": platform.python_version(),
             "wrk": wrkrun.available(),
             "seeded": 0,
+            "jwts": 0,
             "seed_seconds": 0.0,
         }
     )

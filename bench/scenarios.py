@@ -6,6 +6,11 @@ Redis set (hits in Redis with the in-process cache off), credentials for
 the revocations, a long run never presented before (cold, with both cache
 layers off as well), and the rest to fill the in-process caches for the
 memory figure. The mix draws from everything.
+
+The JWT access tokens (issued apart, see `seed.issue_jwts`) are cut the same
+way: a hot set of the same size, and a set as large as the Redis one, so
+that `jwt-hit` and `jwt-verify` differ from `local-hit` and `redis-hit` only
+by the kind of credential presented.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from bench.seed import Registered, Seeded
 
 HOT = 1_000
 REDIS_SET = 10_000
+JWTS = HOT + REDIS_SET  # JWT access tokens to issue: a hot set, then a set held in Redis
 ZIPF_EXPONENT = 1.0
 # The realistic mix: shares of what resource servers present.
 MIX_REVOKED = 0.05
@@ -65,6 +71,8 @@ class Slices:
     cold: Sequence[str]
     cold_warmup: Sequence[str]
     fill: Sequence[str]
+    jwt_hot: Sequence[str]
+    jwt_redis: Sequence[str]
 
 
 def slices(seeded: Seeded, revocations: int, cold: int) -> Slices:
@@ -87,6 +95,8 @@ def slices(seeded: Seeded, revocations: int, cold: int) -> Slices:
         cold=active[c:d],
         cold_warmup=active[d:e],
         fill=active[e:],
+        jwt_hot=seeded.jwt[:HOT],
+        jwt_redis=seeded.jwt[HOT:],
     )
 
 
@@ -127,40 +137,50 @@ def mix(seeded: Seeded, count: int, rng: random.Random) -> list[str]:
 def build(
     seeded: Seeded, cut: Slices, workdir: Path, sequence: int, rng: random.Random
 ) -> dict[str, Scenario]:
-    """Every load scenario by name, its body files written under `workdir`."""
+    """Every load scenario by name, its body files written under `workdir`.
+
+    The JWT scenarios are there only when JWTs were issued.
+    """
     rs, app = seeded.resource_server, seeded.apps[0]
-    hot = _write(workdir / "hot.txt", _repeat_shuffled(cut.hot, sequence, rng))
-    redis = _write(workdir / "redis.txt", _repeat_shuffled(cut.redis, sequence, rng))
+
+    def local_hit(name: str, title: str, tokens: Sequence[str]) -> Scenario:
+        bodies = _write(workdir / f"{name}.txt", _repeat_shuffled(tokens, sequence, rng))
+        return Scenario(
+            name, title, DEFAULT, "/introspect", rs, bodies, bodies, expect="local_hits"
+        )
+
+    def redis_hit(name: str, title: str, tokens: Sequence[str]) -> Scenario:
+        bodies = _write(workdir / f"{name}.txt", _repeat_shuffled(tokens, sequence, rng))
+        return Scenario(
+            name,
+            title,
+            NO_LOCAL,
+            "/introspect",
+            rs,
+            bodies,
+            bodies,
+            prefill=_write(workdir / f"{name}-prefill.txt", tokens),
+            expect="redis_hits",
+        )
+
+    local = local_hit("local-hit", "hit in the in-process cache", cut.hot)
     cold = _write(workdir / "cold.txt", cut.cold)
     mixed = _write(workdir / "mix.txt", mix(seeded, sequence, rng))
     token = workdir / "token.txt"
     token.write_text("grant_type=client_credentials\n")
     ceiling = Scenario(
-        "ceiling", "ceiling: parse + orjson, no I/O", DEFAULT, "/introspect", rs, hot, hot
+        "ceiling",
+        "ceiling: parse + orjson, no I/O",
+        DEFAULT,
+        "/introspect",
+        rs,
+        local.bodies,
+        local.bodies,
     )
     scenarios = [
         ceiling,
-        Scenario(
-            "local-hit",
-            "hit in the in-process cache",
-            DEFAULT,
-            "/introspect",
-            rs,
-            hot,
-            hot,
-            expect="local_hits",
-        ),
-        Scenario(
-            "redis-hit",
-            "hit in Redis (in-process cache off)",
-            NO_LOCAL,
-            "/introspect",
-            rs,
-            redis,
-            redis,
-            prefill=_write(workdir / "redis-prefill.txt", cut.redis),
-            expect="redis_hits",
-        ),
+        local,
+        redis_hit("redis-hit", "hit in Redis (in-process cache off)", cut.redis),
         Scenario(
             "cold",
             "cold: both caches off, each credential new, Postgres answers",
@@ -192,4 +212,15 @@ def build(
         ),
         Scenario("token", "token issuance (POST /token)", DEFAULT, "/token", app, token, token),
     ]
+    if cut.jwt_hot and cut.jwt_redis:
+        scenarios += [
+            local_hit(
+                "jwt-hit", "JWT, hit in the in-process cache (no signature check)", cut.jwt_hot
+            ),
+            redis_hit(
+                "jwt-verify",
+                "JWT, ES256 signature verified, then hit in Redis (in-process cache off)",
+                cut.jwt_redis,
+            ),
+        ]
     return {s.name: s for s in scenarios}

@@ -5,6 +5,10 @@ behind the CLI and the admin API. Credentials go straight into the
 `credentials` table with `copy_records_to_table`, hashed with
 `introspect.credentials.keyed_hash` under the server secret the bench gives
 the server, so the server sees them exactly as if it had issued them.
+JWT access tokens (RFC 9068) cannot be made that way: they are issued by
+`Authority.issue_access_token`, the server's own code path, which signs them
+with the signing key stored in Postgres (sealed under the same secret) and
+stores their rows.
 
 The set: access tokens (80 %, one hour of life, some issued up to ten
 minutes ago) and API keys (20 %, half never expiring, some bound to a user
@@ -14,6 +18,7 @@ spread over the app clients; plus well-formed tokens that were never stored.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -24,7 +29,9 @@ import orjson
 
 from bench.tokens import generate, public_ids
 from introspect.credentials import Kind, keyed_hash
+from introspect.rfc6749 import Grant
 from introspect.service import Authority
+from introspect.signing import KeyringError
 
 AUDIENCE = "https://api.example.com"
 SCOPES = ("read", "write")
@@ -34,6 +41,7 @@ EXPIRED_SHARE = 0.05
 API_KEY_SHARE = 0.2
 UNKNOWN = 10_000
 CHUNK = 100_000
+JWT_BATCH = 500  # JWTs issued concurrently: the server stores each batch in a few COPYs
 COLUMNS = (
     "id",
     "kind",
@@ -50,7 +58,7 @@ COLUMNS = (
 )
 # The tables a run in the bench's own embedded database starts from empty (the audit log is
 # append-only by design, and keeps growing by a few rows per run).
-TABLES = ("credentials", "client_secrets", "clients", "invalidation_outbox")
+TABLES = ("credentials", "client_secrets", "clients", "invalidation_outbox", "signing_keys")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,15 +75,18 @@ class Seeded:
 
     resource_server: Registered
     apps: list[Registered]
+    jwt_app: Registered  # registered with token_format="jwt"; owns every JWT
     active: list[str] = field(default_factory=list)
     active_owner: list[int] = field(default_factory=list)  # index into `apps`
     revoked: list[str] = field(default_factory=list)
     expired: list[str] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)
+    jwt: list[str] = field(default_factory=list)  # live JWT access tokens, in issue order
+    signing_keys: list[str] = field(default_factory=list)  # kids the bench's issuing created
 
     @property
     def total(self) -> int:
-        """Credentials stored."""
+        """Credentials stored by COPY (the JWTs are counted apart)."""
         return len(self.active) + len(self.revoked) + len(self.expired)
 
 
@@ -85,16 +96,22 @@ async def reset(conn: asyncpg.Connection) -> None:
 
 
 async def remove(conn: asyncpg.Connection, seeded: Seeded) -> None:
-    """Delete what a run added to a database it was given: its clients and their credentials."""
-    ids = [seeded.resource_server.client_id] + [a.client_id for a in seeded.apps]
+    """Delete what a run added to a database it was given: its clients and their credentials,
+    and the signing key its JWTs made the server create, if there was none."""
+    clients = [seeded.resource_server, seeded.jwt_app, *seeded.apps]
+    ids = [c.client_id for c in clients]
     async with conn.transaction():
         await conn.execute("DELETE FROM credentials WHERE client_id = ANY($1::text[])", ids)
         await conn.execute("DELETE FROM client_secrets WHERE client_id = ANY($1::text[])", ids)
         await conn.execute("DELETE FROM clients WHERE client_id = ANY($1::text[])", ids)
+        await conn.execute(
+            "DELETE FROM signing_keys WHERE kid = ANY($1::text[])", seeded.signing_keys
+        )
 
 
 async def register_clients(authority: Authority, apps: int = APP_CLIENTS) -> Seeded:
-    """The resource server that introspects, and the app clients that own credentials."""
+    """The resource server that introspects, the app clients that own credentials, and the
+    client whose access tokens are JWTs."""
     rs, rs_secret = await authority.create_client(
         actor="bench",
         name="bench-resource-server",
@@ -108,7 +125,55 @@ async def register_clients(authority: Authority, apps: int = APP_CLIENTS) -> See
             actor="bench", name=f"bench-app-{i}", scopes=list(SCOPES), audiences=[AUDIENCE]
         )
         registered.append(Registered(app.client_id, secret))
-    return Seeded(Registered(rs.client_id, rs_secret), registered)
+    jwt_app, jwt_secret = await authority.create_client(
+        actor="bench",
+        name="bench-jwt-app",
+        scopes=list(SCOPES),
+        audiences=[AUDIENCE],
+        token_format="jwt",  # noqa: S106 - a token format, not a password
+    )
+    return Seeded(
+        Registered(rs.client_id, rs_secret), registered, Registered(jwt_app.client_id, jwt_secret)
+    )
+
+
+async def _signing_kids(authority: Authority) -> set[str]:
+    return {row["kid"] for row in await authority.pool.fetch("SELECT kid FROM signing_keys")}
+
+
+async def issue_jwts(
+    authority: Authority,
+    seeded: Seeded,
+    count: int,
+    on_progress: Callable[[int], None] | None = None,
+) -> None:
+    """Issue `count` JWT access tokens to `seeded.jwt_app` through the server's own code.
+
+    `Authority.issue_access_token` signs each with the current signing key
+    (creating the first one when the database has none: its kid goes into
+    `seeded.signing_keys`) and stores its row, as `POST /token` does.
+    """
+    client = await authority.get_client(seeded.jwt_app.client_id)
+    if client is None:
+        raise RuntimeError(f"the bench's JWT client {seeded.jwt_app.client_id} is gone")
+    grant = Grant(SCOPES, (AUDIENCE,))
+    kids = await _signing_kids(authority)
+    try:
+        while len(seeded.jwt) < count:
+            batch = min(JWT_BATCH, count - len(seeded.jwt))
+            issued = await asyncio.gather(
+                *(authority.issue_access_token(client, grant) for _ in range(batch))
+            )
+            seeded.jwt += [token for token, _lifetime in issued]
+            if on_progress is not None:
+                on_progress(len(seeded.jwt))
+    except KeyringError as exc:
+        raise RuntimeError(
+            f"cannot sign JWTs: {exc}; set INTROSPECT_SECRET to the secret of the servers"
+            " that use this database"
+        ) from exc
+    finally:
+        seeded.signing_keys = sorted(await _signing_kids(authority) - kids)
 
 
 def _records(

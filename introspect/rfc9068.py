@@ -60,9 +60,14 @@ def access_token_claims(
     }
 
 
+def jwt_shaped(token: str) -> bool:
+    """Whether `token` could be a compact JWS of acceptable length: a test without parsing."""
+    return len(token) <= MAX_LENGTH and token.count(".") == 2
+
+
 def header(token: str) -> tuple[str, str] | None:
     """(alg, kid) when `token` is shaped like one of our access tokens, else None; no I/O."""
-    if len(token) > MAX_LENGTH or token.count(".") != 2:
+    if not jwt_shaped(token):
         return None
     try:
         fields = jwt.get_unverified_header(token)

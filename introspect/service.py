@@ -182,13 +182,15 @@ class Authority:
     async def lookup(self, token: str) -> Entry:
         """The cache entry for a presented credential, opaque or JWT; malformed ones cost no I/O.
 
-        A JWT is verified locally first (RFC 9068 §4), then looked up like an
-        opaque credential, by the keyed hash of the whole string.
+        A JWT is looked up like an opaque credential, by the keyed hash of the
+        whole string; before anything but the in-process cache is asked, it is
+        verified locally (RFC 9068 §4). An in-process entry was only ever stored
+        after this worker verified that very string.
         """
         kind = credentials.parse(token)
         admit = None
         if kind is not Kind.ACCESS_TOKEN and kind is not Kind.API_KEY:
-            if kind is not None or rfc9068.header(token) is None:
+            if kind is not None or not rfc9068.jwt_shaped(token):
                 return _INACTIVE
 
             async def admit() -> bool:

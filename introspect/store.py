@@ -341,11 +341,20 @@ async def revoke_credentials(
 
 
 async def touch_credentials(conn: asyncpg.Pool | asyncpg.Connection, used: dict[str, int]) -> None:
-    """Record last uses {credential id: epoch seconds} in one statement, never moving back."""
+    """Record last uses {credential id: epoch seconds} in one statement, never moving back.
+
+    Rows another transaction holds (another worker's batch, a revocation) are
+    skipped rather than waited for: workers locking overlapping batches in
+    different orders would otherwise deadlock, and a skipped time is only a
+    little older than the one written by the holder.
+    """
     await conn.execute(
-        "UPDATE credentials c SET last_used_at = u.at"
-        " FROM unnest($1::text[], $2::bigint[]) AS u(id, at)"
-        " WHERE c.id = u.id AND (c.last_used_at IS NULL OR c.last_used_at < u.at)",
+        "WITH u AS (SELECT * FROM unnest($1::text[], $2::bigint[]) AS u(id, at)),"
+        " free AS (SELECT c.id FROM credentials c JOIN u USING (id)"
+        "  ORDER BY c.id FOR UPDATE OF c SKIP LOCKED)"
+        " UPDATE credentials c SET last_used_at = u.at FROM u, free"
+        " WHERE c.id = u.id AND c.id = free.id"
+        " AND (c.last_used_at IS NULL OR c.last_used_at < u.at)",
         list(used),
         list(used.values()),
     )

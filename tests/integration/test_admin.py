@@ -3,7 +3,10 @@ listings and the audit log, against the session's real Postgres and Redis."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import os
+import random
 import secrets
 import time
 from typing import Any
@@ -885,3 +888,27 @@ async def test_api_key_last_use_is_recorded_in_batches(
     used = await last_used()
     assert used is not None
     assert abs(used - time.time()) < 60
+
+
+async def test_concurrent_last_use_batches_do_not_deadlock(
+    server: Server, authority: Authority
+) -> None:
+    """Workers writing overlapping last-use batches, in any order, never deadlock."""
+    now = int(time.time())
+    ids = [f"key_deadlock{unique('x')}{n}" for n in range(300)]
+    await store.copy_access_tokens(
+        authority.pool,
+        [(i, "api_key", "opaque", os.urandom(32), None, "s", (), (), now, now, None) for i in ids],
+    )
+    rng = random.Random(7)
+    for round_ in range(15):
+        batches = []
+        for _ in range(4):
+            order = ids[:]
+            rng.shuffle(order)
+            batches.append(dict.fromkeys(order, now + round_))
+        await asyncio.gather(*(store.touch_credentials(authority.pool, b) for b in batches))
+    latest = await authority.pool.fetchval(
+        "SELECT min(last_used_at) FROM credentials WHERE id = ANY($1::text[])", ids
+    )
+    assert latest is not None

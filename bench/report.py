@@ -360,7 +360,8 @@ def draw(results: Results, path: Path) -> bool:
     left.set_ylabel("latency (ms, log scale)")
     left.set_title("latency percentiles")
     left.grid(True, which="both", alpha=0.3)
-    left.legend()
+    if rows:
+        left.legend()
     names = [r.name for r in rows]
     colors = [
         "tab:gray" if r.name == "ceiling" else "tab:orange" if r.name in JWT_TWINS else "tab:blue"

@@ -481,6 +481,13 @@ class CredentialCache:
 
     # --- read path -----------------------------------------------------------------------
 
+    def cached(self, key: bytes) -> Entry | None:
+        """The in-process entry for `key`, if any: the hot path, with no await."""
+        entry = self.local.get(key, time.monotonic())
+        if entry is not None:
+            METRICS.cache_hit("local")
+        return entry
+
     async def lookup(
         self,
         key: bytes,
@@ -494,9 +501,8 @@ class CredentialCache:
         only ever stored after this worker admitted the very same string.
         """
         local = self.local
-        entry = local.get(key, time.monotonic())
+        entry = self.cached(key)
         if entry is not None:
-            METRICS.cache_hit("local")
             return entry
         epoch = local.epoch
         METRICS.cache_miss("local")

@@ -86,9 +86,12 @@ def token_parameter(params: dict[str, str]) -> str:
 async def decide(
     caller: Client,
     entry: Entry,
-    owner_disabled: Callable[[str], Awaitable[bool]],
+    owner_disabled: Callable[[str], bool | Awaitable[bool]],
 ) -> bytes:
-    """The answer bytes for `entry` as `caller` may see it."""
+    """The answer bytes for `entry` as `caller` may see it.
+
+    `owner_disabled` answers at once when it can, or with an awaitable.
+    """
     answer = entry.answer
     if answer is None:
         return INACTIVE
@@ -97,6 +100,10 @@ async def decide(
         return INACTIVE
     if caller.audiences and not entry.aud.intersection(caller.audiences):
         return INACTIVE
-    if entry.client_id is not None and await owner_disabled(entry.client_id):
-        return INACTIVE
+    if entry.client_id is not None:
+        disabled = owner_disabled(entry.client_id)
+        if disabled is not True and disabled is not False:
+            disabled = await disabled
+        if disabled:
+            return INACTIVE
     return answer

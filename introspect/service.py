@@ -174,8 +174,18 @@ class Authority:
         local.put_client(client_id, client, epoch)
         return client
 
-    async def owner_disabled(self, client_id: str) -> bool:
-        """Whether the client holding a credential is disabled (or gone)."""
+    def owner_disabled(self, client_id: str) -> bool | Awaitable[bool]:
+        """Whether the client holding a credential is disabled (or gone).
+
+        A plain bool when the client's record is cached in-process (the hot
+        path costs no coroutine), else an awaitable that reads it.
+        """
+        found, client = self.local.get_client(client_id, time.monotonic())
+        if found:
+            return client is None or client.disabled
+        return self._owner_disabled(client_id)
+
+    async def _owner_disabled(self, client_id: str) -> bool:
         client = await self.get_client(client_id)
         return client is None or client.disabled
 
@@ -198,6 +208,9 @@ class Authority:
 
         hashes = [credentials.keyed_hash(key, token) for key in self.keys]
         primary = hashes[0]
+        hit = self.cache.cached(primary)
+        if hit is not None:
+            return hit
 
         async def load() -> Entry:
             found = await self._finds.get(tuple(hashes))

@@ -53,7 +53,12 @@ def entry_for(credential: Credential | None, issuer: str) -> Entry:
     """The cache entry for what Postgres holds under a hash (None: unknown)."""
     if credential is None:
         return Entry(answer=None)
-    if credential.revoked_at is not None:
+    if credential.revoked_at is not None or (
+        credential.exp is not None and credential.exp <= now()
+    ):
+        # Revocation and expiry are final (only a live key's expiry may change, and any
+        # change writes a newer version): cached as inactive, so presenting a dead
+        # credential again costs no Postgres query.
         return Entry(answer=None, version=credential.version)
     body = active_answer(credential, issuer)
     return Entry(

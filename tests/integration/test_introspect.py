@@ -141,3 +141,25 @@ async def test_cached_token_turns_inactive_at_exp(
     await asyncio.sleep(max(0.0, exp - time.time()) + 0.01)  # the condition is the clock
     resp = await server.post_form("/introspect", {"token": token}, headers=resource_server.auth)
     assert resp.body == b'{"active":false}'
+
+
+async def test_expired_credential_is_cached_as_inactive(
+    server: Server, authority: Authority, resource_server: Registered
+) -> None:
+    """Presenting an expired credential again costs no Postgres query."""
+    from introspect.metrics import METRICS
+
+    client = await register(authority, token_ttl=1)
+    token = await token_for(server, client)
+    await authority.pool.execute(
+        "UPDATE credentials SET exp = exp - 10 WHERE client_id = $1", client.client_id
+    )
+    first = await server.post_form("/introspect", {"token": token}, headers=resource_server.auth)
+    assert first.body == b'{"active":false}'
+    before = METRICS.pg_queries.value()
+    for _ in range(3):
+        again = await server.post_form(
+            "/introspect", {"token": token}, headers=resource_server.auth
+        )
+        assert again.body == b'{"active":false}'
+    assert METRICS.pg_queries.value() == before

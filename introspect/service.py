@@ -41,6 +41,8 @@ from introspect.store import Client
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
+# How many presented credentials' hashes each worker remembers (see Authority.lookup).
+HASHED_MEMO_SIZE = 10_000
 # API keys' last_used_at is written at most this often (seconds), in one statement.
 USAGE_FLUSH_INTERVAL = 10
 _INACTIVE = Entry(answer=None, cacheable=False)
@@ -96,6 +98,10 @@ class Authority:
         )
         self.listener: Listener | None = None
         self._used: dict[str, int] = {}
+        # Presented credential -> its keyed hash, for well-formed ones recently seen: the
+        # hash is a pure function of the string, so this never needs invalidating, and a
+        # repeated presentation skips the format check and the HMAC.
+        self._hashed: dict[str, bytes] = {}
         self._usage_task: asyncio.Task[None] | None = None
         # Access tokens issued in one event-loop iteration are stored by one COPY.
         self._issues: Coalescer[tuple[Any, ...], None] = Coalescer(
@@ -197,6 +203,11 @@ class Authority:
         verified locally (RFC 9068 §4). An in-process entry was only ever stored
         after this worker verified that very string.
         """
+        known = self._hashed.get(token)
+        if known is not None:
+            hit = self.cache.cached(known)
+            if hit is not None:
+                return hit
         kind = credentials.parse(token)
         admit = None
         if kind is not Kind.ACCESS_TOKEN and kind is not Kind.API_KEY:
@@ -208,6 +219,9 @@ class Authority:
 
         hashes = [credentials.keyed_hash(key, token) for key in self.keys]
         primary = hashes[0]
+        if len(self._hashed) >= HASHED_MEMO_SIZE:
+            self._hashed.clear()
+        self._hashed[token] = primary
         hit = self.cache.cached(primary)
         if hit is not None:
             return hit

@@ -350,16 +350,23 @@ class Authority:
         subject): the one message then drops them in O(1) instead of key by key.
         """
 
-        async def apply(conn: asyncpg.Connection) -> tuple[int, Invalidation]:
-            rows = await revoke_in(conn, actor, where, *args)
-            if clients or subs:
-                tombstones = [(key, version) for _id, key, version in rows]
-                bulk = Invalidation(tombstones=tombstones, clients=[*clients], subs=[*subs])
-                return len(rows), bulk
-            return len(rows), Invalidation.for_credentials(rows)
-
-        count, announced = await self.change(apply)
-        return Revoked(count=count, announced=announced)
+        bulk = bool(clients or subs)
+        outbox_id, rows = await store.revoke_recorded(
+            self.pool,
+            actor,
+            where,
+            args,
+            evict_keys=not bulk,
+            clients=[*clients],
+            subs=[*subs],
+        )
+        if bulk:
+            tombstones = [(key, version) for _id, key, version in rows]
+            invalidation = Invalidation(tombstones=tombstones, clients=[*clients], subs=[*subs])
+        else:
+            invalidation = Invalidation.for_credentials(rows)
+        announced = await self.cache.announce(invalidation, outbox_id)
+        return Revoked(count=len(rows), announced=announced)
 
     async def revoke_presented(self, token: str, actor: str, owner: str | None) -> Revoked:
         """Revoke a presented credential, opaque or JWT (owned by `owner` when given):

@@ -340,6 +340,53 @@ async def revoke_credentials(
     return [(r["id"], bytes(r["hash"]), r["version"]) for r in rows]
 
 
+async def revoke_recorded(
+    conn: asyncpg.Pool | asyncpg.Connection,
+    actor: str,
+    where: str,
+    args: tuple[Any, ...],
+    *,
+    evict_keys: bool,
+    clients: list[str],
+    subs: list[str],
+) -> tuple[int, list[tuple[str, bytes, int]]]:
+    """Revoke, audit and record the invalidation in one statement (one round trip, one commit).
+
+    The same effect as `revoke_credentials` + `audit_revoked` + `add_outbox` of
+    `Invalidation` for the rows, whose JSON form (see `Invalidation.dumps`) is
+    built here by Postgres. Returns the outbox id and the (id, hash, version) rows.
+    """
+    n = len(args) + 2
+    rows = await conn.fetch(
+        "WITH r AS ("
+        "  UPDATE credentials SET revoked_at = $1, version = nextval('change_version')"
+        f"  WHERE revoked_at IS NULL AND (exp IS NULL OR exp > $1) AND ({where})"
+        "  RETURNING id, kind, hash, version),"
+        " a AS (INSERT INTO audit_log (at, actor, action, target_kind, target_id)"
+        f"  SELECT $1, ${n}, 'credential.revoke',"
+        "   CASE WHEN kind = 'api_key' THEN 'api_key' ELSE 'access_token' END, id"
+        "  FROM r ORDER BY id),"
+        " o AS (INSERT INTO invalidation_outbox (message, created_at)"
+        "  SELECT convert_to(json_build_object("
+        "   't', coalesce((SELECT json_agg(json_build_array(encode(hash, 'hex'), version))"
+        "    FROM r), '[]'::json),"
+        f"   'k', CASE WHEN ${n + 1} THEN coalesce((SELECT json_agg(encode(hash, 'hex'))"
+        "    FROM r), '[]'::json) ELSE '[]'::json END,"
+        f"   'r', '[]'::json, 'c', ${n + 2}::text::json, 's', ${n + 3}::text::json,"
+        "   'all', false)::text, 'UTF8'), $1"
+        "  RETURNING id)"
+        " SELECT o.id AS outbox_id, r.id, r.hash, r.version FROM o LEFT JOIN r ON true",
+        now(),
+        *args,
+        actor,
+        evict_keys,
+        orjson.dumps(clients).decode(),
+        orjson.dumps(subs).decode(),
+    )
+    revoked = [(r["id"], bytes(r["hash"]), r["version"]) for r in rows if r["id"] is not None]
+    return rows[0]["outbox_id"], revoked
+
+
 async def touch_credentials(conn: asyncpg.Pool | asyncpg.Connection, used: dict[str, int]) -> None:
     """Record last uses {credential id: epoch seconds} in one statement, never moving back.
 

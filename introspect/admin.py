@@ -426,7 +426,7 @@ async def delete_client(authority: Authority, actor: str, client_id: str) -> Rev
         )
         tombstones = [(key, version) for _id, key, version in rows]
         return len(rows), Invalidation(
-            tombstones=tombstones, records=[client_id], clients=[client_id]
+            tombstones=tombstones, records=[client_id], clients=[client_id], revoked=True
         )
 
     count, announced = await authority.change(apply)

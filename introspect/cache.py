@@ -22,6 +22,11 @@ holds a smaller version, or holds a tombstone of the same version.
   carries v and replaces the tombstone with the new state; a reader that
   read Postgres before the commit carries a version < v and is refused.
 * Two writers may reach Redis in either order; the larger version wins.
+* A revocation's writer knows the final state, so instead of a tombstone
+  it writes `<v>|0`, the inactive answer, under the same rule (and the
+  listeners cache it in-process): no reader needs Postgres afterwards. A
+  reader that read Postgres after the commit carries v too and the same
+  state, and is refused as a duplicate.
 * A tombstone lives `TOMBSTONE_TTL` seconds, and a reader abandons its fill
   when more than `FILL_DEADLINE` (far smaller) has passed since it started
   its Postgres read: so a stale reader cannot arrive after the tombstone
@@ -66,6 +71,7 @@ from typing import Any, Generic, TypeVar
 import asyncpg
 import orjson
 import redis.asyncio as redis
+from redis.asyncio.client import Pipeline
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -105,6 +111,16 @@ end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1
 """
+
+
+def _fill(pipe: Pipeline, key: bytes, version: int, value: bytes, ttl_ms: int) -> None:
+    """Queue one `_FILL` on `pipe`.
+
+    EVAL, not EVALSHA: redis-py checks a pipeline's registered scripts with
+    an extra SCRIPT EXISTS round trip on every execute, and the server keeps
+    the compiled script anyway.
+    """
+    pipe.eval(_FILL, 1, KEY_PREFIX + key, version, value, ttl_ms)
 
 
 class Coalescer(Generic[K, V]):
@@ -344,13 +360,21 @@ class LocalCache:
         self._auth[authorization] = (client, until)
 
     def apply(self, message: dict[str, Any]) -> None:
-        """Apply one invalidation message: evict keys, bump clients and subjects."""
+        """Apply one invalidation message: evict keys, bump clients and subjects.
+
+        The keys of a revocation are not only evicted: they are known to be
+        inactive from now on, and are cached so.
+        """
         self.epoch += 1
         if message.get("all"):
             self.clear()
             return
+        revoked = message.get("x", False)
         for hex_key in message.get("k", ()):
-            self._entries.pop(bytes.fromhex(hex_key), None)
+            key = bytes.fromhex(hex_key)
+            self._entries.pop(key, None)
+            if revoked:
+                self.put(key, Entry(answer=None), self.epoch, 0)
         for client_id in message.get("r", ()):
             self._clients.pop(client_id, None)
         for client_id in message.get("c", ()):
@@ -383,6 +407,8 @@ class Invalidation:
 
     tombstones: list[tuple[bytes, int]] = field(default_factory=list)
     keys: list[bytes] = field(default_factory=list)
+    # A revocation: what is known is the final state, inactive, rather than "changed".
+    revoked: bool = False
     # Client records changed (their cached record must go); clients whose credentials all changed.
     records: list[str] = field(default_factory=list)
     clients: list[str] = field(default_factory=list)
@@ -402,6 +428,8 @@ class Invalidation:
             out["s"] = self.subs
         if self.everything:
             out["all"] = True
+        if self.revoked:
+            out["x"] = True
         return out
 
     def dumps(self) -> bytes:
@@ -414,6 +442,7 @@ class Invalidation:
                 "c": self.clients,
                 "s": self.subs,
                 "all": self.everything,
+                "x": self.revoked,
             }
         )
 
@@ -428,13 +457,16 @@ class Invalidation:
             clients=data["c"],
             subs=data["s"],
             everything=data["all"],
+            revoked=data.get("x", False),
         )
 
     @classmethod
-    def for_credentials(cls, revoked: Iterable[tuple[str, bytes, int]]) -> Invalidation:
+    def for_credentials(
+        cls, changed: Iterable[tuple[str, bytes, int]], *, revoked: bool = False
+    ) -> Invalidation:
         """Tombstone and evict each (id, hash, version) a change returned."""
-        inv = cls()
-        for _id, key, version in revoked:
+        inv = cls(revoked=revoked)
+        for _id, key, version in changed:
             inv.tombstones.append((key, version))
             inv.keys.append(key)
         return inv
@@ -470,7 +502,6 @@ class CredentialCache:
         self.redis_ttl = redis_ttl
         self.negative_ttl = negative_ttl
         self.redis_ok = True
-        self._fill = client.register_script(_FILL)
         self._gets: Coalescer[bytes, bytes] = Coalescer(self._mget)
         self._fills: Coalescer[tuple[bytes, int, bytes, int], None] = Coalescer(self._fill_many)
         self._recovering: asyncio.Task[None] | None = None
@@ -563,9 +594,7 @@ class CredentialCache:
         METRICS.redis_calls.inc()
         async with self.redis.pipeline(transaction=False) as pipe:
             for key, version, value, ttl_ms in fills:
-                await self._fill(
-                    keys=[KEY_PREFIX + key], args=[version, value, ttl_ms], client=pipe
-                )
+                _fill(pipe, key, version, value, ttl_ms)
             await pipe.execute()
         return {}
 
@@ -649,14 +678,15 @@ class CredentialCache:
     async def _publish(self, invalidation: Invalidation) -> int:
         nonce = os.urandom(12).hex()
         ack_key = f"introspect:ack:{nonce}"
-        ttl_ms = TOMBSTONE_TTL * 1000
+        # A revoked credential's new state is known: inactive, for good.
+        payload, ttl_ms = (
+            (INACTIVE_PAYLOAD, REVOKED_TTL * 1000)
+            if invalidation.revoked
+            else (TOMBSTONE, TOMBSTONE_TTL * 1000)
+        )
         async with self.redis.pipeline(transaction=False) as pipe:
             for key, version in invalidation.tombstones:
-                await self._fill(
-                    keys=[KEY_PREFIX + key],
-                    args=[version, b"%d|%s" % (version, TOMBSTONE), ttl_ms],
-                    client=pipe,
-                )
+                _fill(pipe, key, version, b"%d|%s" % (version, payload), ttl_ms)
             pipe.publish(CHANNEL, orjson.dumps(invalidation.message(nonce)))
             results = await pipe.execute()
         METRICS.invalidations_sent.inc()

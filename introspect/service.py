@@ -362,9 +362,11 @@ class Authority:
         )
         if bulk:
             tombstones = [(key, version) for _id, key, version in rows]
-            invalidation = Invalidation(tombstones=tombstones, clients=[*clients], subs=[*subs])
+            invalidation = Invalidation(
+                tombstones=tombstones, clients=[*clients], subs=[*subs], revoked=True
+            )
         else:
-            invalidation = Invalidation.for_credentials(rows)
+            invalidation = Invalidation.for_credentials(rows, revoked=True)
         announced = await self.cache.announce(invalidation, outbox_id)
         return Revoked(count=len(rows), announced=announced)
 

@@ -163,3 +163,30 @@ async def test_expired_credential_is_cached_as_inactive(
         )
         assert again.body == b'{"active":false}'
     assert METRICS.pg_queries.value() == before
+
+
+async def test_revoked_credential_costs_no_lookup_afterwards(
+    server: Server, app_client: Registered, resource_server: Registered
+) -> None:
+    """A revocation leaves the inactive state in every layer: no Redis or Postgres read follows."""
+    from introspect.metrics import METRICS
+
+    def count() -> float:
+        return METRICS.redis_calls.value() + METRICS.pg_queries.value()
+
+    token = await token_for(server, app_client)
+    first = await server.post_form("/introspect", {"token": token}, headers=resource_server.auth)
+    assert first.json()["active"] is True
+    revoked = await server.post_form("/revoke", {"token": token}, headers=app_client.auth)
+    assert revoked.status == 200
+    before = count()
+    resp = await server.post_form("/introspect", {"token": token}, headers=resource_server.auth)
+    assert resp.body == b'{"active":false}'
+    assert count() == before  # answered from this worker's cache, put there by the listener
+    server.authority.local.clear()
+    # The caller's client record, cleared too, is read once again first.
+    await server.post_form("/introspect", {"token": "warm"}, headers=resource_server.auth)
+    before_pg = METRICS.pg_queries.value()
+    resp = await server.post_form("/introspect", {"token": token}, headers=resource_server.auth)
+    assert resp.body == b'{"active":false}'
+    assert METRICS.pg_queries.value() == before_pg  # Redis holds the inactive answer itself

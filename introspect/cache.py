@@ -71,12 +71,9 @@ from typing import Any, Generic, TypeVar
 import asyncpg
 import orjson
 import redis.asyncio as redis
-from redis.asyncio.client import Pipeline
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
-from introspect import store
+from introspect import resp, store
 from introspect.metrics import METRICS
 from introspect.store import Client
 
@@ -113,14 +110,17 @@ return 1
 """
 
 
-def _fill(pipe: Pipeline, key: bytes, version: int, value: bytes, ttl_ms: int) -> None:
-    """Queue one `_FILL` on `pipe`.
+def _fill(key: bytes, version: int, value: bytes, ttl_ms: int) -> resp.Command:
+    """One `_FILL` (EVAL of the text: no NOSCRIPT after a restart; the server caches it)."""
+    return ("EVAL", _FILL, 1, KEY_PREFIX + key, version, value, ttl_ms)
 
-    EVAL, not EVALSHA: redis-py checks a pipeline's registered scripts with
-    an extra SCRIPT EXISTS round trip on every execute, and the server keeps
-    the compiled script anyway.
-    """
-    pipe.eval(_FILL, 1, KEY_PREFIX + key, version, value, ttl_ms)
+
+def _checked(replies: list[Any]) -> list[Any]:
+    """The replies of a batch, or the first error reply raised."""
+    for reply in replies:
+        if isinstance(reply, ResponseError):
+            raise reply
+    return replies
 
 
 class Coalescer(Generic[K, V]):
@@ -487,6 +487,7 @@ class CredentialCache:
         self,
         pool: asyncpg.Pool,
         client: redis.Redis,
+        fast: resp.Client,
         *,
         local: LocalCache,
         redis_ttl: int,
@@ -498,6 +499,8 @@ class CredentialCache:
         # forgets the delete, the invalidation is only published once more.
         self.lazy_pool = lazy_pool or pool
         self.redis = client
+        # The hot path's commands go through the lean client (see introspect/resp.py).
+        self.fast = fast
         self.local = local
         self.redis_ttl = redis_ttl
         self.negative_ttl = negative_ttl
@@ -573,7 +576,7 @@ class CredentialCache:
 
     async def _mget(self, keys: list[bytes]) -> dict[bytes, bytes]:
         METRICS.redis_calls.inc()
-        values = await self.redis.mget([KEY_PREFIX + k for k in keys])
+        (values,) = _checked(await self.fast.execute(("MGET", *[KEY_PREFIX + k for k in keys])))
         return {k: v for k, v in zip(keys, values, strict=True) if isinstance(v, bytes)}
 
     async def _redis_fill(self, key: bytes, entry: Entry) -> None:
@@ -592,10 +595,7 @@ class CredentialCache:
     async def _fill_many(self, fills: list[tuple[bytes, int, bytes, int]]) -> dict[Any, None]:
         """Run the fills of one loop iteration through `_FILL` in one pipeline."""
         METRICS.redis_calls.inc()
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for key, version, value, ttl_ms in fills:
-                _fill(pipe, key, version, value, ttl_ms)
-            await pipe.execute()
+        _checked(await self.fast.execute(*(_fill(*fill) for fill in fills)))
         return {}
 
     # --- Redis health ------------------------------------------------------------------------
@@ -684,11 +684,15 @@ class CredentialCache:
             if invalidation.revoked
             else (TOMBSTONE, TOMBSTONE_TTL * 1000)
         )
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for key, version in invalidation.tombstones:
-                _fill(pipe, key, version, b"%d|%s" % (version, payload), ttl_ms)
-            pipe.publish(CHANNEL, orjson.dumps(invalidation.message(nonce)))
-            results = await pipe.execute()
+        results = _checked(
+            await self.fast.execute(
+                *(
+                    _fill(key, version, b"%d|%s" % (version, payload), ttl_ms)
+                    for key, version in invalidation.tombstones
+                ),
+                ("PUBLISH", CHANNEL, orjson.dumps(invalidation.message(nonce))),
+            )
+        )
         METRICS.invalidations_sent.inc()
         expected = int(results[-1])
         acked = 0
@@ -721,17 +725,16 @@ class CredentialCache:
 class Listener:
     """Subscribes to invalidations, applies them to the in-process cache, acknowledges them."""
 
-    def __init__(self, redis_url: str, local: LocalCache, ack: redis.Redis) -> None:
-        # No silent reconnects: a dropped subscription must be seen (promise 4).
-        self._client = redis.Redis.from_url(
-            redis_url, retry=Retry(NoBackoff(), 0), socket_keepalive=True, health_check_interval=0
-        )
+    def __init__(self, redis_url: str, local: LocalCache, ack: resp.Client) -> None:
+        # Its own connection, which never reconnects silently: a drop must be seen (promise 4).
+        self._url = redis_url
         self._ack = ack
         self.local = local
         self.subscribed = asyncio.Event()
         # How many times the subscription was (re)established.
         self.subscriptions = 0
         self._task: asyncio.Task[None] | None = None
+        self._acks: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
         """Run the subscription loop in the background."""
@@ -743,23 +746,28 @@ class Listener:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await self._client.aclose()
+        if self._acks:
+            await asyncio.gather(*self._acks, return_exceptions=True)
 
     async def _run(self) -> None:
         delay = 0.05
         while True:
-            pubsub = self._client.pubsub()
+            subscription = resp.Subscription(self._url)
             try:
-                await pubsub.subscribe(CHANNEL)
-                async for message in pubsub.listen():
-                    await self._on(message)
-                    delay = 0.05
+                lost = await subscription.open([CHANNEL], self._on_message)
+                # Messages may have been missed before this (re)subscription: start empty.
+                self.local.set_state(subscribed=False)
+                self.local.set_state(subscribed=True)
+                self.subscriptions += 1
+                self.subscribed.set()
+                delay = 0.05
+                await lost
+                log.warning("invalidation subscription lost")
             except (RedisError, OSError) as exc:
-                log.warning("invalidation subscription lost: %s", type(exc).__name__)
+                log.warning("invalidation subscription failed: %s", type(exc).__name__)
             finally:
                 self._lost()
-                with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                subscription.close()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
 
@@ -767,25 +775,23 @@ class Listener:
         self.local.set_state(subscribed=False)
         self.subscribed.clear()
 
-    async def _on(self, message: dict[str, Any]) -> None:
-        kind = message["type"]
-        if kind == "subscribe":
-            # Messages may have been missed before this (re)subscription: start empty.
-            self.local.set_state(subscribed=False)
-            self.local.set_state(subscribed=True)
-            self.subscriptions += 1
-            self.subscribed.set()
-            return
-        if kind != "message":
-            return
-        body = orjson.loads(message["data"])
-        self.local.apply(body)
-        METRICS.invalidations_received.inc()
+    def _on_message(self, _channel: bytes, data: bytes) -> None:
         try:
-            async with self._ack.pipeline(transaction=False) as pipe:
-                key = f"introspect:ack:{body['n']}"
-                pipe.rpush(key, b"1")
-                pipe.expire(key, 10)
-                await pipe.execute()
+            body = orjson.loads(data)
+            nonce = str(body["n"])
+            self.local.apply(body)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+            # Not ours: whoever can publish on the channel could evict anything anyway.
+            log.warning("ignored a malformed invalidation message")
+            return
+        METRICS.invalidations_received.inc()
+        task = asyncio.get_running_loop().create_task(self._acknowledge(nonce))
+        self._acks.add(task)
+        task.add_done_callback(self._acks.discard)
+
+    async def _acknowledge(self, nonce: str) -> None:
+        key = f"introspect:ack:{nonce}"
+        try:
+            _checked(await self._ack.execute(("RPUSH", key, b"1"), ("EXPIRE", key, 10)))
         except (RedisError, OSError) as exc:
             log.warning("could not acknowledge an invalidation: %s", type(exc).__name__)

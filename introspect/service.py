@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import asyncpg
 import redis.asyncio as redis
 
-from introspect import credentials, rfc7523, rfc8414, rfc9068, rfc9701, signing, store
+from introspect import credentials, resp, rfc7523, rfc8414, rfc9068, rfc9701, signing, store
 from introspect.cache import (
     Announced,
     Coalescer,
@@ -77,6 +77,7 @@ class Authority:
         settings: Settings,
         pool: asyncpg.Pool,
         client: redis.Redis,
+        fast: resp.Client,
         lazy_pool: asyncpg.Pool | None = None,
     ) -> None:
         self.settings = settings
@@ -91,6 +92,7 @@ class Authority:
         self.cache = CredentialCache(
             pool,
             client,
+            fast,
             local=self.local,
             redis_ttl=settings.redis_cache_ttl,
             negative_ttl=settings.negative_cache_ttl,
@@ -124,7 +126,7 @@ class Authority:
 
     async def listen(self, redis_url: str) -> None:
         """Subscribe to invalidations; the in-process cache is used only while subscribed."""
-        self.listener = Listener(redis_url, self.local, self.redis)
+        self.listener = Listener(redis_url, self.local, self.cache.fast)
         self.listener.start()
         self.cache.start_sweeper()
         self._usage_task = asyncio.get_running_loop().create_task(self._flush_usage_forever())
@@ -454,7 +456,8 @@ async def open_authority(
         database_url, min_size=1, max_size=4, synchronous_commit=False
     )
     client = open_redis(redis_url)
-    authority = Authority(settings, pool, client, lazy_pool)
+    fast = resp.Client(redis_url)
+    authority = Authority(settings, pool, client, fast, lazy_pool)
     probes = {
         "postgres": functools.partial(_pool_usage, pool),
         "postgres_lazy": functools.partial(_pool_usage, lazy_pool),
@@ -469,6 +472,7 @@ async def open_authority(
         for name, probe in probes.items():
             if METRICS.pool_probes.get(name) is probe:
                 del METRICS.pool_probes[name]
+        fast.close()
         await client.aclose()
         await lazy_pool.close()
         await pool.close()

@@ -373,7 +373,7 @@ async def revoke_recorded(
         f"   'k', CASE WHEN ${n + 1} THEN coalesce((SELECT json_agg(encode(hash, 'hex'))"
         "    FROM r), '[]'::json) ELSE '[]'::json END,"
         f"   'r', '[]'::json, 'c', ${n + 2}::text::json, 's', ${n + 3}::text::json,"
-        "   'all', false)::text, 'UTF8'), $1"
+        "   'all', false, 'x', true)::text, 'UTF8'), $1"
         "  RETURNING id)"
         " SELECT o.id AS outbox_id, r.id, r.hash, r.version FROM o LEFT JOIN r ON true",
         now(),

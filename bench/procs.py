@@ -89,6 +89,12 @@ def worker_of(server_port: int, client_port: int, workers: Sequence[int]) -> int
     return None
 
 
+def connections_per_worker(server_port: int, workers: Sequence[int]) -> list[int]:
+    """How many established connections to `server_port` each of `workers` holds."""
+    inodes = {i for lp, _rp, st, i in _tcp_entries() if lp == server_port and st == _ESTABLISHED}
+    return [len(inodes & _socket_inodes(pid)) for pid in workers]
+
+
 def all_pids() -> list[int]:
     """Every process id in /proc."""
     return [int(name) for name in os.listdir("/proc") if name.isdigit()]

@@ -23,6 +23,7 @@ import secrets
 import shutil
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -405,10 +406,24 @@ class Bench:
             if (self.profiler is not None and metrics)
             else None
         )
+        spread: list[int] = []
+        # Halfway through: how SO_REUSEPORT spread the load's connections over the workers.
+        sampler = threading.Timer(
+            opts.duration / 2,
+            lambda: spread.extend(procs.connections_per_worker(port, workers)),
+        )
+        sampler.start()
         outcome = self._drive(load(scenario.bodies, opts.duration), scenario.name)
+        sampler.cancel()
         cores = cpu.cores(outcome.generator_cpu)
         work: dict[str, float | None] = {}
         notes = []
+        if len(spread) > 1 and rate is None:
+            notes.append(
+                "connections per worker: "
+                + " / ".join(str(n) for n in sorted(spread, reverse=True))
+                + " (the kernel hashes each connection to one worker; the busier sets the tail)"
+            )
         if before is not None:
             delta = Delta(before, self._scrape(port))
             work = delta.per_request(scenario.path)

@@ -48,6 +48,10 @@ that generation, which makes every such entry stale in O(1), without a
 scan. In Redis, the writer tombstones each affected key from the
 `RETURNING` list of its own UPDATE, in one pipeline.
 
+A change call returns once every listener acknowledged, or after
+ACK_TIMEOUT at most; a worker that did not acknowledge in time stops
+reading its in-process cache before then (heartbeats: see Listener).
+
 Missed messages (promise 4): the listener runs on a connection that never
 retries silently. When it fails, the in-process cache is switched off at
 once; on every (re)subscription it is cleared whole before it is used
@@ -90,6 +94,9 @@ FILL_DEADLINE = 5.0
 # Revocation is final: an inactive answer for a revoked credential can be kept long.
 REVOKED_TTL = 86_400
 ACK_TIMEOUT = 1.0
+# How long a heartbeat vouches for the in-process cache: under ACK_TIMEOUT (see Listener).
+FRESHNESS = 0.9 * ACK_TIMEOUT
+HEARTBEAT_INTERVAL = 0.1
 # A change whose writer could not reach Redis is replayed by a worker within about this.
 OUTBOX_SWEEP_INTERVAL = 2
 # Client records and remembered client authentications kept per worker (clients are few).
@@ -260,10 +267,12 @@ class LocalCache:
         self.size = size
         self.ttl = ttl
         self.epoch = 0
-        # Usable only while the listener is subscribed and Redis is healthy (promise 4).
+        # Usable only while the listener is subscribed and Redis is healthy (promise 4),
+        # and read only until `fresh_until` (time.monotonic()): see Listener.
         self.subscribed = False
         self.healthy = True
         self.usable = False
+        self.fresh_until = 0.0
         self._entries: dict[bytes, Entry] = {}
         self._clients: dict[str, tuple[Client | None, float]] = {}
         self._auth: dict[str, tuple[Client, float]] = {}
@@ -275,7 +284,7 @@ class LocalCache:
 
     def get(self, key: bytes, mono: float) -> Entry | None:
         """The live entry for `key`, or None (missing, aged out, or of a bumped client/subject)."""
-        if not self.usable:
+        if not self.usable or mono > self.fresh_until:
             return None
         entry = self._entries.get(key)
         if entry is None:
@@ -310,7 +319,7 @@ class LocalCache:
 
     def get_client(self, client_id: str, mono: float) -> tuple[bool, Client | None]:
         """(found, client) for a cached client record; a cached None means unknown."""
-        if not self.usable:
+        if not self.usable or mono > self.fresh_until:
             return False, None
         hit = self._clients.get(client_id)
         if hit is None or hit[1] <= mono:
@@ -332,14 +341,15 @@ class LocalCache:
         checked against (any change to the client evicts that record), and
         never past the end of a secret's grace period.
         """
-        if not self.usable:
+        mono = time.monotonic()
+        if not self.usable or mono > self.fresh_until:
             return None
         hit = self._auth.get(authorization)
         if hit is None:
             return None
         client, until = hit
         cached = self._clients.get(client.client_id)
-        if cached is None or cached[0] is not client or until <= time.monotonic():
+        if cached is None or cached[0] is not client or until <= mono:
             del self._auth[authorization]
             return None
         return client
@@ -723,16 +733,33 @@ class CredentialCache:
 
 
 class Listener:
-    """Subscribes to invalidations, applies them to the in-process cache, acknowledges them."""
+    """Subscribes to invalidations, applies them to the in-process cache, acknowledges them.
+
+    It also vouches for the cache's freshness with heartbeats: every
+    HEARTBEAT_INTERVAL it publishes its monotonic time on a channel only it
+    subscribes to, on the connection that carries the invalidations. Redis
+    delivers a connection's messages in the order it received them, so a
+    heartbeat sent at t and read back proves every invalidation that reached
+    Redis before t has been applied; the cache is then read until t +
+    FRESHNESS. A change call returns at the latest ACK_TIMEOUT after its
+    message reached Redis, and FRESHNESS < ACK_TIMEOUT: so a worker that
+    neither applied nor acknowledged it (its loop stalled, its connection
+    silently dead) has no heartbeat recent enough, and answers from Redis
+    and Postgres, which the writer updated before publishing.
+    """
 
     def __init__(self, redis_url: str, local: LocalCache, ack: resp.Client) -> None:
         # Its own connection, which never reconnects silently: a drop must be seen (promise 4).
         self._url = redis_url
         self._ack = ack
         self.local = local
+        # Only this listener subscribes to it: its heartbeats come back on its connection.
+        self.heartbeat_channel = f"introspect:heartbeat:{os.urandom(8).hex()}".encode()
+        # Set once subscribed and a first heartbeat came back: the cache is usable.
         self.subscribed = asyncio.Event()
-        # How many times the subscription was (re)established.
+        # How many times the subscription was (re)established, and the current one.
         self.subscriptions = 0
+        self.subscription: resp.Subscription | None = None
         self._task: asyncio.Task[None] | None = None
         self._acks: set[asyncio.Task[None]] = set()
 
@@ -752,20 +779,25 @@ class Listener:
     async def _run(self) -> None:
         delay = 0.05
         while True:
-            subscription = resp.Subscription(self._url)
+            subscription = self.subscription = resp.Subscription(self._url)
+            beating: asyncio.Task[None] | None = None
             try:
-                lost = await subscription.open([CHANNEL], self._on_message)
+                lost = await subscription.open(
+                    [CHANNEL, self.heartbeat_channel.decode()], self._on_message
+                )
                 # Messages may have been missed before this (re)subscription: start empty.
                 self.local.set_state(subscribed=False)
                 self.local.set_state(subscribed=True)
                 self.subscriptions += 1
-                self.subscribed.set()
+                beating = asyncio.get_running_loop().create_task(self._beat())
                 delay = 0.05
                 await lost
                 log.warning("invalidation subscription lost")
             except (RedisError, OSError) as exc:
                 log.warning("invalidation subscription failed: %s", type(exc).__name__)
             finally:
+                if beating is not None:
+                    beating.cancel()
                 self._lost()
                 subscription.close()
             await asyncio.sleep(delay)
@@ -773,9 +805,26 @@ class Listener:
 
     def _lost(self) -> None:
         self.local.set_state(subscribed=False)
+        self.local.fresh_until = 0.0
         self.subscribed.clear()
 
-    def _on_message(self, _channel: bytes, data: bytes) -> None:
+    async def _beat(self) -> None:
+        """Publish this process's monotonic time to the heartbeat channel, every interval."""
+        while True:
+            try:
+                await self._ack.call("PUBLISH", self.heartbeat_channel, repr(time.monotonic()))
+            except (RedisError, OSError) as exc:
+                log.warning("heartbeat not sent: %s", type(exc).__name__)
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+
+    def _on_message(self, channel: bytes, data: bytes) -> None:
+        if channel == self.heartbeat_channel:
+            # Every invalidation published before this heartbeat reached Redis came
+            # before it on this connection, and is applied: fresh for FRESHNESS more.
+            with contextlib.suppress(ValueError):
+                self.local.fresh_until = float(data) + FRESHNESS
+                self.subscribed.set()
+            return
         try:
             body = orjson.loads(data)
             nonce = str(body["n"])

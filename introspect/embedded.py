@@ -72,6 +72,8 @@ LOCK_TIMEOUT = 180.0  # another process may be running initdb under the lock
 INITDB_TIMEOUT = 120.0
 PG_START_TIMEOUT = 60  # includes WAL replay after a crash
 PG_STOP_TIMEOUT = 30
+# Room for the pools of a worker per CPU on a large machine (up to 14 connections each).
+MAX_CONNECTIONS = 500
 VALKEY_TIMEOUT = 10.0
 ORPHAN_TIMEOUT = 5.0
 LOG_TAIL_LINES = 15
@@ -250,7 +252,8 @@ def _ensure_postgres(paths: _Paths, account: tuple[int, int] | None) -> tuple[in
     if account is not None:
         os.chown(paths.pg, *account)
     port = _free_port()
-    options = f"-h {HOST} -p {port} -k ''"  # TCP on loopback only, no Unix socket
+    # TCP on loopback only, no Unix socket.
+    options = f"-h {HOST} -p {port} -k '' -c max_connections={MAX_CONNECTIONS}"
     result = _run(
         [
             *(_pg_bin() / "pg_ctl", "start", "-D", paths.pg, "-l", paths.pg_log),

@@ -262,6 +262,14 @@ async def test_failures_exit_non_zero_with_one_line(env: dict[str, str]) -> None
         failed_with_one_line(ran, words)
 
 
+@pytest.mark.parametrize("workers", ["0", "-2", "two"])
+async def test_serve_refuses_a_worker_count_below_one(env: dict[str, str], workers: str) -> None:
+    """`serve --workers` takes a whole number of at least 1, or exits 2 before starting."""
+    ran = await cli(env, "serve", "--workers", workers)
+    assert ran.code == 2
+    assert "--workers" in ran.err
+
+
 def get(url: str, headers: dict[str, str] | None = None) -> int:
     """The status of a GET."""
     request = urllib.request.Request(url, headers=headers or {})  # noqa: S310 (loopback)

@@ -94,6 +94,8 @@ FILL_DEADLINE = 5.0
 # Revocation is final: an inactive answer for a revoked credential can be kept long.
 REVOKED_TTL = 86_400
 ACK_TIMEOUT = 1.0
+# Idle connections kept for collecting acknowledgements (one per concurrent change).
+BLOCKING_CLIENTS = 4
 # How long a heartbeat vouches for the in-process cache: under ACK_TIMEOUT (see Listener).
 FRESHNESS = 0.9 * ACK_TIMEOUT
 HEARTBEAT_INTERVAL = 0.1
@@ -520,6 +522,8 @@ class CredentialCache:
         self._recovering: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
+        # Idle connections for BLMPOP (see _collect).
+        self._blocking: list[resp.Client] = []
         # Awaited between a read and the fills it leads to: tests force interleavings here.
         self.before_fill: Callable[[bytes], Awaitable[None]] | None = None
 
@@ -654,6 +658,8 @@ class CredentialCache:
         """Finish the outbox deletes under way and stop the background tasks."""
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+        while self._blocking:
+            self._blocking.pop().close()
         for task in (self._recovering, self._sweeper):
             if task is not None:
                 task.cancel()
@@ -704,21 +710,42 @@ class CredentialCache:
             )
         )
         METRICS.invalidations_sent.inc()
-        expected = int(results[-1])
+        return await self._collect(ack_key, int(results[-1]), time.monotonic() + ACK_TIMEOUT)
+
+    async def _collect(self, key: str, expected: int, deadline: float) -> int:
+        """Pop acknowledgements from `key` until `expected` came or `deadline` passed.
+
+        BLMPOP blocks its connection, so it runs on one of its own: from a
+        small free list, or opened when none is free. Late acknowledgements,
+        if any, expire with the list (see Listener._acknowledge).
+        """
+        client = self._blocking.pop() if self._blocking else resp.Client(self.fast.url)
         acked = 0
-        deadline = time.monotonic() + ACK_TIMEOUT
-        while acked < expected:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            # Every acknowledgement already there, in one round trip.
-            got = await self.redis.blmpop(
-                max(remaining, 0.01), 1, ack_key, direction="LEFT", count=expected - acked
-            )
-            if not got:
-                break
-            acked += len(got[1])
-        # Late acknowledgements, if any, expire with the list (see Listener._on).
+        try:
+            while acked < expected:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                # Every acknowledgement already there, in one round trip.
+                got = await client.call(
+                    "BLMPOP",
+                    f"{max(remaining, 0.01):.3f}",
+                    1,
+                    key,
+                    "LEFT",
+                    "COUNT",
+                    expected - acked,
+                )
+                if got is None:
+                    break
+                acked += len(got[1])
+        except BaseException:
+            client.close()  # a reply may still be on its way: never reuse it
+            raise
+        if len(self._blocking) < BLOCKING_CLIENTS:
+            self._blocking.append(client)
+        else:
+            client.close()
         return acked
 
     async def replay_outbox(self, older_than: int) -> int:

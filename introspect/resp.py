@@ -239,6 +239,7 @@ class Client:
     """Batches of commands over one lazily (re)opened connection."""
 
     def __init__(self, url: str, timeout: float = 2.0) -> None:
+        self.url = url
         self.endpoint = Endpoint.from_url(url)
         self.timeout = timeout
         self._protocol: _Protocol | None = None

@@ -36,7 +36,7 @@ def _quality(params: list[str]) -> float:
 
 def wants_jwt(accept: str | None) -> bool:
     """Whether an `Accept` header prefers the signed answer to plain JSON (§4)."""
-    if not accept:
+    if not accept or "jwt" not in accept.lower():
         return False
     jwt_q = json_q = 0.0
     for item in accept.split(",")[:32]:

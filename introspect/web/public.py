@@ -10,10 +10,12 @@ import logging
 
 import asyncpg
 from aiohttp import web
+from multidict import CIMultiDict
 from redis.exceptions import RedisError
 
 from introspect import forms, metrics, rfc6749, rfc7662, rfc8414, rfc9701, signing
 from introspect.errors import InvalidRequest
+from introspect.service import Authority
 from introspect.store import Client
 from introspect.web.errors import json_response
 from introspect.web.keys import AUTHORITY
@@ -23,6 +25,8 @@ routes = web.RouteTableDef()
 
 FORM = "application/x-www-form-urlencoded"
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+# The headers of every introspection answer, built once (each Response copies them).
+JSON_NO_STORE = CIMultiDict({"Content-Type": "application/json", **NO_STORE})
 
 
 async def read_form(request: web.Request) -> tuple[dict[str, str], dict[str, list[str]]]:
@@ -44,9 +48,10 @@ async def read_form(request: web.Request) -> tuple[dict[str, str], dict[str, lis
     return forms.single(multi), multi
 
 
-async def authenticated(request: web.Request, params: dict[str, str]) -> Client:
+async def authenticated(
+    authority: Authority, request: web.Request, params: dict[str, str]
+) -> Client:
     """The client that authenticated this request (RFC 6749 §2.3)."""
-    authority = request.app[AUTHORITY]
     return await rfc6749.authenticate_client(
         request.headers.get("Authorization"),
         params,
@@ -60,10 +65,11 @@ async def authenticated(request: web.Request, params: dict[str, str]) -> Client:
 @routes.post("/token")
 async def token(request: web.Request) -> web.Response:
     """RFC 6749 §4.4: the client credentials grant."""
+    authority = request.app[AUTHORITY]
     params, multi = await read_form(request)
-    client = await authenticated(request, params)
+    client = await authenticated(authority, request, params)
     grant = rfc6749.client_credentials_grant(client, params, multi)
-    access_token, expires_in = await request.app[AUTHORITY].issue_access_token(client, grant)
+    access_token, expires_in = await authority.issue_access_token(client, grant)
     return json_response(
         rfc6749.token_response(access_token, expires_in, grant.scopes), headers=NO_STORE
     )
@@ -72,11 +78,11 @@ async def token(request: web.Request) -> web.Response:
 @routes.post("/introspect")
 async def introspect(request: web.Request) -> web.Response:
     """RFC 7662 §2: introspection, for clients allowed to introspect."""
+    authority = request.app[AUTHORITY]
     params, _ = await read_form(request)
-    caller = await authenticated(request, params)
+    caller = await authenticated(authority, request, params)
     rfc7662.require_introspection(caller)
     presented = rfc7662.token_parameter(params)
-    authority = request.app[AUTHORITY]
     entry = await authority.lookup(presented)
     body = await rfc7662.decide(caller, entry, authority.owner_disabled)
     if body is not rfc7662.INACTIVE:
@@ -84,16 +90,17 @@ async def introspect(request: web.Request) -> web.Response:
     if rfc9701.wants_jwt(request.headers.get("Accept")):
         signed = await authority.sign_introspection(caller, body)
         return web.Response(body=signed, content_type=rfc9701.MEDIA_TYPE, headers=NO_STORE)
-    return web.Response(body=body, content_type="application/json", headers=NO_STORE)
+    return web.Response(body=body, headers=JSON_NO_STORE)
 
 
 @routes.post("/revoke")
 async def revoke(request: web.Request) -> web.Response:
     """RFC 7009 §2: a client revokes one of its own credentials; anything else changes nothing."""
+    authority = request.app[AUTHORITY]
     params, _ = await read_form(request)
-    client = await authenticated(request, params)
+    client = await authenticated(authority, request, params)
     presented = rfc7662.token_parameter(params)
-    await request.app[AUTHORITY].revoke_presented(
+    await authority.revoke_presented(
         presented, actor=f"client:{client.client_id}", owner=client.client_id
     )
     return web.Response(status=200, headers=NO_STORE)

@@ -17,9 +17,11 @@ import os
 import shutil
 import signal
 import sys
+from collections.abc import Coroutine
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -81,10 +83,25 @@ async def _worker_main(settings: Settings, database_url: str, redis_url: str) ->
         await each.cleanup()
 
 
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run `main` on uvloop where it is installed (Linux and macOS), else on asyncio's loop.
+
+    uvloop's loop, written in Cython over libuv, costs about a tenth less CPU
+    per request here (`make bench`: the ceiling runs on it too).
+    """
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - Windows
+        asyncio.run(main)
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main)
+
+
 def _worker(settings: Settings, database_url: str, redis_url: str) -> None:
     logs.setup()
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_worker_main(settings, database_url, redis_url))
+        run_loop(_worker_main(settings, database_url, redis_url))
 
 
 def _metrics_dir(data_dir: Path) -> Path:

@@ -99,3 +99,31 @@ async def test_api_key_patch_is_seen_by_every_worker_at_once(
             *(post(http, f"{base}/introspect", form, rs) for _ in range(60))
         )
         assert all(body["scope"] == "new" for _, body in after)
+
+
+async def test_served_workers_answer_from_their_caches(base: str, authority: Authority) -> None:
+    """Served workers (on their production event loop) hit their in-process cache and Redis.
+
+    Falling back to Postgres would still answer correctly, so only the
+    counters tell a cache layer that silently stopped working.
+    """
+    app = await register(authority)
+    rs = await register(authority, scopes=(), can_introspect=True)
+    connector = aiohttp.TCPConnector(limit=16, force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        _, tok = await post(http, f"{base}/token", {"grant_type": "client_credentials"}, app)
+        form = {"token": tok["access_token"]}
+        await asyncio.gather(*(post(http, f"{base}/introspect", form, rs) for _ in range(60)))
+        await asyncio.sleep(1.5)  # workers hand their counters to /metrics every second
+        async with http.get(f"{base}/metrics") as resp:
+            text = await resp.text()
+    hits = {
+        layer: sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith(f'introspect_cache_hits_total{{layer="{layer}"}}')
+        )
+        for layer in ("local", "redis")
+    }
+    assert hits["local"] > 0
+    assert hits["redis"] > 0

@@ -17,14 +17,16 @@ from introspect.errors import InvalidClient, InvalidRequest
 REPEATABLE = frozenset({"resource", "audience"})
 
 
-def _decode(raw: str, what: str) -> str:
-    try:
-        text = unquote_to_bytes(raw.replace("+", " ")).decode("utf-8")
-    except UnicodeDecodeError:
-        raise InvalidRequest(f"{what} is not valid UTF-8") from None
-    if "\x00" in text:
-        raise InvalidRequest(f"{what} holds a NUL character")
-    return text
+def _decode(raw: str) -> str:
+    """Percent-decoded text (ValueError saying why when it is not valid)."""
+    if "%" in raw or "+" in raw:  # most values (tokens, ids) hold neither: nothing to decode
+        try:
+            raw = unquote_to_bytes(raw.replace("+", " ")).decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError("is not valid UTF-8") from None
+    if "\x00" in raw:
+        raise ValueError("holds a NUL character")
+    return raw
 
 
 def parse_form(body: bytes) -> dict[str, list[str]]:
@@ -40,8 +42,14 @@ def parse_form(body: bytes) -> dict[str, list[str]]:
         if not pair:
             continue
         name, _, value = pair.partition("=")
-        key = _decode(name, "a parameter name")
-        val = _decode(value, f"parameter {key[:40]!r}")
+        try:
+            key = _decode(name)
+        except ValueError as exc:
+            raise InvalidRequest(f"a parameter name {exc}") from None
+        try:
+            val = _decode(value)
+        except ValueError as exc:
+            raise InvalidRequest(f"parameter {key[:40]!r} {exc}") from None
         if val == "":
             continue
         out.setdefault(key, []).append(val)

@@ -31,7 +31,9 @@ JSON_NO_STORE = CIMultiDict({"Content-Type": "application/json", **NO_STORE})
 
 async def read_form(request: web.Request) -> tuple[dict[str, str], dict[str, list[str]]]:
     """The single-valued and multi-valued parameters of a form POST (RFC 6749 §3.1)."""
-    if request.content_type != FORM:
+    # The exact header, as nearly every client sends it, spares aiohttp's parse of it
+    # (several microseconds); anything else (parameters, case) is parsed.
+    if request.headers.get("Content-Type") != FORM and request.content_type != FORM:
         raise InvalidRequest(f"the body must be {FORM}")
     content = request.content
     if content.is_eof():

@@ -190,3 +190,24 @@ async def test_revoked_credential_costs_no_lookup_afterwards(
     resp = await server.post_form("/introspect", {"token": token}, headers=resource_server.auth)
     assert resp.body == b'{"active":false}'
     assert METRICS.pg_queries.value() == before_pg  # Redis holds the inactive answer itself
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/x-www-form-urlencoded",
+        "application/x-www-form-urlencoded; charset=UTF-8",
+        "Application/X-WWW-Form-Urlencoded",
+    ],
+)
+async def test_form_media_type_is_matched_as_a_media_type(
+    server: Server, resource_server: Registered, content_type: str
+) -> None:
+    """The form media type is recognised with parameters and in any case (RFC 9110 §8.3.1)."""
+    resp = await server.post_form(
+        "/introspect",
+        b"token=iat_unknown",
+        headers={"Content-Type": content_type, **resource_server.auth},
+    )
+    assert resp.status == 200
+    assert resp.body == b'{"active":false}'

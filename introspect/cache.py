@@ -837,11 +837,16 @@ class Listener:
 
     async def _beat(self) -> None:
         """Publish this process's monotonic time to the heartbeat channel, every interval."""
+        failing = False
         while True:
             try:
                 await self._ack.call("PUBLISH", self.heartbeat_channel, repr(time.monotonic()))
             except (RedisError, OSError) as exc:
-                log.warning("heartbeat not sent: %s", type(exc).__name__)
+                if not failing:  # once per streak, not ten times a second
+                    log.warning("heartbeats not sent: %s", type(exc).__name__)
+                failing = True
+            else:
+                failing = False
             await asyncio.sleep(HEARTBEAT_INTERVAL)
 
     def _on_message(self, channel: bytes, data: bytes) -> None:

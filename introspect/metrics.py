@@ -19,7 +19,6 @@ import asyncio
 import bisect
 import contextlib
 import os
-from collections import Counter as Tally
 from collections.abc import AsyncIterator, Callable
 
 from prometheus_client import (
@@ -61,6 +60,17 @@ class LocalCounter:
             self._target.inc(self._pending)
             self._flushed += self._pending
             self._pending = 0
+
+
+class _RouteTally:
+    """One route's requests since the last flush: by status, by latency bucket, total time."""
+
+    __slots__ = ("buckets", "seconds", "statuses")
+
+    def __init__(self) -> None:
+        self.statuses: dict[int, int] = {}
+        self.buckets = [0] * (len(_LATENCY_BUCKETS) + 1)
+        self.seconds = 0.0
 
 
 class Metrics:
@@ -112,10 +122,8 @@ class Metrics:
             self.invalidations_received,
             self.tokens_issued,
         ]
-        # (route, status) -> count; (route, bucket index) -> count; route -> latency sum.
-        self._by_route: Tally[tuple[str, int]] = Tally()
-        self._buckets: Tally[tuple[str, int]] = Tally()
-        self._sums: dict[str, float] = {}
+        # Counted since the last flush, per route.
+        self._routes: dict[str, _RouteTally] = {}
 
     def cache_hit(self, layer: str) -> None:
         """Count a hit in `layer` (local or redis)."""
@@ -127,9 +135,13 @@ class Metrics:
 
     def request(self, route: str, status: int, seconds: float) -> None:
         """Count one answered request and its latency."""
-        self._by_route[route, status] += 1
-        self._buckets[route, bisect.bisect_left(_LATENCY_BUCKETS, seconds)] += 1
-        self._sums[route] = self._sums.get(route, 0.0) + seconds
+        tally = self._routes.get(route)
+        if tally is None:
+            tally = self._routes[route] = _RouteTally()
+        statuses = tally.statuses
+        statuses[status] = statuses.get(status, 0) + 1
+        tally.buckets[bisect.bisect_left(_LATENCY_BUCKETS, seconds)] += 1
+        tally.seconds += seconds
 
     def flush(self) -> None:
         """Hand everything counted since the last flush to Prometheus."""
@@ -139,18 +151,15 @@ class Metrics:
             in_use, idle = probe()
             self._pools.labels(pool, "in_use").set(in_use)
             self._pools.labels(pool, "idle").set(idle)
-        by_route, self._by_route = self._by_route, Tally()
-        for (route, status), count in by_route.items():
-            self._requests.labels(route, str(status)).inc(count)
-        buckets, self._buckets = self._buckets, Tally()
-        sums, self._sums = self._sums, {}
-        for route, total in sums.items():
+        routes, self._routes = self._routes, {}
+        for route, tally in routes.items():
+            for status, count in tally.statuses.items():
+                self._requests.labels(route, str(status)).inc(count)
             child = self._latency.labels(route)
             # Histogram stores per-bucket counts and a sum, as Histogram.observe does;
             # index len(_LATENCY_BUCKETS) is the implicit +Inf bucket.
-            child._sum.inc(total)
-            for index in range(len(_LATENCY_BUCKETS) + 1):
-                count = buckets[route, index]
+            child._sum.inc(tally.seconds)
+            for index, count in enumerate(tally.buckets):
                 if count:
                     child._buckets[index].inc(count)
 

@@ -32,3 +32,30 @@ async def test_metrics_count_what_happened(
         'introspect_pool_connections{pool="postgres",state="idle"}',
     ):
         assert name in text, name
+
+
+def _value(text: str, sample: str) -> float:
+    """The value of one sample line of the exposition, 0 when absent."""
+    for line in text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def test_request_counts_and_latency_add_up(
+    server: Server, resource_server: Registered
+) -> None:
+    """Three introspections and one refused call add exactly that to counts and histograms."""
+    counted = 'introspect_requests_total{route="/introspect",status="%d"}'
+    every = 'introspect_request_seconds_bucket{le="+Inf",route="/introspect"}'
+    total = 'introspect_request_seconds_count{route="/introspect"}'
+    before = (await server.request("GET", "/metrics")).body.decode()
+    for _ in range(3):
+        await server.post_form("/introspect", {"token": "x"}, headers=resource_server.auth)
+    refused = await server.post_form("/introspect", {"token": "x"})
+    assert refused.status == 401
+    after = (await server.request("GET", "/metrics")).body.decode()
+    assert _value(after, counted % 200) - _value(before, counted % 200) == 3
+    assert _value(after, counted % 401) - _value(before, counted % 401) == 1
+    assert _value(after, every) - _value(before, every) == 4
+    assert _value(after, total) - _value(before, total) == 4

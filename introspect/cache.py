@@ -336,14 +336,13 @@ class LocalCache:
             self._clients.clear()
         self._clients[client_id] = (client, time.monotonic() + self.ttl)
 
-    def recall(self, authorization: str) -> Client | None:
+    def recall(self, authorization: str, mono: float) -> Client | None:
         """The client a remembered Authorization header authenticated (see rfc6749.AuthMemo).
 
         Valid only while the client's cached record is the very one it was
         checked against (any change to the client evicts that record), and
         never past the end of a secret's grace period.
         """
-        mono = time.monotonic()
         if not self.usable or mono > self.fresh_until:
             return None
         hit = self._auth.get(authorization)
@@ -529,11 +528,11 @@ class CredentialCache:
 
     # --- read path -----------------------------------------------------------------------
 
-    def cached(self, key: bytes) -> Entry | None:
-        """The in-process entry for `key`, if any: the hot path, with no await."""
-        entry = self.local.get(key, time.monotonic())
+    def cached(self, key: bytes, mono: float) -> Entry | None:
+        """The in-process entry for `key` at `mono` (time.monotonic()), if any: no await."""
+        entry = self.local.get(key, mono)
         if entry is not None:
-            METRICS.cache_hit("local")
+            METRICS.local_hits.inc()
         return entry
 
     async def lookup(
@@ -549,11 +548,11 @@ class CredentialCache:
         only ever stored after this worker admitted the very same string.
         """
         local = self.local
-        entry = self.cached(key)
+        entry = self.cached(key, time.monotonic())
         if entry is not None:
             return entry
         epoch = local.epoch
-        METRICS.cache_miss("local")
+        METRICS.local_misses.inc()
         if admit is not None and not await admit():
             return Entry(answer=None, cacheable=False)
         if self.redis_ok and self.redis_ttl:
@@ -561,12 +560,12 @@ class CredentialCache:
             if raw is not None:
                 entry = decode(raw)
                 if entry is not None:
-                    METRICS.cache_hit("redis")
+                    METRICS.redis_hits.inc()
                     if self.before_fill is not None:
                         await self.before_fill(key)
                     local.put(key, entry, epoch, store.now())
                     return entry
-            METRICS.cache_miss("redis")
+            METRICS.redis_misses.inc()
         started = time.monotonic()
         entry = await load()
         if self.before_fill is not None:

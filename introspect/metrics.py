@@ -88,8 +88,10 @@ class Metrics:
         )
         hits = Counter("introspect_cache_hits_total", "Cache hits by layer", ["layer"])
         misses = Counter("introspect_cache_misses_total", "Cache misses by layer", ["layer"])
-        self._hits = {layer: LocalCounter(hits.labels(layer)) for layer in ("local", "redis")}
-        self._misses = {layer: LocalCounter(misses.labels(layer)) for layer in ("local", "redis")}
+        self.local_hits = LocalCounter(hits.labels("local"))
+        self.local_misses = LocalCounter(misses.labels("local"))
+        self.redis_hits = LocalCounter(hits.labels("redis"))
+        self.redis_misses = LocalCounter(misses.labels("redis"))
         self.redis_calls = LocalCounter(
             Counter("introspect_redis_calls_total", "Redis commands sent")
         )
@@ -114,8 +116,10 @@ class Metrics:
         # name -> a callable giving (in use, idle) connections, read at each flush.
         self.pool_probes: dict[str, Callable[[], tuple[int, int]]] = {}
         self._counters = [
-            *self._hits.values(),
-            *self._misses.values(),
+            self.local_hits,
+            self.local_misses,
+            self.redis_hits,
+            self.redis_misses,
             self.redis_calls,
             self.pg_queries,
             self.invalidations_sent,
@@ -124,14 +128,6 @@ class Metrics:
         ]
         # Counted since the last flush, per route.
         self._routes: dict[str, _RouteTally] = {}
-
-    def cache_hit(self, layer: str) -> None:
-        """Count a hit in `layer` (local or redis)."""
-        self._hits[layer].inc()
-
-    def cache_miss(self, layer: str) -> None:
-        """Count a miss in `layer` (local or redis)."""
-        self._misses[layer].inc()
 
     def request(self, route: str, status: int, seconds: float) -> None:
         """Count one answered request and its latency."""

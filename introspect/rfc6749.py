@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hmac
 import re
+import time
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -71,8 +72,8 @@ async def authenticate_client(
     if authorization is not None:
         if in_body:
             raise InvalidRequest("more than one client authentication method")
-        known = memo.recall(authorization) if memo is not None else None
-        if known is not None and params.get("client_id", known.client_id) == known.client_id:
+        known = None if memo is None else remembered(authorization, params, memo, time.monotonic())
+        if known is not None:
             return known
         client_id, secret = parse_basic(authorization)
         if params.get("client_id", client_id) != client_id:
@@ -94,11 +95,34 @@ async def authenticate_client(
     return client
 
 
+def remembered(
+    authorization: str | None, params: dict[str, str], memo: AuthMemo, mono: float
+) -> Client | None:
+    """The client a remembered Basic header authenticated, when the request is otherwise clean.
+
+    None unless `authorization` is the request's only authentication method,
+    `memo` remembers it, and a `client_id` parameter, if any, names the same
+    client: anything else takes the full path of `authenticate_client`.
+    """
+    if (
+        authorization is None
+        or "client_secret" in params
+        or "client_assertion" in params
+        or "client_assertion_type" in params
+    ):
+        return None
+    known = memo.recall(authorization, mono)
+    if known is None or params.get("client_id", known.client_id) != known.client_id:
+        return None
+    return known
+
+
 class AuthMemo(Protocol):
     """Remembers Authorization headers that authenticated, for as long as their client holds."""
 
-    def recall(self, authorization: str) -> Client | None:
-        """The client a remembered header authenticated, if its record is unchanged."""
+    def recall(self, authorization: str, mono: float) -> Client | None:
+        """The client a remembered header authenticated at `mono` (time.monotonic()), if its
+        record is unchanged."""
 
     def remember(self, authorization: str, client: Client) -> None:
         """Remember that `authorization` authenticated `client`."""

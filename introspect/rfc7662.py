@@ -88,15 +88,11 @@ def token_parameter(params: dict[str, str]) -> str:
     return token
 
 
-async def decide(
-    caller: Client,
-    entry: Entry,
-    owner_disabled: Callable[[str], bool | Awaitable[bool]],
-) -> bytes:
-    """The answer bytes for `entry` as `caller` may see it.
-
-    `owner_disabled` answers at once when it can, or with an awaitable.
-    """
+def verdict(
+    caller: Client, entry: Entry, owner_disabled: Callable[[str], bool | None]
+) -> bytes | None:
+    """The answer bytes for `entry` as `caller` may see it; None when that hangs on an owner
+    whose state `owner_disabled` does not know at once (then `decide` reads it)."""
     answer = entry.answer
     if answer is None:
         return INACTIVE
@@ -107,8 +103,21 @@ async def decide(
         return INACTIVE
     if entry.client_id is not None:
         disabled = owner_disabled(entry.client_id)
-        if disabled is not True and disabled is not False:
-            disabled = await disabled
+        if disabled is None:
+            return None
         if disabled:
             return INACTIVE
     return answer
+
+
+async def decide(
+    caller: Client,
+    entry: Entry,
+    owner_disabled: Callable[[str], bool | None],
+    read_owner_disabled: Callable[[str], Awaitable[bool]],
+) -> bytes:
+    """The answer bytes for `entry` as `caller` may see it, reading the owner's state if needed."""
+    body = verdict(caller, entry, owner_disabled)
+    if body is None and entry.client_id is not None and entry.answer is not None:
+        body = INACTIVE if await read_owner_disabled(entry.client_id) else entry.answer
+    return body if body is not None else INACTIVE

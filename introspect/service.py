@@ -22,7 +22,18 @@ from typing import Any, TypeVar
 import asyncpg
 import redis.asyncio as redis
 
-from introspect import credentials, resp, rfc7523, rfc8414, rfc9068, rfc9701, signing, store
+from introspect import (
+    credentials,
+    resp,
+    rfc6749,
+    rfc7523,
+    rfc7662,
+    rfc8414,
+    rfc9068,
+    rfc9701,
+    signing,
+    store,
+)
 from introspect.cache import (
     Announced,
     Coalescer,
@@ -36,7 +47,6 @@ from introspect.config import Settings
 from introspect.credentials import Kind
 from introspect.metrics import METRICS
 from introspect.rfc6749 import Grant
-from introspect.rfc7662 import entry_for
 from introspect.store import Client
 
 T = TypeVar("T")
@@ -182,20 +192,43 @@ class Authority:
         local.put_client(client_id, client, epoch)
         return client
 
-    def owner_disabled(self, client_id: str) -> bool | Awaitable[bool]:
-        """Whether the client holding a credential is disabled (or gone).
-
-        A plain bool when the client's record is cached in-process (the hot
-        path costs no coroutine), else an awaitable that reads it.
-        """
+    def owner_disabled(self, client_id: str) -> bool | None:
+        """Whether the client holding a credential is disabled (or gone), when its record is
+        cached in-process; None when it is not (then `read_owner_disabled`)."""
         found, client = self.local.get_client(client_id, time.monotonic())
         if found:
             return client is None or client.disabled
-        return self._owner_disabled(client_id)
+        return None
 
-    async def _owner_disabled(self, client_id: str) -> bool:
+    async def read_owner_disabled(self, client_id: str) -> bool:
+        """Whether the client holding a credential is disabled (or gone), read if need be."""
         client = await self.get_client(client_id)
         return client is None or client.disabled
+
+    def introspect_in_memory(
+        self, authorization: str | None, params: dict[str, str]
+    ) -> bytes | None:
+        """The introspection answer when all it needs is in this process's memory, else None.
+
+        The hot path of the product, with no await: a caller remembered by its
+        Authorization header (`rfc6749.remembered`), a credential seen before
+        whose entry is in the in-process cache, and its owner's record. Any
+        other case, including every error, is None, and the full path decides
+        (with the same answer where this one gives one).
+        """
+        mono = time.monotonic()
+        caller = rfc6749.remembered(authorization, params, self.local, mono)
+        if caller is None or not caller.can_introspect:
+            return None
+        token = params.get("token")
+        key = None if token is None else self._hashed.get(token)
+        entry = None if key is None else self.cache.cached(key, mono)
+        if entry is None:
+            return None
+        body = rfc7662.verdict(caller, entry, self.owner_disabled)
+        if body is not None and body is not rfc7662.INACTIVE:
+            self.note_use(entry)
+        return body
 
     async def lookup(self, token: str) -> Entry:
         """The cache entry for a presented credential, opaque or JWT; malformed ones cost no I/O.
@@ -207,7 +240,7 @@ class Authority:
         """
         known = self._hashed.get(token)
         if known is not None:
-            hit = self.cache.cached(known)
+            hit = self.cache.cached(known, time.monotonic())
             if hit is not None:
                 return hit
         kind = credentials.parse(token)
@@ -224,13 +257,13 @@ class Authority:
         if len(self._hashed) >= HASHED_MEMO_SIZE:
             self._hashed.clear()
         self._hashed[token] = primary
-        hit = self.cache.cached(primary)
+        hit = self.cache.cached(primary, time.monotonic())
         if hit is not None:
             return hit
 
         async def load() -> Entry:
             found = await self._finds.get(tuple(hashes))
-            entry = entry_for(found, self.issuer)
+            entry = rfc7662.entry_for(found, self.issuer)
             if found is not None and found.hash != primary:
                 # Stored under an older server secret: move it to the current one,
                 # and cache nothing until writers and readers agree on the key.

@@ -82,16 +82,23 @@ async def introspect(request: web.Request) -> web.Response:
     """RFC 7662 §2: introspection, for clients allowed to introspect."""
     authority = request.app[AUTHORITY]
     params, _ = await read_form(request)
+    signed = rfc9701.wants_jwt(request.headers.get("Accept"))
+    if not signed:
+        body = authority.introspect_in_memory(request.headers.get("Authorization"), params)
+        if body is not None:
+            return web.Response(body=body, headers=JSON_NO_STORE)
     caller = await authenticated(authority, request, params)
     rfc7662.require_introspection(caller)
     presented = rfc7662.token_parameter(params)
     entry = await authority.lookup(presented)
-    body = await rfc7662.decide(caller, entry, authority.owner_disabled)
+    body = await rfc7662.decide(
+        caller, entry, authority.owner_disabled, authority.read_owner_disabled
+    )
     if body is not rfc7662.INACTIVE:
         authority.note_use(entry)
-    if rfc9701.wants_jwt(request.headers.get("Accept")):
-        signed = await authority.sign_introspection(caller, body)
-        return web.Response(body=signed, content_type=rfc9701.MEDIA_TYPE, headers=NO_STORE)
+    if signed:
+        jwt = await authority.sign_introspection(caller, body)
+        return web.Response(body=jwt, content_type=rfc9701.MEDIA_TYPE, headers=NO_STORE)
     return web.Response(body=body, headers=JSON_NO_STORE)
 
 

@@ -48,6 +48,15 @@ that generation, which makes every such entry stale in O(1), without a
 scan. In Redis, the writer tombstones each affected key from the
 `RETURNING` list of its own UPDATE, in one pipeline.
 
+Hot entries are read again before they expire: an in-process entry hit in
+the last part of its life (from a random point between REFRESH_FROM and
+REFRESH_TO of it, so that entries filled together do not all come due
+together) is read again from Redis in the background, one MGET for all that
+came due in the meantime, and stored under the same epoch rule as any
+read-through. A credential in constant use therefore never waits for Redis
+when its in-process life ends. Entries admitted by a JWT signature check
+are not read again: when they expire, the string is checked anew.
+
 A change call returns once every listener acknowledged, or after
 ACK_TIMEOUT at most; a worker that did not acknowledge in time stops
 reading its in-process cache before then (heartbeats: see Listener).
@@ -66,7 +75,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
+import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -101,6 +112,11 @@ FRESHNESS = 0.9 * ACK_TIMEOUT
 HEARTBEAT_INTERVAL = 0.1
 # A change whose writer could not reach Redis is replayed by a worker within about this.
 OUTBOX_SWEEP_INTERVAL = 2
+# In-process entries come due for a refresh at a random point in this span of their life.
+REFRESH_FROM = 0.5
+REFRESH_TO = 0.9
+# Keys per MGET when refreshing.
+REFRESH_BATCH = 500
 # Client records and remembered client authentications kept per worker (clients are few).
 CLIENT_CACHE_SIZE = 10_000
 
@@ -220,6 +236,7 @@ class Entry:
     cacheable: bool = True
     # In-process bookkeeping: set by LocalCache.put.
     local_expires: float = 0.0
+    refresh_at: float = math.inf
     client_gen: int = 0
     sub_gen: int = 0
 
@@ -276,6 +293,8 @@ class LocalCache:
         self.usable = False
         self.fresh_until = 0.0
         self._entries: dict[bytes, Entry] = {}
+        # Keys hit since they came due for a refresh (see CredentialCache._refresh).
+        self.due: list[bytes] = []
         self._clients: dict[str, tuple[Client | None, float]] = {}
         self._auth: dict[str, tuple[Client, float]] = {}
         self._client_gen: dict[str, int] = {}
@@ -301,16 +320,26 @@ class LocalCache:
         ):
             del self._entries[key]
             return None
+        if entry.refresh_at <= mono:
+            entry.refresh_at = math.inf
+            self.due.append(key)
         return entry
 
-    def put(self, key: bytes, entry: Entry, epoch: int, now: int) -> None:
-        """Store `entry` unless an invalidation arrived since `epoch` was read (see module doc)."""
+    def put(self, key: bytes, entry: Entry, epoch: int, now: int, *, refresh: bool = True) -> None:
+        """Store `entry` unless an invalidation arrived since `epoch` was read (see module doc).
+
+        With `refresh`, an entry that lives its full in-process life comes due for
+        a refresh at a random point late in it (see module doc).
+        """
         if not self.usable or epoch != self.epoch or not entry.cacheable or self.size <= 0:
             return
         ttl = min(self.ttl, entry.ttl(now, REVOKED_TTL))
         if ttl <= 0:
             return
-        entry.local_expires = time.monotonic() + ttl
+        mono = time.monotonic()
+        entry.local_expires = mono + ttl
+        if refresh and ttl == self.ttl:
+            entry.refresh_at = mono + ttl * random.uniform(REFRESH_FROM, REFRESH_TO)  # noqa: S311 (jitter)
         entry.client_gen = self._client_gen.get(entry.client_id, 0) if entry.client_id else 0
         entry.sub_gen = self._sub_gen.get(entry.sub, 0) if entry.sub else 0
         entries = self._entries
@@ -408,6 +437,7 @@ class LocalCache:
         """Drop every entry (after a possibly missed message)."""
         self.epoch += 1
         self._entries.clear()
+        self.due.clear()
         self._clients.clear()
         self._auth.clear()
 
@@ -519,6 +549,7 @@ class CredentialCache:
         self._gets: Coalescer[bytes, bytes] = Coalescer(self._mget)
         self._fills: Coalescer[tuple[bytes, int, bytes, int], None] = Coalescer(self._fill_many)
         self._recovering: asyncio.Task[None] | None = None
+        self._refreshing: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         # Idle connections for BLMPOP (see _collect).
@@ -533,7 +564,38 @@ class CredentialCache:
         entry = self.local.get(key, mono)
         if entry is not None:
             METRICS.local_hits.inc()
+            if self.local.due and self._refreshing is None:
+                self._refreshing = asyncio.get_running_loop().create_task(self._refresh())
         return entry
+
+    async def _refresh(self) -> None:
+        """Read again from Redis the in-process entries that came due (see module doc).
+
+        Any that Redis no longer holds, or that an invalidation touched
+        meanwhile (the epoch), are left to expire and be read through as usual.
+        """
+        local = self.local
+        try:
+            while local.due:
+                keys, local.due = local.due[:REFRESH_BATCH], local.due[REFRESH_BATCH:]
+                if not (self.redis_ok and self.redis_ttl):
+                    continue
+                epoch = local.epoch
+                try:
+                    found = await self._mget(keys)
+                except (RedisError, OSError) as exc:
+                    self._redis_failed(exc)
+                    continue
+                if self.before_fill is not None:
+                    await self.before_fill(keys[0])
+                now = store.now()
+                for key in keys:
+                    raw = found.get(key)
+                    entry = None if raw is None else decode(raw)
+                    if entry is not None:
+                        local.put(key, entry, epoch, now)
+        finally:
+            self._refreshing = None
 
     async def lookup(
         self,
@@ -563,7 +625,7 @@ class CredentialCache:
                     METRICS.redis_hits.inc()
                     if self.before_fill is not None:
                         await self.before_fill(key)
-                    local.put(key, entry, epoch, store.now())
+                    local.put(key, entry, epoch, store.now(), refresh=admit is None)
                     return entry
             METRICS.redis_misses.inc()
         started = time.monotonic()
@@ -577,7 +639,7 @@ class CredentialCache:
             and time.monotonic() - started < FILL_DEADLINE
         ):
             await self._redis_fill(key, entry)
-        local.put(key, entry, epoch, store.now())
+        local.put(key, entry, epoch, store.now(), refresh=admit is None)
         return entry
 
     async def _redis_get(self, key: bytes) -> bytes | None:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 
 import pytest
 
 from introspect import credentials
+from introspect.config import Settings
 from introspect.credentials import Kind
 from introspect.service import Authority
-from tests.helpers import Registered, Server, register
+from tests.helpers import Registered, Server, register, start_server
 
 GRANT = {"grant_type": "client_credentials"}
 
@@ -214,3 +216,29 @@ async def test_form_media_type_is_matched_as_a_media_type(
     )
     assert resp.status == 200
     assert resp.body == b'{"active":false}'
+
+
+async def test_a_credential_in_constant_use_stays_in_memory_past_its_lifetime(
+    settings: Settings,
+) -> None:
+    """Hot entries are read again from Redis before their in-process life ends: no miss."""
+    from introspect.metrics import METRICS
+
+    test_server, server = await start_server(dataclasses.replace(settings, local_cache_ttl=1.0))
+    try:
+        issuer = await register(server.authority)
+        rs = await register(server.authority, scopes=(), can_introspect=True)
+        token = await token_for(server, issuer)
+        first = await server.post_form("/introspect", {"token": token}, headers=rs.auth)
+        assert first.json()["active"] is True
+        misses, mgets = METRICS.local_misses.value(), METRICS.redis_calls.value()
+        deadline = time.monotonic() + 2.5  # two and a half in-process lifetimes
+        while time.monotonic() < deadline:
+            resp = await server.post_form("/introspect", {"token": token}, headers=rs.auth)
+            assert resp.json()["active"] is True
+            await asyncio.sleep(0.02)
+        assert METRICS.local_misses.value() == misses
+        assert METRICS.redis_calls.value() > mgets  # the refreshes
+    finally:
+        await server.http.close()
+        await test_server.close()

@@ -9,6 +9,7 @@ the epoch check (see introspect/cache.py).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -79,5 +80,30 @@ async def test_redis_hit_before_revocation_is_not_cached_in_process(
     assert first.json()["active"] is True  # now in Redis (and in-process)
     server.authority.local.clear()  # so the next read is a Redis hit
     await race(server, app_client, resource_server, token)
+    resp = await server.post_form("/introspect", {"token": token}, headers=resource_server.auth)
+    assert resp.body == b'{"active":false}'
+
+
+async def test_refresh_read_before_revocation_is_not_cached_in_process(
+    server: Server, app_client: Registered, resource_server: Registered, token: str
+) -> None:
+    """A refresh whose Redis read began before a revocation does not restore the old answer."""
+    first = await server.post_form("/introspect", {"token": token}, headers=resource_server.auth)
+    assert first.json()["active"] is True
+    cache = server.authority.cache
+    key = credentials.keyed_hash(server.authority.keys[0], token)
+    entry = cache.cached(key, time.monotonic())
+    assert entry is not None
+    entry.refresh_at = 0.0  # due now: the next hit starts a refresh
+    gate = Gate(key)
+    cache.before_fill = gate
+    hit = await server.post_form("/introspect", {"token": token}, headers=resource_server.auth)
+    assert hit.json()["active"] is True  # served from memory; the refresh runs behind it
+    await asyncio.wait_for(gate.reached.wait(), 10)
+    revoked = await server.post_form("/revoke", {"token": token}, headers=app_client.auth)
+    assert revoked.status == 200
+    gate.release.set()
+    for _ in range(3):  # the refresh finishes without awaiting anything more
+        await asyncio.sleep(0)
     resp = await server.post_form("/introspect", {"token": token}, headers=resource_server.auth)
     assert resp.body == b'{"active":false}'

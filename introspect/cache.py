@@ -54,8 +54,9 @@ REFRESH_TO of it, so that entries filled together do not all come due
 together) is read again from Redis in the background, one MGET for all that
 came due in the meantime, and stored under the same epoch rule as any
 read-through. A credential in constant use therefore never waits for Redis
-when its in-process life ends. Entries admitted by a JWT signature check
-are not read again: when they expire, the string is checked anew.
+when its in-process life ends. This holds for JWTs too: their entries were
+stored after a signature check of that very string, and no signing key is
+retired while a token it signed is live (see introspect/signing.py).
 
 A change call returns once every listener acknowledged, or after
 ACK_TIMEOUT at most; a worker that did not acknowledge in time stops
@@ -325,11 +326,11 @@ class LocalCache:
             self.due.append(key)
         return entry
 
-    def put(self, key: bytes, entry: Entry, epoch: int, now: int, *, refresh: bool = True) -> None:
+    def put(self, key: bytes, entry: Entry, epoch: int, now: int) -> None:
         """Store `entry` unless an invalidation arrived since `epoch` was read (see module doc).
 
-        With `refresh`, an entry that lives its full in-process life comes due for
-        a refresh at a random point late in it (see module doc).
+        An entry that lives its full in-process life (not cut short by its
+        `exp`) comes due for a refresh at a random point late in it.
         """
         if not self.usable or epoch != self.epoch or not entry.cacheable or self.size <= 0:
             return
@@ -338,7 +339,7 @@ class LocalCache:
             return
         mono = time.monotonic()
         entry.local_expires = mono + ttl
-        if refresh and ttl == self.ttl:
+        if ttl == self.ttl:
             entry.refresh_at = mono + ttl * random.uniform(REFRESH_FROM, REFRESH_TO)  # noqa: S311 (jitter)
         entry.client_gen = self._client_gen.get(entry.client_id, 0) if entry.client_id else 0
         entry.sub_gen = self._sub_gen.get(entry.sub, 0) if entry.sub else 0
@@ -625,7 +626,7 @@ class CredentialCache:
                     METRICS.redis_hits.inc()
                     if self.before_fill is not None:
                         await self.before_fill(key)
-                    local.put(key, entry, epoch, store.now(), refresh=admit is None)
+                    local.put(key, entry, epoch, store.now())
                     return entry
             METRICS.redis_misses.inc()
         started = time.monotonic()
@@ -639,7 +640,7 @@ class CredentialCache:
             and time.monotonic() - started < FILL_DEADLINE
         ):
             await self._redis_fill(key, entry)
-        local.put(key, entry, epoch, store.now(), refresh=admit is None)
+        local.put(key, entry, epoch, store.now())
         return entry
 
     async def _redis_get(self, key: bytes) -> bytes | None:

@@ -218,17 +218,21 @@ async def test_form_media_type_is_matched_as_a_media_type(
     assert resp.body == b'{"active":false}'
 
 
+@pytest.mark.parametrize("token_format", ["opaque", "jwt"])
 async def test_a_credential_in_constant_use_stays_in_memory_past_its_lifetime(
-    settings: Settings,
+    settings: Settings, token_format: str
 ) -> None:
-    """Hot entries are read again from Redis before their in-process life ends: no miss."""
+    """Hot entries (JWTs too) are read again from Redis before their in-process life ends."""
     from introspect.metrics import METRICS
 
     test_server, server = await start_server(dataclasses.replace(settings, local_cache_ttl=1.0))
     try:
-        issuer = await register(server.authority)
+        issuer = await register(
+            server.authority, audiences=("https://api",), token_format=token_format
+        )
         rs = await register(server.authority, scopes=(), can_introspect=True)
         token = await token_for(server, issuer)
+        assert token.count(".") == (2 if token_format == "jwt" else 0)
         first = await server.post_form("/introspect", {"token": token}, headers=rs.auth)
         assert first.json()["active"] is True
         misses, mgets = METRICS.local_misses.value(), METRICS.redis_calls.value()

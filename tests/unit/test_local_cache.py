@@ -42,17 +42,14 @@ def test_refresh_points_are_spread() -> None:
     assert len(points) > 150
 
 
-def test_no_refresh_without_a_full_life_or_when_refused() -> None:
-    """An entry capped by its exp, or stored with refresh=False, never comes due."""
+def test_no_refresh_for_an_entry_cut_short_by_its_exp() -> None:
+    """An entry whose in-process life ends at its exp never comes due: it ends for good."""
     local = usable()
     now = int(time.time())
     local.put(b"short", Entry(answer=b"{}", exp=now + 3), local.epoch, now=now)
-    local.put(b"jwt", Entry(answer=b"{}"), local.epoch, now=now, refresh=False)
-    far = time.monotonic() + 2.5
-    for key in (b"short", b"jwt"):
-        entry = local.get(key, far)
-        assert entry is not None
-        assert entry.refresh_at == math.inf
+    entry = local.get(b"short", time.monotonic() + 2.5)
+    assert entry is not None
+    assert entry.refresh_at == math.inf
     assert local.due == []
 
 

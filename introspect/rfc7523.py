@@ -28,7 +28,9 @@ from introspect.store import Client, now
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ALGORITHMS = ("ES256", "EdDSA", "RS256", "PS256")
-MAX_LIFETIME = 300
+# An hour: Authlib's assertions live exactly that by default (openid-client's a minute).
+# The replay memory keeps each jti until its assertion expires.
+MAX_LIFETIME = 3600
 # Clock skew allowed between the client and us, on exp, nbf and iat.
 LEEWAY = 30
 MAX_LENGTH = 8 * 1024

@@ -116,8 +116,11 @@ async def revoke(request: web.Request) -> web.Response:
 
 
 @routes.get("/.well-known/oauth-authorization-server")
+@routes.get("/.well-known/openid-configuration")
 async def discovery(request: web.Request) -> web.Response:
-    """RFC 8414 metadata."""
+    """RFC 8414 metadata; also where clients that only know OpenID Connect discovery look
+    (RFC 8414 §5), such as openid-client's Issuer.discover. The document stays RFC 8414's:
+    this server is not an OpenID provider."""
     authority = request.app[AUTHORITY]
     scopes = await authority.pool.fetchval(
         "SELECT coalesce(array_agg(DISTINCT s ORDER BY s), '{}')"

@@ -595,6 +595,8 @@ class CredentialCache:
                     entry = None if raw is None else decode(raw)
                     if entry is not None:
                         local.put(key, entry, epoch, now)
+        except Exception:  # a refresh is an optimization: log, never lose the task silently
+            log.exception("refreshing in-process entries failed")
         finally:
             self._refreshing = None
 
@@ -722,7 +724,7 @@ class CredentialCache:
             await asyncio.gather(*self._background, return_exceptions=True)
         while self._blocking:
             self._blocking.pop().close()
-        for task in (self._recovering, self._sweeper):
+        for task in (self._recovering, self._sweeper, self._refreshing):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

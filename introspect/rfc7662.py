@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from introspect.cache import Entry
+from introspect.cache import Entry, shared
 from introspect.errors import InvalidRequest, UnauthorizedClient
 from introspect.store import Client, Credential, now
 
@@ -65,11 +65,11 @@ def entry_for(credential: Credential | None, issuer: str) -> Entry:
         # A copy of exact size: orjson leaves its 4 KiB output buffer attached to the bytes.
         answer=memoryview(orjson.dumps(body)).tobytes(),
         version=credential.version,
-        aud=frozenset(credential.audiences),
+        aud=shared(frozenset(credential.audiences)),
         exp=credential.exp,
         nbf=credential.nbf,
-        client_id=credential.client_id,
-        sub=credential.sub,
+        client_id=None if credential.client_id is None else shared(credential.client_id),
+        sub=shared(credential.sub),
         key_id=credential.id if credential.kind == "api_key" else None,
     )
 

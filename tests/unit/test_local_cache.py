@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 
-from introspect.cache import REFRESH_FROM, REFRESH_TO, Entry, LocalCache
+from introspect.cache import REFRESH_FROM, REFRESH_TO, Entry, LocalCache, decode
 
 
 def usable(ttl: float = 10.0) -> LocalCache:
@@ -61,3 +61,29 @@ def test_clear_forgets_what_came_due() -> None:
     assert local.due == [b"k"]
     local.clear()
     assert local.due == []
+
+
+def answer(jti: str, client: str, aud: str) -> bytes:
+    """A Redis value as the server writes it, for one access token of `client`."""
+    body = (
+        f'{{"active":true,"scope":"read","sub":"{client}","jti":"{jti}","kind":"access_token",'
+        f'"client_id":"{client}","aud":"{aud}","exp":4102444800}}'
+    )
+    return b"7|" + body.encode()
+
+
+def test_entries_of_one_client_share_its_id_subject_and_audiences() -> None:
+    """Many cached entries of one client hold one copy of what they have in common."""
+    one = decode(answer("tok_1", "client_A", "https://api"))
+    two = decode(answer("tok_2", "client_A", "https://api"))
+    other = decode(answer("tok_3", "client_B", "https://else"))
+    assert one is not None
+    assert two is not None
+    assert other is not None
+    assert one.client_id == "client_A"
+    assert one.aud == frozenset({"https://api"})
+    assert one.client_id is two.client_id
+    assert one.sub is two.sub
+    assert one.aud is two.aud
+    assert other.client_id == "client_B"
+    assert other.aud == frozenset({"https://else"})

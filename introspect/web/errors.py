@@ -11,14 +11,15 @@ from __future__ import annotations
 import logging
 import os
 import re
-import time
 from collections.abc import Awaitable, Callable
+from time import perf_counter
 
 import asyncpg
 import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
+from multidict import istr
 from redis.exceptions import RedisError
 
 from introspect.errors import AdminError, OAuth2Error
@@ -58,48 +59,65 @@ def oauth_error_response(exc: OAuth2Error) -> web.Response:
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Map errors to JSON answers and count every request by route and status."""
-    started = time.perf_counter()
-    route = request.match_info.route.resource
-    name = route.canonical if route is not None else "unmatched"
+    started = perf_counter()
     try:
         response = await handler(request)
-    except OAuth2Error as exc:
-        if exc.detail:
-            log.info("oauth error %s: %s", exc.error, exc.detail, extra=_ids(request))
-        response = oauth_error_response(exc)
-    except AdminError as exc:
-        response = json_response(exc.body(), exc.status)
-    except (HttpProcessingError, RequestPayloadError):
-        # A body aiohttp could not read (bad chunking, undecodable content-encoding).
-        response = json_response(
-            {"error": "invalid_request", "error_description": "the request body is malformed"},
-            400,
-        )
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        response = json_response(
-            {"error": "invalid_request", "error_description": exc.reason}, exc.status
-        )
-    except _UNAVAILABLE as exc:
-        log.warning("store unavailable on %s: %s", name, type(exc).__name__, extra=_ids(request))
-        response = json_response(
-            {"error": "temporarily_unavailable", "error_description": "a store is unreachable"},
-            503,
-        )
-    except Exception:
-        log.exception("unexpected error on %s", name, extra=_ids(request))
-        response = json_response(
-            {"error": "server_error", "error_description": "internal error"}, 500
-        )
-    METRICS.request(name, response.status, time.perf_counter() - started)
-    request_id = request.headers.get(REQUEST_ID)
-    if request_id is not None and _REQUEST_ID.fullmatch(request_id):
-        response.headers[REQUEST_ID] = request_id
+    except Exception as exc:
+        response = error_response(request, exc)
+    route = request.match_info.route
+    name = _NAMES.get(route) or _route_name(route)
+    METRICS.request(name, response.status, perf_counter() - started)
+    if REQUEST_ID in request.headers:
+        request_id = request.headers[REQUEST_ID]
+        if _REQUEST_ID.fullmatch(request_id):
+            response.headers[REQUEST_ID] = request_id
     return response
 
 
-REQUEST_ID = "X-Request-Id"
+def error_response(request: web.Request, exc: Exception) -> web.Response:
+    """The JSON answer for a failure (re-raising an HTTP redirect, which is no failure)."""
+    if isinstance(exc, OAuth2Error):
+        if exc.detail:
+            log.info("oauth error %s: %s", exc.error, exc.detail, extra=_ids(request))
+        return oauth_error_response(exc)
+    if isinstance(exc, AdminError):
+        return json_response(exc.body(), exc.status)
+    if isinstance(exc, HttpProcessingError | RequestPayloadError):
+        # A body aiohttp could not read (bad chunking, undecodable content-encoding).
+        return json_response(
+            {"error": "invalid_request", "error_description": "the request body is malformed"},
+            400,
+        )
+    if isinstance(exc, web.HTTPException):
+        if exc.status < 400:
+            raise exc
+        return json_response(
+            {"error": "invalid_request", "error_description": exc.reason}, exc.status
+        )
+    name = _route_name(request.match_info.route)
+    if isinstance(exc, _UNAVAILABLE):
+        log.warning("store unavailable on %s: %s", name, type(exc).__name__, extra=_ids(request))
+        return json_response(
+            {"error": "temporarily_unavailable", "error_description": "a store is unreachable"},
+            503,
+        )
+    log.exception("unexpected error on %s", name, extra=_ids(request), exc_info=exc)
+    return json_response({"error": "server_error", "error_description": "internal error"}, 500)
+
+
+# Route -> its metric label (the resource's canonical path), looked up once per route.
+_NAMES: dict[web.AbstractRoute, str] = {}
+
+
+def _route_name(route: web.AbstractRoute) -> str:
+    resource = route.resource
+    if resource is None:  # aiohttp's routes for 404 and 405, made afresh for each request
+        return "unmatched"
+    name = _NAMES[route] = resource.canonical
+    return name
+
+
+REQUEST_ID = istr("X-Request-Id")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 

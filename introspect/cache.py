@@ -601,7 +601,8 @@ class CredentialCache:
             while local.due:
                 keys, local.due = local.due[:REFRESH_BATCH], local.due[REFRESH_BATCH:]
                 if not (self.redis_ok and self.redis_ttl):
-                    continue
+                    local.due.clear()  # left to expire and be read through as usual
+                    break
                 epoch = local.epoch
                 try:
                     found = await self._mget(keys)

@@ -221,14 +221,18 @@ class Authority:
         if caller is None or not caller.can_introspect:
             return None
         token = params.get("token")
-        key = None if token is None else self._hashed.get(token)
-        entry = None if key is None else self.cache.cached(key, mono)
+        entry = None if token is None else self._seen(token, mono)
         if entry is None:
             return None
         body = rfc7662.verdict(caller, entry, self.owner_disabled)
         if body is not None and body is not rfc7662.INACTIVE:
             self.note_use(entry)
         return body
+
+    def _seen(self, token: str, mono: float) -> Entry | None:
+        """The in-process entry of a credential hashed before (see `_hashed`), if any."""
+        key = self._hashed.get(token)
+        return None if key is None else self.cache.cached(key, mono)
 
     async def lookup(self, token: str) -> Entry:
         """The cache entry for a presented credential, opaque or JWT; malformed ones cost no I/O.
@@ -238,11 +242,9 @@ class Authority:
         verified locally (RFC 9068 §4). An in-process entry was only ever stored
         after this worker verified that very string.
         """
-        known = self._hashed.get(token)
-        if known is not None:
-            hit = self.cache.cached(known, time.monotonic())
-            if hit is not None:
-                return hit
+        hit = self._seen(token, time.monotonic())
+        if hit is not None:
+            return hit
         kind = credentials.parse(token)
         admit = None
         if kind is not Kind.ACCESS_TOKEN and kind is not Kind.API_KEY:

@@ -2,7 +2,6 @@ FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY introspect ./introspect
-COPY sql ./sql
 RUN pip install --no-cache-dir -e . && useradd --system introspect
 USER introspect
 ENV INTROSPECT_HOST=0.0.0.0 INTROSPECT_PORT=8080 INTROSPECT_DATA_DIR=/tmp/introspect

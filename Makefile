@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format bench clean
+.PHONY: run test lint format bench drills clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ $(BENCH_STAMP): $(STAMP)
 
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# Faults injected into real processes on loopback, each with a verdict: see bench/drills/.
+drills: $(BENCH_STAMP)
+	$(BIN)/python -m bench.drills $(DRILLS)
 
 clean:
 	rm -rf $(VENV) .introspect

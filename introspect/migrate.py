@@ -13,7 +13,7 @@ from pathlib import Path
 
 import asyncpg
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+SQL_DIR = Path(__file__).resolve().parent / "sql"
 _LOCK_KEY = 7_662_7009  # any constant shared by every instance
 
 

@@ -5,7 +5,7 @@ The life of a key
 -----------------
 * **Stored encrypted.** A key (ES256 on P-256 by default, or EdDSA on
   Ed25519) is generated here and stored in Postgres (`signing_keys`, see
-  `sql/0003_signing_keys.sql`); its PKCS#8 private part is sealed with
+  `introspect/sql/0003_signing_keys.sql`); its PKCS#8 private part is sealed with
   AES-256-GCM under a key derived from the server secret by HKDF-SHA256, the
   kid as associated data. Every configured server secret is tried when
   unsealing, so rotating `INTROSPECT_SECRET` keeps existing keys usable.

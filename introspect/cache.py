@@ -69,6 +69,15 @@ again. While Redis is unreachable, lookups go straight to Postgres, and a
 change records its invalidation in the `invalidation_outbox` table in its
 own transaction; the change call answers that the invalidation is pending,
 and every worker replays the outbox, before it trusts Redis again.
+
+Lost writes (promise 6): Redis may forget what it acknowledged. Reads and
+readers' fills use Redis only while this worker vouches for the history of
+the server it reaches (introspect/history.py: the argument is there); the
+change log (the outbox, whose rows are now kept for longer than any entry
+lives) is written again to a server whose history it cannot vouch for,
+before any worker reads from it. Writers' tombstones need no vouching: a
+newer version never restores an old state. The in-process cache is usable
+only while its subscription reaches the vouched server.
 """
 
 from __future__ import annotations
@@ -86,10 +95,10 @@ from typing import Any, Generic, TypeVar
 
 import asyncpg
 import orjson
-import redis.asyncio as redis
 from redis.exceptions import RedisError, ResponseError
 
 from introspect import resp, store
+from introspect.history import MARKER, EvictingRedis, History, HistoryUnknown
 from introspect.metrics import METRICS
 from introspect.store import Client
 
@@ -121,9 +130,20 @@ REFRESH_TO = 0.9
 REFRESH_BATCH = 500
 # Client records and remembered client authentications kept per worker (clients are few).
 CLIENT_CACHE_SIZE = 10_000
+# Added to the longest cache lifetime for the change log's replay window: clocks, fill delays.
+HISTORY_MARGIN = 60
+# How often a worker checks that its Redis is the server and history it vouches for (s).
+HISTORY_CHECK_INTERVAL = 1.0
+# Published changes older than the replay window and this are pruned, about this often (s).
+PRUNE_INTERVAL = 60
+# Commands per pipeline when writing the change log again.
+REPLAY_BATCH = 1000
 
-# KEYS[1] the key; ARGV[1] version, ARGV[2] the value, ARGV[3] TTL in ms.
+# KEYS[1] the key, KEYS[2] (readers' fills only) the history marker; ARGV[1] version,
+# ARGV[2] the value, ARGV[3] TTL in ms, ARGV[4] the marker the reader vouches for.
+# -1: the marker is not that one (see introspect/history.py).
 _FILL = """
+if KEYS[2] and redis.call('GET', KEYS[2]) ~= ARGV[4] then return -1 end
 local cur = redis.call('GET', KEYS[1])
 if cur then
   local sep = string.find(cur, '|', 1, true)
@@ -137,9 +157,26 @@ return 1
 """
 
 
-def _fill(key: bytes, version: int, value: bytes, ttl_ms: int) -> resp.Command:
-    """One `_FILL` (EVAL of the text: no NOSCRIPT after a restart; the server caches it)."""
-    return ("EVAL", _FILL, 1, KEY_PREFIX + key, version, value, ttl_ms)
+# KEYS[1] an assertion's key, KEYS[2] the history marker; ARGV[1] the marker vouched for,
+# ARGV[2] when to forget it. 1: first use; 0: seen before; -1: another history.
+_ONCE = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
+if redis.call('SET', KEYS[1], '1', 'NX', 'EXAT', ARGV[2]) then return 1 end
+return 0
+"""
+
+
+def _fill(
+    key: bytes, version: int, value: bytes, ttl_ms: int, marker: bytes | None = None
+) -> resp.Command:
+    """One `_FILL` (EVAL of the text: no NOSCRIPT after a restart; the server caches it).
+
+    A reader's fill names the history marker it read under, and is refused
+    (-1) in any other; a writer's tombstone passes none.
+    """
+    if marker is None:
+        return ("EVAL", _FILL, 1, KEY_PREFIX + key, version, value, ttl_ms)
+    return ("EVAL", _FILL, 2, KEY_PREFIX + key, MARKER, version, value, ttl_ms, marker)
 
 
 def _checked(replies: list[Any]) -> list[Any]:
@@ -309,9 +346,12 @@ class LocalCache:
         self.ttl = ttl
         self.epoch = 0
         # Usable only while the listener is subscribed and Redis is healthy (promise 4),
-        # and read only until `fresh_until` (time.monotonic()): see Listener.
+        # to the server whose history is vouched for (promise 6), and read only until
+        # `fresh_until` (time.monotonic()): see Listener.
         self.subscribed = False
         self.healthy = True
+        self.source: bytes | None = None
+        self.vouched: bytes | None = None
         self.usable = False
         self.fresh_until = 0.0
         self._entries: dict[bytes, Entry] = {}
@@ -444,13 +484,33 @@ class LocalCache:
         for sub in message.get("s", ()):
             self._sub_gen[sub] = self._sub_gen.get(sub, 0) + 1
 
-    def set_state(self, *, subscribed: bool | None = None, healthy: bool | None = None) -> None:
-        """Record the listener's and Redis's state; entering the usable state starts empty."""
+    def set_state(
+        self,
+        *,
+        subscribed: bool | None = None,
+        healthy: bool | None = None,
+        source: bytes | None = None,
+        vouched: bytes | None = None,
+    ) -> None:
+        """Record the listener's and Redis's state; entering the usable state starts empty.
+
+        `source` is the server the subscription reaches, `vouched` the one
+        whose history the read path vouches for: they must be the same.
+        """
         if subscribed is not None:
             self.subscribed = subscribed
         if healthy is not None:
             self.healthy = healthy
-        usable = self.subscribed and self.healthy
+        if source is not None:
+            self.source = source
+        if vouched is not None:
+            self.vouched = vouched
+        usable = (
+            self.subscribed
+            and self.healthy
+            and self.source is not None
+            and self.source == self.vouched
+        )
         if usable and not self.usable:
             self.clear()
         self.usable = usable
@@ -477,6 +537,18 @@ class Invalidation:
     clients: list[str] = field(default_factory=list)
     subs: list[str] = field(default_factory=list)
     everything: bool = False
+
+    def writes(self) -> list[resp.Command]:
+        """The versioned Redis writes of this change: tombstones, or inactive answers."""
+        payload, ttl_ms = (
+            (INACTIVE_PAYLOAD, REVOKED_TTL * 1000)
+            if self.revoked
+            else (TOMBSTONE, TOMBSTONE_TTL * 1000)
+        )
+        return [
+            _fill(key, version, b"%d|%s" % (version, payload), ttl_ms)
+            for key, version in self.tombstones
+        ]
 
     def message(self, nonce: str) -> dict[str, Any]:
         """The published message: the nonce to acknowledge and what to evict."""
@@ -549,7 +621,6 @@ class CredentialCache:
     def __init__(
         self,
         pool: asyncpg.Pool,
-        client: redis.Redis,
         fast: resp.Client,
         *,
         local: LocalCache,
@@ -558,18 +629,27 @@ class CredentialCache:
         lazy_pool: asyncpg.Pool | None = None,
     ) -> None:
         self.pool = pool
-        # Deleting a published outbox row need not wait for the WAL flush: if a crash
-        # forgets the delete, the invalidation is only published once more.
+        # Marking a published outbox row need not wait for the WAL flush: if a crash
+        # forgets the mark, the invalidation is only published once more.
         self.lazy_pool = lazy_pool or pool
-        self.redis = client
-        # The hot path's commands go through the lean client (see introspect/resp.py).
+        # Every command goes through the lean client (see introspect/resp.py), which
+        # identifies the server of each connection it opens (see introspect/history.py).
         self.fast = fast
         self.local = local
         self.redis_ttl = redis_ttl
         self.negative_ttl = negative_ttl
-        self.redis_ok = True
+        # Reads use Redis only once its history is vouched for: see `start` and `_recover`.
+        self.redis_ok = False
+        self.history = History(
+            fast,
+            pool,
+            self._replay_changes,
+            window=max(redis_ttl, negative_ttl) + HISTORY_MARGIN,
+        )
         self._gets: Coalescer[bytes, bytes] = Coalescer(self._mget)
-        self._fills: Coalescer[tuple[bytes, int, bytes, int], None] = Coalescer(self._fill_many)
+        self._fills: Coalescer[tuple[bytes, int, bytes, int, bytes], None] = Coalescer(
+            self._fill_many
+        )
         self._recovering: asyncio.Task[None] | None = None
         self._refreshing: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -639,6 +719,8 @@ class CredentialCache:
         if entry is not None:
             return entry
         epoch = local.epoch
+        # A fill is stored only in the history its lookup began under (introspect/history.py).
+        marker = self.history.value
         METRICS.local_misses.inc()
         if admit is not None and not await admit():
             return Entry(answer=None, cacheable=False)
@@ -660,10 +742,11 @@ class CredentialCache:
         if (
             entry.cacheable
             and self.redis_ok
+            and marker is not None
             and self.redis_ttl
             and time.monotonic() - started < FILL_DEADLINE
         ):
-            await self._redis_fill(key, entry)
+            await self._redis_fill(key, entry, marker)
         local.put(key, entry, epoch, store.now())
         return entry
 
@@ -675,11 +758,22 @@ class CredentialCache:
             return None
 
     async def _mget(self, keys: list[bytes]) -> dict[bytes, bytes]:
+        """The entries of `keys`, read with the history marker, from the vouched server only."""
+        history = self.history
+        marker, identity = history.value, history.identity
+        if marker is None:
+            raise HistoryUnknown("no vouched redis history")
         METRICS.redis_calls.inc()
-        (values,) = _checked(await self.fast.execute(("MGET", *[KEY_PREFIX + k for k in keys])))
-        return {k: v for k, v in zip(keys, values, strict=True) if isinstance(v, bytes)}
+        (values,) = _checked(
+            await self.fast.execute(
+                ("MGET", MARKER, *[KEY_PREFIX + k for k in keys]), identity=identity
+            )
+        )
+        if values[0] != marker:
+            raise HistoryUnknown("redis lost its history marker")
+        return {k: v for k, v in zip(keys, values[1:], strict=True) if isinstance(v, bytes)}
 
-    async def _redis_fill(self, key: bytes, entry: Entry) -> None:
+    async def _redis_fill(self, key: bytes, entry: Entry, marker: bytes) -> None:
         now = store.now()
         if entry.answer is None:
             ttl = REVOKED_TTL if entry.version else self.negative_ttl
@@ -688,60 +782,157 @@ class CredentialCache:
         if ttl <= 0:
             return
         try:
-            await self._fills.get((key, entry.version, encode(entry), ttl * 1000))
+            await self._fills.get((key, entry.version, encode(entry), ttl * 1000, marker))
         except (RedisError, OSError) as exc:
             self._redis_failed(exc)
 
-    async def _fill_many(self, fills: list[tuple[bytes, int, bytes, int]]) -> dict[Any, None]:
-        """Run the fills of one loop iteration through `_FILL` in one pipeline."""
+    async def _fill_many(
+        self, fills: list[tuple[bytes, int, bytes, int, bytes]]
+    ) -> dict[Any, None]:
+        """Run the fills of one loop iteration through `_FILL` in one pipeline.
+
+        Each names the marker its lookup began under; the server must be the
+        vouched one, and a fill under another marker is refused by the script.
+        """
         METRICS.redis_calls.inc()
-        _checked(await self.fast.execute(*(_fill(*fill) for fill in fills)))
+        results = _checked(
+            await self.fast.execute(
+                *(_fill(*fill) for fill in fills), identity=self.history.identity
+            )
+        )
+        if -1 in results:
+            raise HistoryUnknown("redis lost its history marker")
         return {}
 
     # --- Redis health ------------------------------------------------------------------------
 
     def _redis_failed(self, exc: BaseException) -> None:
-        """Go straight to Postgres until Redis answers again and the outbox is replayed."""
-        if self.redis_ok:
+        """Go straight to Postgres until Redis answers again, its history is vouched for
+        and the outbox is replayed."""
+        if isinstance(exc, resp.ServerChanged):  # another server, or history lost
+            if self.redis_ok or self.history.marker is not None:
+                METRICS.history_losses.inc()
+                log.warning("%s: answering from postgres until it is vouched for again", exc)
+            self.history.forget()
+        elif self.redis_ok:
             log.warning("redis unreachable, answering from postgres: %s", type(exc).__name__)
         self.redis_ok = False
         self.local.set_state(healthy=False)
         if self._recovering is None or self._recovering.done():
             self._recovering = asyncio.get_running_loop().create_task(self._recover())
 
+    async def start(self) -> None:
+        """Vouch for the Redis history once (bounded), else keep trying in the background."""
+        try:
+            async with asyncio.timeout(self.fast.timeout):
+                await self._vouch()
+        except (RedisError, OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            self._redis_failed(HistoryUnknown("redis history not vouched for yet"))
+
+    async def _vouch(self) -> None:
+        await self.history.vouch()
+        await self.replay_outbox(older_than=store.now() + 1)
+        self.redis_ok = True
+        self.local.set_state(healthy=True, vouched=self.history.identity)
+
     async def _recover(self) -> None:
         delay = 0.05
+        failing = False
         while True:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
             try:
-                await self.redis.ping()
-                await self.replay_outbox(older_than=store.now() + 1)
-            except (RedisError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                await self._vouch()
+            except EvictingRedis as exc:
+                log.error("%s", exc)
+                delay = 10.0
                 continue
-            self.redis_ok = True
-            self.local.set_state(healthy=True)
-            log.info("redis reachable again")
+            except (RedisError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                if not failing:  # once per streak
+                    log.warning("redis not usable yet: %s", type(exc).__name__)
+                failing = True
+                continue
+            log.info("redis usable again")
             return
 
+    async def _replay_changes(self, since: int, identity: bytes) -> int:
+        """Write again, on the server `identity`, every change recorded since `since`."""
+        changes = await store.changes_since(self.pool, since)
+        writes = [w for raw in changes for w in Invalidation.loads(raw).writes()]
+        for start in range(0, len(writes), REPLAY_BATCH):
+            METRICS.redis_calls.inc()
+            _checked(
+                await self.fast.execute(*writes[start : start + REPLAY_BATCH], identity=identity)
+            )
+        return len(changes)
+
     def start_sweeper(self) -> None:
-        """Replay, every few seconds, invalidations that their writer could not publish."""
+        """Watch the Redis history, replay unpublished invalidations, prune the change log."""
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
 
     async def _sweep(self) -> None:
+        ticks = 0
         while True:
-            await asyncio.sleep(OUTBOX_SWEEP_INTERVAL)
+            await asyncio.sleep(HISTORY_CHECK_INTERVAL)
+            ticks += 1
             if not self.redis_ok:
-                continue  # recovery replays the outbox before Redis is trusted again
+                continue  # recovery vouches and replays the outbox before Redis is trusted
             try:
-                await self.replay_outbox(older_than=store.now() - OUTBOX_SWEEP_INTERVAL)
+                await self.history.check()
+                if ticks % OUTBOX_SWEEP_INTERVAL == 0:
+                    await self.replay_outbox(older_than=store.now() - OUTBOX_SWEEP_INTERVAL)
+                if ticks % PRUNE_INTERVAL == 0:
+                    await store.prune_changes(
+                        self.lazy_pool, store.now() - self.history.window - HISTORY_MARGIN
+                    )
             except (RedisError, OSError) as exc:
                 self._redis_failed(exc)
             except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("outbox sweep failed: %s", type(exc).__name__)
 
+    async def redis_state(self) -> str:
+        """For readiness: `ok`, `replay pending` (reachable, history not vouched for yet) or
+        `unreachable`. A history found lost here is handled as on any read."""
+        try:
+            if self.redis_ok:
+                await self.history.check()
+                return "ok"
+            await self.fast.call("PING")
+        except HistoryUnknown as exc:
+            self._redis_failed(exc)
+        except (RedisError, OSError) as exc:
+            self._redis_failed(exc)
+            return "unreachable"
+        return "replay pending"
+
+    async def remember_once(self, key: bytes, until: int) -> bool:
+        """Remember `key` until `until` (epoch s) in the vouched history; False if seen before.
+
+        Raises HistoryUnknown (a Redis error) when no history is vouched for:
+        what is remembered must be kept where it is checked.
+        """
+        marker = self.history.value
+        if not self.redis_ok or marker is None:
+            raise HistoryUnknown("no vouched redis history")
+        METRICS.redis_calls.inc()
+        try:
+            (first,) = _checked(
+                await self.fast.execute(
+                    ("EVAL", _ONCE, 2, key, MARKER, marker, until),
+                    identity=self.history.identity,
+                )
+            )
+        except (RedisError, OSError) as exc:
+            self._redis_failed(exc)
+            raise
+        if first == -1:
+            lost = HistoryUnknown("redis lost its history marker")
+            self._redis_failed(lost)
+            raise lost
+        return bool(first == 1)
+
     async def close(self) -> None:
-        """Finish the outbox deletes under way and stop the background tasks."""
+        """Finish the outbox marks under way and stop the background tasks."""
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         while self._blocking:
@@ -755,7 +946,7 @@ class CredentialCache:
     # --- write path ----------------------------------------------------------------------
 
     async def announce(self, invalidation: Invalidation, outbox_id: int) -> Announced:
-        """After a commit: tombstone Redis, publish, wait for acks, forget the outbox row.
+        """After a commit: tombstone Redis, publish, wait for acks, mark the outbox row published.
 
         When Redis cannot be reached the outbox row stays, to be replayed, and
         the answer says the invalidation is pending.
@@ -765,33 +956,25 @@ class CredentialCache:
         except (RedisError, OSError) as exc:
             self._redis_failed(exc)
             return Announced(listeners=0, pending=True)
-        # Off the caller's path: a delete that fails or is lost only republishes.
-        task = asyncio.get_running_loop().create_task(self._forget(outbox_id))
+        # Off the caller's path: a mark that fails or is lost only republishes.
+        task = asyncio.get_running_loop().create_task(self._mark_published(outbox_id))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         return Announced(listeners=listeners, pending=False)
 
-    async def _forget(self, outbox_id: int) -> None:
+    async def _mark_published(self, outbox_id: int) -> None:
         try:
-            await store.delete_outbox(self.lazy_pool, [outbox_id])
+            await store.mark_published(self.lazy_pool, [outbox_id])
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-            log.warning("published invalidation left in the outbox: %s", type(exc).__name__)
+            log.warning("published invalidation left pending: %s", type(exc).__name__)
 
     async def _publish(self, invalidation: Invalidation) -> int:
         nonce = os.urandom(12).hex()
         ack_key = f"introspect:ack:{nonce}"
-        # A revoked credential's new state is known: inactive, for good.
-        payload, ttl_ms = (
-            (INACTIVE_PAYLOAD, REVOKED_TTL * 1000)
-            if invalidation.revoked
-            else (TOMBSTONE, TOMBSTONE_TTL * 1000)
-        )
+        # Whatever the history: a newer version never brings back an old state.
         results = _checked(
             await self.fast.execute(
-                *(
-                    _fill(key, version, b"%d|%s" % (version, payload), ttl_ms)
-                    for key, version in invalidation.tombstones
-                ),
+                *invalidation.writes(),
                 ("PUBLISH", CHANNEL, orjson.dumps(invalidation.message(nonce))),
             )
         )
@@ -840,7 +1023,7 @@ class CredentialCache:
         for _id, raw in rows:
             await self._publish(Invalidation.loads(raw))
         if rows:
-            await store.delete_outbox(self.pool, [i for i, _ in rows])
+            await store.mark_published(self.pool, [i for i, _ in rows])
             log.info("replayed %d pending invalidation(s)", len(rows))
         return len(rows)
 
@@ -892,15 +1075,19 @@ class Listener:
     async def _run(self) -> None:
         delay = 0.05
         while True:
-            subscription = self.subscription = resp.Subscription(self._url)
+            subscription = self.subscription = resp.Subscription(self._url, identify=True)
             beating: asyncio.Task[None] | None = None
             try:
                 lost = await subscription.open(
                     [CHANNEL, self.heartbeat_channel.decode()], self._on_message
                 )
                 # Messages may have been missed before this (re)subscription: start empty.
+                # The cache is usable only if this is the server whose history is vouched for.
                 self.local.set_state(subscribed=False)
-                self.local.set_state(subscribed=True)
+                server = subscription.server
+                self.local.set_state(
+                    subscribed=True, source=None if server is None else server.identity
+                )
                 self.subscriptions += 1
                 beating = asyncio.get_running_loop().create_task(self._beat())
                 delay = 0.05

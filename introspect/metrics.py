@@ -107,6 +107,18 @@ class Metrics:
         self.tokens_issued = LocalCounter(
             Counter("introspect_tokens_issued_total", "Access tokens issued")
         )
+        self.history_losses = LocalCounter(
+            Counter(
+                "introspect_redis_history_losses_total",
+                "Redis histories this worker stopped vouching for (restart, failover, flush)",
+            )
+        )
+        self.history_replays = LocalCounter(
+            Counter(
+                "introspect_redis_history_replays_total",
+                "Replays of the change log into a Redis whose history was not vouched for",
+            )
+        )
         self._pools = Gauge(
             "introspect_pool_connections",
             "Connections of each store pool by state, summed over live workers",
@@ -123,6 +135,8 @@ class Metrics:
             self.redis_calls,
             self.pg_queries,
             self.invalidations_sent,
+            self.history_losses,
+            self.history_replays,
             self.invalidations_received,
             self.tokens_issued,
         ]

@@ -15,6 +15,13 @@ Errors are redis-py's exception classes, so callers handle both clients
 alike: `ConnectionError` and `TimeoutError` fail every batch in flight and
 the next call reconnects; an error reply is a `ResponseError` in its place
 among the replies.
+
+A client made with `identify=True` asks every new connection, before
+anything else is sent on it, which server it reached (`INFO`: run id,
+replication id, role, eviction policy: `Server`), and a batch may require
+that identity (`execute(..., identity=...)`): a batch is then sent only on a
+connection to that very server process and history, never on one that
+reconnected to a restarted or promoted server meanwhile.
 """
 
 from __future__ import annotations
@@ -98,6 +105,51 @@ class Endpoint:
         return commands
 
 
+class ServerChanged(ConnectionError):
+    """The connection reaches another server (or history) than the one required."""
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    """Who answers on a connection, from its `INFO`: what tells one Redis history from another.
+
+    `run_id` changes when the process restarts (from whatever snapshot);
+    `replid` when a replica is promoted. `identity` is both.
+    """
+
+    run_id: str
+    replid: str
+    role: str
+    maxmemory_policy: str
+
+    @property
+    def identity(self) -> bytes:
+        """The server process and replication history, as one value."""
+        return f"{self.run_id}:{self.replid}".encode()
+
+    @classmethod
+    def from_info(cls, *sections: bytes) -> Server:
+        """Parse the replies of `INFO server`, `INFO replication` and `INFO memory`."""
+        fields: dict[str, str] = {}
+        for section in sections:
+            for line in section.decode(errors="replace").splitlines():
+                name, sep, value = line.partition(":")
+                if sep:
+                    fields[name.strip()] = value.strip()
+        run_id = fields.get("run_id", "")
+        if not run_id:
+            raise ResponseError("INFO has no run_id: cannot tell this server's history")
+        return cls(
+            run_id=run_id,
+            replid=fields.get("master_replid", ""),
+            role=fields.get("role", ""),
+            maxmemory_policy=fields.get("maxmemory_policy", ""),
+        )
+
+
+_IDENTIFY: list[Command] = [("INFO", "server"), ("INFO", "replication"), ("INFO", "memory")]
+
+
 class _Batch:
     __slots__ = ("expected", "future", "replies", "sent")
 
@@ -120,6 +172,8 @@ class _Protocol(asyncio.Protocol):
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._watchdog: asyncio.TimerHandle | None = None
         self._error: BaseException | None = None
+        # Who answers on this connection (asked at connect when identifying; see Server).
+        self.server: Server | None = None
 
     @property
     def alive(self) -> bool:
@@ -197,13 +251,17 @@ class _Protocol(asyncio.Protocol):
 
 
 async def connect(
-    endpoint: Endpoint, limit: float, on_push: Callable[[Any], None] | None = None
+    endpoint: Endpoint,
+    limit: float,
+    on_push: Callable[[Any], None] | None = None,
+    *,
+    identify: bool = False,
 ) -> _Protocol:
     """Open a connection and run the handshake; replies go to `on_push` once it is done."""
     loop = asyncio.get_running_loop()
     protocol = _Protocol(limit)
     try:
-        await _open(loop, protocol, endpoint, limit)
+        await _open(loop, protocol, endpoint, limit, identify)
     except BaseException:
         if protocol.transport is not None:
             protocol.transport.abort()
@@ -213,7 +271,11 @@ async def connect(
 
 
 async def _open(
-    loop: asyncio.AbstractEventLoop, protocol: _Protocol, endpoint: Endpoint, limit: float
+    loop: asyncio.AbstractEventLoop,
+    protocol: _Protocol,
+    endpoint: Endpoint,
+    limit: float,
+    identify: bool,
 ) -> None:
     try:
         async with asyncio.timeout(limit):
@@ -229,6 +291,12 @@ async def _open(
                 for command, reply in zip(handshake, replies, strict=True):
                     if isinstance(reply, ResponseError):
                         raise AuthenticationError(str(reply)) if command[0] == "AUTH" else reply
+            if identify:
+                sections = await protocol.send(_IDENTIFY)
+                for reply in sections:
+                    if isinstance(reply, ResponseError):
+                        raise reply
+                protocol.server = Server.from_info(*sections)
     except TimeoutError as exc:
         raise RedisTimeoutError(f"cannot connect to redis in {limit} s") from exc
     except OSError as exc:
@@ -238,22 +306,40 @@ async def _open(
 class Client:
     """Batches of commands over one lazily (re)opened connection."""
 
-    def __init__(self, url: str, timeout: float = 2.0) -> None:
+    def __init__(self, url: str, timeout: float = 2.0, *, identify: bool = False) -> None:
         self.url = url
         self.endpoint = Endpoint.from_url(url)
         self.timeout = timeout
+        self.identify = identify
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Task[_Protocol] | None = None
         self._closed = False
 
-    async def execute(self, *commands: Command) -> list[Any]:
-        """Send the commands at once; their replies in order (error replies in place)."""
+    async def execute(self, *commands: Command, identity: bytes | None = None) -> list[Any]:
+        """Send the commands at once; their replies in order (error replies in place).
+
+        With `identity`, the batch is sent only on a connection to that server
+        (see Server.identity), else ServerChanged is raised and nothing is sent.
+        """
         if not commands:
             return []
         protocol = self._protocol
         if protocol is None or not protocol.alive:
             protocol = await self._connect()
+        if identity is not None:
+            server = protocol.server
+            if server is None or server.identity != identity:
+                raise ServerChanged("redis server or history changed")
         return await protocol.send(commands)
+
+    async def server(self) -> Server:
+        """Who answers on this client's connection (connecting if needed; `identify` only)."""
+        protocol = self._protocol
+        if protocol is None or not protocol.alive:
+            protocol = await self._connect()
+        if protocol.server is None:
+            raise ServerChanged("this client does not identify its server")
+        return protocol.server
 
     async def call(self, *command: Arg) -> Any:
         """One command's reply; an error reply is raised."""
@@ -268,7 +354,7 @@ class Client:
         # Concurrent callers share one connection attempt.
         if self._connecting is None or self._connecting.done():
             self._connecting = asyncio.get_running_loop().create_task(
-                connect(self.endpoint, self.timeout)
+                connect(self.endpoint, self.timeout, identify=self.identify)
             )
         protocol = await asyncio.shield(self._connecting)
         if self._closed:  # closed while this connection was being opened
@@ -287,10 +373,16 @@ class Client:
 class Subscription:
     """A connection in subscribed mode: every message to `on_message(channel, data)`."""
 
-    def __init__(self, url: str, timeout: float = 2.0) -> None:
+    def __init__(self, url: str, timeout: float = 2.0, *, identify: bool = False) -> None:
         self.endpoint = Endpoint.from_url(url)
         self.timeout = timeout
+        self.identify = identify
         self._protocol: _Protocol | None = None
+
+    @property
+    def server(self) -> Server | None:
+        """Who answers on the subscribed connection (when identifying)."""
+        return None if self._protocol is None else self._protocol.server
 
     async def open(
         self, channels: Sequence[str], on_message: Callable[[bytes, bytes], None]
@@ -310,7 +402,7 @@ class Subscription:
                 if not pending and not confirmed.done():
                     confirmed.set_result(None)
 
-        protocol = await connect(self.endpoint, self.timeout, on_push)
+        protocol = await connect(self.endpoint, self.timeout, on_push, identify=self.identify)
         self._protocol = protocol
         assert protocol.transport is not None
         protocol.transport.write(pack([("SUBSCRIBE", *channels)]))

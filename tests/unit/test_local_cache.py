@@ -11,7 +11,7 @@ from introspect.cache import REFRESH_FROM, REFRESH_TO, Entry, LocalCache, decode
 def usable(ttl: float = 10.0) -> LocalCache:
     """A cache in the state a subscribed, healthy listener keeps it in."""
     local = LocalCache(size=1000, ttl=ttl)
-    local.set_state(subscribed=True, healthy=True)
+    local.set_state(subscribed=True, healthy=True, source=b"server", vouched=b"server")
     local.fresh_until = math.inf
     return local
 
@@ -87,3 +87,14 @@ def test_entries_of_one_client_share_its_id_subject_and_audiences() -> None:
     assert one.aud is two.aud
     assert other.client_id == "client_B"
     assert other.aud == frozenset({"https://else"})
+
+
+def test_the_cache_is_usable_only_when_subscribed_to_the_vouched_server() -> None:
+    """A subscription that reaches another server than the one whose history is vouched for
+    leaves the in-process cache unusable; reaching the vouched one makes it usable, empty."""
+    local = LocalCache(size=1000, ttl=10.0)
+    local.set_state(subscribed=True, healthy=True, source=b"restarted", vouched=b"before")
+    assert not local.usable
+    local.set_state(vouched=b"restarted")
+    assert local.usable
+    assert len(local) == 0

@@ -45,7 +45,7 @@ class Memory:
         self.seen: set[tuple[str, str]] = set()
         self.until: list[int] = []
 
-    async def first_use(self, client_id: str, jti: str, until: int) -> bool:
+    async def first_use(self, client_id: str, jti: str, _from: int, until: int) -> bool:
         """True the first time a (client, jti) is seen."""
         self.until.append(until)
         if (client_id, jti) in self.seen:

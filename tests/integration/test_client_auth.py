@@ -4,14 +4,19 @@ the admin API, the CLI and the token endpoint, against the session's real Postgr
 from __future__ import annotations
 
 import base64
+import secrets
+import shutil
+from pathlib import Path
 from typing import Any
 
+import asyncpg
 import orjson
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from introspect import access_keys
 from introspect.config import Settings
+from introspect.migrate import migrate, migration_files
 from introspect.rfc7523 import ASSERTION_TYPE
 from tests.helpers import (
     AdminAPI,
@@ -430,3 +435,53 @@ async def test_rsa_key_registered_by_the_admin_api_authenticates(
     assert (
         await token(server, kc.form(), headers=basic(created["client_id"], "isec_x"))
     ).status == 400
+
+
+async def test_migration_forgets_the_jwks_of_clients_deleted_before_it(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Upgrading drops the jwks of clients deleted earlier (disabled, no secret left), keeps those
+    of clients merely disabled, and makes every existing client client_secret_basic."""
+    assert settings.database_url
+    name = "auth_" + secrets.token_hex(6)
+    earlier = tmp_path / "sql"
+    earlier.mkdir()
+    for path in migration_files():
+        if path.name < "0007":
+            shutil.copy(path, earlier / path.name)
+    admin = await asyncpg.connect(settings.database_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        conn = await asyncpg.connect(settings.database_url.rsplit("/", 1)[0] + "/" + name)
+        try:
+            await migrate(conn, earlier)
+            jwk = orjson.dumps({"keys": [GOOD]}).decode()
+            for client_id, disabled in (("deleted", True), ("disabled", True), ("live", False)):
+                await conn.execute(
+                    "INSERT INTO clients (client_id, name, jwks, disabled, created_at, updated_at)"
+                    " VALUES ($1, $1, $2, $3, 0, 0)",
+                    client_id,
+                    jwk,
+                    disabled,
+                )
+            for client_id in ("disabled", "live"):
+                await conn.execute(
+                    "INSERT INTO client_secrets (client_id, secret_hash, created_at)"
+                    " VALUES ($1, '\\x00', 0)",
+                    client_id,
+                )
+            assert "0007_client_auth_method.sql" in await migrate(conn)
+            rows = await conn.fetch(
+                "SELECT client_id, jwks IS NOT NULL AS keyed, token_endpoint_auth_method AS m"
+                " FROM clients ORDER BY client_id"
+            )
+        finally:
+            await conn.close()
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+    assert [tuple(r) for r in rows] == [
+        ("deleted", False, "client_secret_basic"),
+        ("disabled", True, "client_secret_basic"),
+        ("live", True, "client_secret_basic"),
+    ]

@@ -188,8 +188,9 @@ def _jwks(value: object, field: str) -> dict[str, Any] | None:
 
 
 def _auth_method(value: object, field: str) -> str:
-    if value not in rfc6749.AUTH_METHODS:
-        raise InvalidClientMetadata(f"{field}: must be one of {', '.join(rfc6749.AUTH_METHODS)}")
+    methods = rfc6749.REGISTRABLE_AUTH_METHODS
+    if value not in methods:
+        raise InvalidClientMetadata(f"{field}: must be one of {', '.join(methods)}")
     return str(value)
 
 

@@ -459,7 +459,7 @@ def _client_options(parser: argparse.ArgumentParser, *, create: bool) -> None:
     parser.add_argument("--jwks", help="a JWK Set as JSON, for private_key_jwt")
     parser.add_argument(
         "--auth-method",
-        choices=rfc6749.AUTH_METHODS,
+        choices=rfc6749.REGISTRABLE_AUTH_METHODS,
         help="token_endpoint_auth_method (default client_secret_basic;"
         " private_key_jwt needs a jwks and gets no secret)",
     )

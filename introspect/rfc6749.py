@@ -32,7 +32,8 @@ SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5B\x5D-\x7E]+")
 # The RFC 7591 token_endpoint_auth_method of a client with a secret: it may send it by
 # Basic or in the body (client_secret_post), or use private_key_jwt if it has a jwks.
 CLIENT_SECRET_BASIC = "client_secret_basic"
-AUTH_METHODS = (CLIENT_SECRET_BASIC, rfc7523.PRIVATE_KEY_JWT)
+# The values a client may be registered with (rfc8414.AUTH_METHODS: what endpoints accept).
+REGISTRABLE_AUTH_METHODS = (CLIENT_SECRET_BASIC, rfc7523.PRIVATE_KEY_JWT)
 _DUMMY_HASH = b"\x00" * 32
 
 GetClient = rfc7523.GetClient

@@ -23,10 +23,10 @@ from typing import Any, TypeVar, cast
 import asyncpg
 import orjson
 
-from introspect import credentials, store
+from introspect import access_keys, credentials, jwks, rfc6749, rfc7523, store
 from introspect.cache import Invalidation
 from introspect.credentials import Kind
-from introspect.errors import AdminError, Conflict, Invalid, NotFound
+from introspect.errors import AdminError, Conflict, Invalid, InvalidClientMetadata, NotFound
 from introspect.rfc6749 import SCOPE_TOKEN
 from introspect.service import Authority, Revoked, new_id, revoke_in
 from introspect.store import Client, Credential
@@ -65,8 +65,6 @@ MAX_PAGE = 500
 SELECTORS = ("token", "id", "jti", "client_id", "sub")
 
 _ID_BODY = re.compile(r"[0-9A-Za-z]{22}")
-# RFC 7518 §6: the members that carry private or symmetric key material.
-_PRIVATE_JWK_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 
 
 # --- validation ----------------------------------------------------------------------------
@@ -179,17 +177,28 @@ def _metadata(value: object, field: str) -> dict[str, Any] | None:
 
 
 def _jwks(value: object, field: str) -> dict[str, Any] | None:
-    """A JWK Set of public keys (for private_key_jwt), or null."""
-    jwks = _json_object(value, field, MAX_JWKS)
-    if jwks is not None:
-        keys = jwks.get("keys")
-        if not isinstance(keys, list) or not all(
-            isinstance(k, dict) and isinstance(k.get("kty"), str) for k in keys
-        ):
-            raise Invalid(f"{field}: must be a JWK Set: keys, an array of JWKs with kty")
-        if any(_PRIVATE_JWK_MEMBERS.intersection(k) for k in keys):
-            raise Invalid(f"{field}: must hold public keys only (no private key members)")
-    return jwks
+    """A JWK Set we can verify client assertions with (see `introspect.jwks`), or null."""
+    try:
+        key_set = _json_object(value, field, MAX_JWKS)
+        if key_set is not None:
+            jwks.validate(key_set, field)
+    except (Invalid, jwks.InvalidKeySet) as exc:
+        raise InvalidClientMetadata(str(exc)) from None
+    return key_set
+
+
+def _auth_method(value: object, field: str) -> str:
+    methods = rfc6749.REGISTRABLE_AUTH_METHODS
+    if value not in methods:
+        raise InvalidClientMetadata(f"{field}: must be one of {', '.join(methods)}")
+    return str(value)
+
+
+def _check_auth_method(method: str, key_set: dict[str, Any] | None) -> None:
+    if method == rfc7523.PRIVATE_KEY_JWT and key_set is None:
+        raise InvalidClientMetadata(
+            "token_endpoint_auth_method: private_key_jwt needs a jwks to verify assertions with"
+        )
 
 
 def _grace(body: object) -> int:
@@ -326,6 +335,7 @@ _CLIENT_FIELDS: dict[str, Callable[[object, str], Any]] = {
     "token_ttl": _token_ttl,
     "token_format": _token_format,
     "jwks": _jwks,
+    "token_endpoint_auth_method": _auth_method,
     "disabled": _flag,
 }
 _CLIENT_CREATE = tuple(f for f in _CLIENT_FIELDS if f != "disabled")
@@ -336,12 +346,15 @@ def _client_fields(body: object, allowed: Iterable[str]) -> dict[str, Any]:
 
 
 async def create_client(authority: Authority, actor: str, body: object) -> dict[str, Any]:
-    """Register a client: its public record and `client_secret` (shown once)."""
+    """Register a client: its public record and `client_secret` (shown once), which a
+    private_key_jwt client does not get."""
     fields = _client_fields(body, _CLIENT_CREATE)
     name = _required(fields, "name")
     audiences = fields.get("audiences", [])
     token_format = fields.get("token_format", "opaque")
     _check_format(token_format, audiences)
+    method = fields.get("token_endpoint_auth_method", rfc6749.CLIENT_SECRET_BASIC)
+    _check_auth_method(method, fields.get("jwks"))
     client, secret = await authority.create_client(
         actor=actor,
         name=name,
@@ -351,8 +364,9 @@ async def create_client(authority: Authority, actor: str, body: object) -> dict[
         token_ttl=fields.get("token_ttl", 3600),
         token_format=token_format,
         jwks=fields.get("jwks"),
+        token_endpoint_auth_method=method,
     )
-    return {**client.public(), "client_secret": secret}
+    return client.public() if secret is None else {**client.public(), "client_secret": secret}
 
 
 async def list_clients(authority: Authority, query: Mapping[str, str]) -> dict[str, Any]:
@@ -379,10 +393,35 @@ async def _locked_client(conn: asyncpg.Connection, client_id: str) -> Client:
     return client
 
 
+async def _changed_client(
+    conn: asyncpg.Connection,
+    actor: str,
+    client_id: str,
+    changes: dict[str, Any],
+    details: dict[str, Any],
+) -> tuple[Client, Invalidation]:
+    """Apply `changes` to a locked client, audited as `client.update`; its cached record
+    (and every authentication remembered against it) must go from every worker."""
+    client = await store.update_client(conn, client_id, changes)
+    await store.audit(
+        conn,
+        actor=actor,
+        action="client.update",
+        target_kind="client",
+        target_id=client_id,
+        details=details,
+    )
+    return client, Invalidation(records=[client_id])
+
+
 async def update_client(
     authority: Authority, actor: str, client_id: str, body: object
 ) -> dict[str, Any]:
-    """Change a client's registered fields; its cached record is dropped everywhere."""
+    """Change a client's registered fields; its cached record is dropped everywhere.
+
+    Becoming a private_key_jwt client forgets its secrets: going back to
+    client_secret_basic leaves it without one until a rotation makes one.
+    """
     changes = _client_fields(body, _CLIENT_FIELDS)
     if not changes:
         raise Invalid("the body names no field to change")
@@ -393,27 +432,30 @@ async def update_client(
             changes.get("token_format", current.token_format),
             changes.get("audiences", current.audiences),
         )
-        client = await store.update_client(conn, client_id, changes)
-        await store.audit(
-            conn,
-            actor=actor,
-            action="client.update",
-            target_kind="client",
-            target_id=client_id,
-            details=changes,
-        )
-        return client, Invalidation(records=[client_id])
+        method = changes.get("token_endpoint_auth_method", current.token_endpoint_auth_method)
+        if "token_endpoint_auth_method" in changes or "jwks" in changes:
+            _check_auth_method(method, changes.get("jwks", current.jwks))
+        if (
+            method == rfc7523.PRIVATE_KEY_JWT
+            and current.token_endpoint_auth_method == rfc6749.CLIENT_SECRET_BASIC
+        ):
+            await store.delete_client_secrets(conn, client_id)
+        return await _changed_client(conn, actor, client_id, changes, changes)
 
     client, _ = await authority.change(apply)
     return client.public()
 
 
 async def delete_client(authority: Authority, actor: str, client_id: str) -> Revoked:
-    """Disable a client, forget its secrets and revoke every credential it holds."""
+    """Disable a client, forget its secrets and its jwks, and revoke every credential it holds.
+
+    Re-enabling it (PATCH) revives no way to authenticate: it needs a new
+    secret (rotation) or a new jwks or access key first.
+    """
 
     async def apply(conn: asyncpg.Connection) -> tuple[int, Invalidation]:
         await _locked_client(conn, client_id)
-        await store.update_client(conn, client_id, {"disabled": True})
+        await store.update_client(conn, client_id, {"disabled": True, "jwks": None})
         await store.delete_client_secrets(conn, client_id)
         rows = await revoke_in(conn, actor, "client_id = $2", client_id)
         await store.audit(
@@ -445,7 +487,12 @@ async def rotate_client_secret(
     secret = credentials.generate(Kind.CLIENT_SECRET)
 
     async def apply(conn: asyncpg.Connection) -> tuple[None, Invalidation]:
-        await _locked_client(conn, client_id)
+        client = await _locked_client(conn, client_id)
+        if client.token_endpoint_auth_method != rfc6749.CLIENT_SECRET_BASIC:
+            raise Conflict(
+                "the client authenticates with private_key_jwt and has no secret; set its"
+                " token_endpoint_auth_method to client_secret_basic first"
+            )
         await store.rotate_client_secret(
             conn,
             client_id,
@@ -465,6 +512,67 @@ async def rotate_client_secret(
 
     await authority.change(apply)
     return {"client_id": client_id, "client_secret": secret, "grace_period": grace}
+
+
+# --- service-client access keys ------------------------------------------------------------
+
+
+def _listed_keys(client: Client) -> list[Any]:
+    """The keys of a client's jwks (none without one)."""
+    listed = (client.jwks or {}).get("keys", [])
+    if not isinstance(listed, list):
+        raise Conflict("the client's jwks holds no array of keys: replace it first")
+    return listed
+
+
+async def create_access_key(
+    authority: Authority, actor: str, client_id: str, body: object
+) -> dict[str, Any]:
+    """A new Ed25519 key pair for a client: the public key joins its jwks under a new kid.
+
+    Answers {kid, access_key}: the access key (see `introspect.access_keys`)
+    holds the private key, shown once and never stored. A disabled client,
+    or one whose jwks holds `jwks.MAX_KEYS` keys already, is a `Conflict`.
+    """
+    _fields(body, ())
+    key = access_keys.generate(_known(client_id, "client", "client"), new_id("ak"))
+
+    async def apply(conn: asyncpg.Connection) -> tuple[Client, Invalidation]:
+        client = await _locked_client(conn, client_id)
+        if client.disabled:
+            raise Conflict("the client is disabled")
+        listed = _listed_keys(client)
+        if len(listed) >= jwks.MAX_KEYS:
+            raise Conflict(f"the client's jwks holds {jwks.MAX_KEYS} keys already: delete one")
+        key_set = {**(client.jwks or {}), "keys": [*listed, key.public_jwk()]}
+        try:
+            jwks.validate(key_set)
+        except jwks.InvalidKeySet as exc:
+            raise Conflict(f"the client's jwks takes no more keys until fixed ({exc})") from None
+        details = {"access_key_created": key.kid}
+        return await _changed_client(conn, actor, client_id, {"jwks": key_set}, details)
+
+    await authority.change(apply)
+    return {"kid": key.kid, "access_key": key.encode()}
+
+
+async def delete_access_key(authority: Authority, actor: str, client_id: str, kid: str) -> None:
+    """Remove the key `kid` from a client's jwks: assertions it signs fail at once everywhere.
+
+    Removing the last key leaves the client with no jwks.
+    """
+
+    async def apply(conn: asyncpg.Connection) -> tuple[Client, Invalidation]:
+        client = await _locked_client(conn, client_id)
+        listed = _listed_keys(client)
+        kept = [k for k in listed if not (isinstance(k, dict) and k.get("kid") == kid)]
+        if len(kept) == len(listed):
+            raise NotFound("key")
+        key_set = {**(client.jwks or {}), "keys": kept} if kept else None
+        details = {"access_key_deleted": kid}
+        return await _changed_client(conn, actor, client_id, {"jwks": key_set}, details)
+
+    await authority.change(apply)
 
 
 # --- API keys ------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import asyncpg
 import orjson
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from introspect import admin, logs, runtime, signing
+from introspect import admin, logs, rfc6749, runtime, signing
 from introspect.config import ConfigError, Settings, load_settings
 from introspect.embedded import EmbeddedError
 from introspect.errors import AdminError
@@ -185,21 +185,20 @@ def client_body(args: argparse.Namespace) -> dict[str, Any]:
         body["token_format"] = args.token_format
     if args.jwks is not None:
         body["jwks"] = json_option(args.jwks, "--jwks")
+    if args.auth_method is not None:
+        body["token_endpoint_auth_method"] = args.auth_method
     return body
 
 
 def cmd_client_create(args: argparse.Namespace, settings: Settings) -> int:
-    """introspect client create."""
+    """introspect client create (a private_key_jwt client gets no secret)."""
     body = client_body(args)
     created = run_with_authority(settings, lambda a: admin.create_client(a, ACTOR, body))
-    emit(
-        args,
-        {"client_id": created["client_id"], "client_secret": created["client_secret"]},
-        [
-            f"client_id:     {created['client_id']}",
-            f"client_secret: {created['client_secret']}  (shown once)",
-        ],
-    )
+    shown = {k: v for k, v in created.items() if k in ("client_id", "client_secret")}
+    lines = [f"client_id:     {created['client_id']}"]
+    if "client_secret" in created:
+        lines.append(f"client_secret: {created['client_secret']}  (shown once)")
+    emit(args, shown, lines)
     return 0
 
 
@@ -252,6 +251,32 @@ def cmd_client_rotate_secret(args: argparse.Namespace, settings: Settings) -> in
             f"client_secret: {rotated['client_secret']}  (shown once)",
             f"the previous secret keeps working for {rotated['grace_period']} s",
         ],
+    )
+    return 0
+
+
+def cmd_access_key_create(args: argparse.Namespace, settings: Settings) -> int:
+    """introspect client access-key create."""
+    created = run_with_authority(
+        settings, lambda a: admin.create_access_key(a, ACTOR, args.client_id, {})
+    )
+    emit(
+        args,
+        created,
+        [f"kid:        {created['kid']}", f"access_key: {created['access_key']}  (shown once)"],
+    )
+    return 0
+
+
+def cmd_access_key_delete(args: argparse.Namespace, settings: Settings) -> int:
+    """introspect client access-key delete."""
+    run_with_authority(
+        settings, lambda a: admin.delete_access_key(a, ACTOR, args.client_id, args.kid)
+    )
+    emit(
+        args,
+        {"client_id": args.client_id, "kid": args.kid},
+        [f"key {args.kid} removed from client {args.client_id}"],
     )
     return 0
 
@@ -432,6 +457,12 @@ def _client_options(parser: argparse.ArgumentParser, *, create: bool) -> None:
     parser.add_argument("--token-ttl", type=int, help="access token lifetime in seconds")
     parser.add_argument("--token-format", choices=("opaque", "jwt"))
     parser.add_argument("--jwks", help="a JWK Set as JSON, for private_key_jwt")
+    parser.add_argument(
+        "--auth-method",
+        choices=rfc6749.REGISTRABLE_AUTH_METHODS,
+        help="token_endpoint_auth_method (default client_secret_basic;"
+        " private_key_jwt needs a jwks and gets no secret)",
+    )
     _json_flag(parser)
 
 
@@ -504,6 +535,18 @@ def parser() -> argparse.ArgumentParser:
     rotate.add_argument("client_id")
     _grace_option(rotate, "secret")
     rotate.set_defaults(handler=cmd_client_rotate_secret)
+    access = client.add_parser(
+        "access-key", help="key pairs for private_key_jwt; the private key shown once"
+    ).add_subparsers(dest="key_action", required=True)
+    acc_create = access.add_parser("create", help="make a key pair; print its kid and access key")
+    acc_create.add_argument("client_id")
+    _json_flag(acc_create)
+    acc_create.set_defaults(handler=cmd_access_key_create)
+    acc_delete = access.add_parser("delete", help="remove a key from the client's jwks")
+    acc_delete.add_argument("client_id")
+    acc_delete.add_argument("kid")
+    _json_flag(acc_delete)
+    acc_delete.set_defaults(handler=cmd_access_key_delete)
 
     keys = sub.add_parser("api-key", help="manage API keys").add_subparsers(
         dest="action", required=True

@@ -153,6 +153,14 @@ class Invalid(AdminError):
         super().__init__(400, "invalid_request", description)
 
 
+class InvalidClientMetadata(AdminError):
+    """RFC 7591 §3.2.2: a client metadata value (`jwks`, `token_endpoint_auth_method`) that
+    is invalid; the message names the member at fault."""
+
+    def __init__(self, description: str) -> None:
+        super().__init__(400, "invalid_client_metadata", description)
+
+
 class Conflict(AdminError):
     """An admin change that the target's state forbids (e.g. PATCH of a revoked key)."""
 

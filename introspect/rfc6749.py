@@ -29,6 +29,11 @@ from introspect.forms import parse_basic
 from introspect.store import Client, now
 
 SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5B\x5D-\x7E]+")
+# The RFC 7591 token_endpoint_auth_method of a client with a secret: it may send it by
+# Basic or in the body (client_secret_post), or use private_key_jwt if it has a jwks.
+CLIENT_SECRET_BASIC = "client_secret_basic"
+# The values a client may be registered with (rfc8414.AUTH_METHODS: what endpoints accept).
+REGISTRABLE_AUTH_METHODS = (CLIENT_SECRET_BASIC, rfc7523.PRIVATE_KEY_JWT)
 _DUMMY_HASH = b"\x00" * 32
 
 GetClient = rfc7523.GetClient
@@ -58,7 +63,8 @@ async def authenticate_client(
     or (given `assertions`) RFC 7523 `private_key_jwt`.
 
     Two methods at once is `invalid_request`; none, or one that fails, is
-    `invalid_client` (401). A disabled client cannot authenticate. `memo`
+    `invalid_client` (401). A disabled client cannot authenticate, nor can a
+    `private_key_jwt` client with a secret. `memo`
     remembers a Basic header that authenticated, so a resource server calling
     again and again skips the decoding and the keyed hash.
     """
@@ -88,7 +94,12 @@ async def authenticate_client(
     if len(client_id) > 200 or len(secret) > credentials.MAX_OPAQUE_LENGTH:
         raise InvalidClient("client authentication failed")
     client = await get_client(client_id)
-    if not secret_matches(keys, client, secret) or client is None or client.disabled:
+    if (
+        not secret_matches(keys, client, secret)
+        or client is None
+        or client.disabled
+        or client.token_endpoint_auth_method != CLIENT_SECRET_BASIC
+    ):
         raise InvalidClient("client authentication failed")
     if memo is not None and authorization is not None:
         memo.remember(authorization, client)

@@ -26,11 +26,14 @@ from typing import Any
 
 import jwt
 
+from introspect import jwks
 from introspect.errors import InvalidClient, InvalidRequest
 from introspect.store import Client, now
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-ALGORITHMS = ("ES256", "EdDSA", "RS256", "PS256")
+# The RFC 7591 token_endpoint_auth_method of a client that authenticates only this way.
+PRIVATE_KEY_JWT = "private_key_jwt"
+ALGORITHMS = jwks.ALGORITHMS
 # An hour: Authlib's assertions live exactly that by default (openid-client's a minute).
 # The replay memory keeps each jti until its assertion expires.
 MAX_LIFETIME = 3600
@@ -38,12 +41,6 @@ MAX_LIFETIME = 3600
 LEEWAY = 30
 MAX_LENGTH = 8 * 1024
 MAX_KEYS_TRIED = 4
-_KEY_TYPES = {
-    "ES256": ("EC", "P-256"),
-    "EdDSA": ("OKP", "Ed25519"),
-    "RS256": ("RSA", None),
-    "PS256": ("RSA", None),
-}
 _DECODER = jwt.PyJWT(
     {"require": ["iss", "sub", "aud", "exp", "jti"], "enforce_minimum_key_length": True}
 )
@@ -66,12 +63,12 @@ def _failed(detail: str) -> InvalidClient:
     return InvalidClient("client authentication failed", detail=detail)
 
 
-def _keys(jwks: dict[str, Any], kid: str | None, alg: str) -> list[jwt.PyJWK]:
+def _keys(key_set: dict[str, Any], kid: str | None, alg: str) -> list[jwt.PyJWK]:
     """The client's public keys that may have made a signature with `alg` (and `kid`)."""
-    listed = jwks.get("keys")
+    listed = key_set.get("keys")
     if not isinstance(listed, list):
         return []
-    kty, crv = _KEY_TYPES[alg]
+    kty, crv = jwks.KEY_TYPES[alg]
     found = []
     for jwk in listed:
         if (

@@ -439,9 +439,16 @@ class Authority:
         token_ttl: int = 3600,
         token_format: str = "opaque",
         jwks: dict[str, Any] | None = None,
-    ) -> tuple[Client, str]:
-        """Register a client; returns it and its secret (shown once)."""
-        secret = credentials.generate(Kind.CLIENT_SECRET)
+        token_endpoint_auth_method: str = rfc6749.CLIENT_SECRET_BASIC,
+    ) -> tuple[Client, str | None]:
+        """Register a client; returns it and its secret (shown once; a private_key_jwt
+        client has none)."""
+        secret = (
+            None
+            if token_endpoint_auth_method == rfc7523.PRIVATE_KEY_JWT
+            else credentials.generate(Kind.CLIENT_SECRET)
+        )
+        secret_hash = None if secret is None else credentials.keyed_hash(self.keys[0], secret)
         client_id = new_id("client")
 
         async def apply(conn: asyncpg.Connection) -> tuple[Client, Invalidation]:
@@ -455,7 +462,8 @@ class Authority:
                 token_ttl=token_ttl,
                 token_format=token_format,
                 jwks=jwks,
-                secret_hash=credentials.keyed_hash(self.keys[0], secret),
+                token_endpoint_auth_method=token_endpoint_auth_method,
+                secret_hash=secret_hash,
             )
             await store.audit(
                 conn,
@@ -463,7 +471,12 @@ class Authority:
                 action="client.create",
                 target_kind="client",
                 target_id=client_id,
-                details={"name": name, "scopes": scopes, "audiences": audiences},
+                details={
+                    "name": name,
+                    "scopes": scopes,
+                    "audiences": audiences,
+                    "token_endpoint_auth_method": token_endpoint_auth_method,
+                },
             )
             # A worker may have cached this id as unknown.
             return client, Invalidation(records=[client_id])

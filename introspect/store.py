@@ -22,7 +22,7 @@ CREDENTIAL_COLUMNS = (
 )
 CLIENT_COLUMNS = (
     "client_id, name, scopes, audiences, can_introspect, token_ttl, token_format,"
-    " jwks, disabled, created_at, updated_at"
+    " jwks, token_endpoint_auth_method, disabled, created_at, updated_at"
 )
 
 
@@ -46,6 +46,8 @@ class Client:
     disabled: bool
     created_at: int
     updated_at: int
+    # RFC 7591: client_secret_basic (also _post, and jwks if any) or private_key_jwt.
+    token_endpoint_auth_method: str = "client_secret_basic"
     secrets: tuple[tuple[bytes, int | None], ...] = ()
 
     def public(self) -> dict[str, Any]:
@@ -59,6 +61,7 @@ class Client:
             "token_ttl": self.token_ttl,
             "token_format": self.token_format,
             "jwks": self.jwks,
+            "token_endpoint_auth_method": self.token_endpoint_auth_method,
             "disabled": self.disabled,
             "created_at": self.created_at,
         }
@@ -124,6 +127,7 @@ def client_from_record(
         token_ttl=record["token_ttl"],
         token_format=record["token_format"],
         jwks=_json(record["jwks"]),
+        token_endpoint_auth_method=record["token_endpoint_auth_method"],
         disabled=record["disabled"],
         created_at=record["created_at"],
         updated_at=record["updated_at"],
@@ -216,14 +220,15 @@ async def insert_client(
     token_ttl: int,
     token_format: str,
     jwks: dict[str, Any] | None,
-    secret_hash: bytes,
+    token_endpoint_auth_method: str,
+    secret_hash: bytes | None,
 ) -> Client:
-    """Register a client with its first secret."""
+    """Register a client with its first secret (none for a private_key_jwt client)."""
     t = now()
     record = await conn.fetchrow(
         "INSERT INTO clients (client_id, name, scopes, audiences, can_introspect, token_ttl,"
-        " token_format, jwks, created_at, updated_at)"
-        f" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) RETURNING {CLIENT_COLUMNS}",
+        " token_format, jwks, token_endpoint_auth_method, created_at, updated_at)"
+        f" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10) RETURNING {CLIENT_COLUMNS}",
         client_id,
         name,
         scopes,
@@ -232,8 +237,11 @@ async def insert_client(
         token_ttl,
         token_format,
         None if jwks is None else orjson.dumps(jwks).decode(),
+        token_endpoint_auth_method,
         t,
     )
+    if secret_hash is None:
+        return client_from_record(record, ())
     await conn.execute(
         "INSERT INTO client_secrets (client_id, secret_hash, created_at) VALUES ($1, $2, $3)",
         client_id,
@@ -618,7 +626,7 @@ async def rotate_client_secret(
 
 
 async def delete_client_secrets(conn: asyncpg.Connection, client_id: str) -> None:
-    """Forget every secret of a client (it is being deleted)."""
+    """Forget every secret of a client (it is being deleted, or now has no secret)."""
     await conn.execute("DELETE FROM client_secrets WHERE client_id = $1", client_id)
 
 

@@ -117,7 +117,7 @@ async def register(
         can_introspect=can_introspect,
         **kw,
     )
-    return Registered(client.client_id, secret)
+    return Registered(client.client_id, secret or "")  # no secret: a private_key_jwt client
 
 
 def free_port() -> int:

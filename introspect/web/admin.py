@@ -144,6 +144,23 @@ async def rotate_client_secret(request: web.Request) -> web.Response:
     return json_response(rotated, headers={"Cache-Control": "no-store"})
 
 
+@routes.post("/clients/{client_id}/access-keys")
+async def create_access_key(request: web.Request) -> web.Response:
+    """A new key pair for the client; 201 with its kid and the access key, shown once."""
+    body = await read_body(request)
+    client_id = request.match_info["client_id"]
+    created = await admin.create_access_key(authority(request), request[ACTOR], client_id, body)
+    return json_response(created, 201, headers={"Cache-Control": "no-store"})
+
+
+@routes.delete("/clients/{client_id}/access-keys/{kid}")
+async def delete_access_key(request: web.Request) -> web.Response:
+    """Remove a key from the client's jwks; 204."""
+    client_id, kid = request.match_info["client_id"], request.match_info["kid"]
+    await admin.delete_access_key(authority(request), request[ACTOR], client_id, kid)
+    return web.Response(status=204)
+
+
 # --- API keys, revocations, listings -------------------------------------------------------
 
 

@@ -171,6 +171,7 @@ async def test_read_client_shows_every_field_but_no_secret(api: AdminAPI) -> Non
         "token_ttl",
         "token_format",
         "jwks",
+        "token_endpoint_auth_method",
         "disabled",
         "created_at",
     }

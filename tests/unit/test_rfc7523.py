@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import time
 from typing import Any
 
@@ -11,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import given
 from hypothesis import strategies as st
 
-from introspect import rfc7523
+from introspect import credentials, rfc7523
 from introspect.errors import InvalidClient, InvalidRequest, OAuth2Error
 from introspect.rfc6749 import authenticate_client
 from introspect.store import Client
@@ -154,3 +156,28 @@ async def test_any_assertion_fails_cleanly(value: str) -> None:
     """Whatever a caller sends as an assertion, the answer is a protocol error, never a crash."""
     with pytest.raises(OAuth2Error):
         await authenticate(value, client())
+
+
+@pytest.mark.parametrize("where", ["basic", "post"])
+async def test_a_private_key_jwt_client_cannot_use_a_secret(where: str) -> None:
+    """A private_key_jwt client is invalid_client with a secret, even one stored for it."""
+    keys = (b"k" * 16,)
+    secret = "isec_" + "A" * 38
+    stored = ((credentials.keyed_hash(keys[0], secret), None),)
+    for method, refused in (("client_secret_basic", False), ("private_key_jwt", True)):
+        found = dataclasses.replace(client(), token_endpoint_auth_method=method, secrets=stored)
+
+        async def get(_client_id: str, found: Client = found) -> Client | None:
+            return found
+
+        header = "Basic " + base64.b64encode(f"client_a:{secret}".encode()).decode()
+        authorization, form = (
+            (header, {})
+            if where == "basic"
+            else (None, {"client_id": "client_a", "client_secret": secret})
+        )
+        if refused:
+            with pytest.raises(InvalidClient):
+                await authenticate_client(authorization, form, get, keys)
+        else:
+            assert (await authenticate_client(authorization, form, get, keys)) is found

@@ -18,6 +18,7 @@ import base64
 import binascii
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from enum import StrEnum
 from typing import Any, TypeVar, cast
 
 import asyncpg
@@ -27,9 +28,10 @@ from introspect import access_keys, credentials, jwks, rfc6749, rfc7523, store
 from introspect.cache import Invalidation
 from introspect.credentials import Kind
 from introspect.errors import AdminError, Conflict, Invalid, InvalidClientMetadata, NotFound
+from introspect.metrics import METRICS
 from introspect.rfc6749 import SCOPE_TOKEN
 from introspect.service import Authority, Revoked, new_id, revoke_in
-from introspect.store import Client, Credential
+from introspect.store import AdminKey, Client, Credential
 
 T = TypeVar("T")
 
@@ -44,6 +46,7 @@ ACTIONS = frozenset(
         "api_key.rotate",
         "credential.revoke",
         "admin_key.create",
+        "admin_key.revoke",
     }
 )
 MAX_TEXT = 256
@@ -293,23 +296,74 @@ def _page(
 # --- admin keys ----------------------------------------------------------------------------
 
 
-async def authenticate(authority: Authority, presented: str) -> str | None:
-    """The id of the live admin key presented, or None (a malformed one costs no I/O)."""
+# `admin` may call every admin route, `auditor` only the ones that read (GET).
+ROLES = ("admin", "auditor")
+
+
+class Refusal(StrEnum):
+    """Why an admin API request was refused: a metric label and a log word, never the key."""
+
+    MISSING = "missing"
+    MALFORMED = "malformed"
+    UNKNOWN = "unknown"
+    REVOKED = "revoked"
+    EXPIRED = "expired"
+    INSUFFICIENT_SCOPE = "insufficient_scope"
+
+
+async def authenticate(authority: Authority, presented: str) -> AdminKey | Refusal:
+    """The live admin key presented, or why not; a malformed one costs no I/O.
+
+    Every call reads Postgres (no worker remembers a verdict), so a revoked
+    or expired key is refused at once by every worker of every instance. Its
+    use is remembered and written in batches with the API keys' (`flush_usage`).
+    """
     if credentials.parse(presented) is not Kind.ADMIN_KEY:
-        return None
+        return Refusal.MALFORMED
     hashes = [credentials.keyed_hash(key, presented) for key in authority.keys]
-    return await store.find_admin_key(authority.pool, hashes)
+    METRICS.pg_queries.inc()
+    key = await store.find_admin_key(authority.pool, hashes)
+    if key is None:
+        return Refusal.UNKNOWN
+    if key.revoked_at is not None:
+        return Refusal.REVOKED
+    if not key.live(store.now()):
+        return Refusal.EXPIRED
+    authority.note_admin_use(key.id)
+    return key
+
+
+def permits(key: AdminKey, *, writes: bool) -> bool:
+    """Whether `key`'s role allows a request that may change something (else only reads)."""
+    return key.role == "admin" or not writes
+
+
+def _role(value: object, field: str) -> str:
+    if value not in ROLES:
+        raise Invalid(f"{field}: must be one of {', '.join(ROLES)}")
+    return str(value)
 
 
 async def create_admin_key(authority: Authority, actor: str, body: object) -> dict[str, Any]:
-    """Mint an admin key: {id, name, key} (the key is shown once)."""
-    name = _text(_required(_fields(body, ("name",)), "name"), "name")
+    """Mint an admin key: its record and `key` (shown once)."""
+    fields = _fields(body, ("name", "role", "expires_in"))
+    name = _text(_required(fields, "name"), "name")
+    role = _role(fields.get("role", "admin"), "role")
+    expires_in = fields.get("expires_in")
+    lifetime = None if expires_in is None else _integer(expires_in, "expires_in", 1, MAX_LIFETIME)
     key = credentials.generate(Kind.ADMIN_KEY)
     key_id = new_id("adm")
 
-    async def apply(conn: asyncpg.Connection) -> tuple[None, Invalidation]:
-        await store.insert_admin_key(
-            conn, key_id=key_id, name=name, hash_=credentials.keyed_hash(authority.keys[0], key)
+    async def apply(conn: asyncpg.Connection) -> tuple[AdminKey, Invalidation]:
+        t = store.now()
+        minted = await store.insert_admin_key(
+            conn,
+            key_id=key_id,
+            name=name,
+            role=role,
+            hash_=credentials.keyed_hash(authority.keys[0], key),
+            created_at=t,
+            expires_at=None if lifetime is None else t + lifetime,
         )
         await store.audit(
             conn,
@@ -317,12 +371,56 @@ async def create_admin_key(authority: Authority, actor: str, body: object) -> di
             action="admin_key.create",
             target_kind="admin_key",
             target_id=key_id,
-            details={"name": name},
+            details={"name": name, "role": role, "expires_at": minted.expires_at},
         )
-        return None, Invalidation()
+        return minted, Invalidation()
 
-    await authority.change(apply)
-    return {"id": key_id, "name": name, "key": key}
+    minted, _ = await authority.change(apply)
+    return {**minted.public(), "key": key}
+
+
+async def list_admin_keys(authority: Authority, query: Mapping[str, str]) -> dict[str, Any]:
+    """A page of admin keys in creation order (never a key or its hash)."""
+    limit, _ = _query(query, ())
+    after = query.get("cursor")
+    position = None if after is None else tuple(_decode_cursor(after, (int, str)))
+    rows = await store.list_admin_keys(authority.pool, limit=limit + 1, after=position)
+    return _page(rows, limit, AdminKey.public, lambda k: [k.created_at, k.id])
+
+
+async def revoke_admin_key(authority: Authority, actor: str, key_id: str) -> dict[str, Any]:
+    """Revoke an admin key: refused at once by every worker (each request reads Postgres).
+
+    Revoking the last live `admin`-role key is `Conflict`: nobody could mint
+    another through the API. The live admin keys are locked first, in one
+    order, so concurrent revocations cannot together revoke them all.
+    Revoking a revoked key changes nothing.
+    """
+    _known(key_id, "adm", "admin key")
+
+    async def apply(conn: asyncpg.Connection) -> tuple[AdminKey, Invalidation]:
+        t = store.now()
+        live_admins = await store.lock_live_admins(conn, t)
+        key = await store.lock_admin_key(conn, key_id)
+        if key is None:
+            raise NotFound("admin key")
+        if key.revoked_at is not None:
+            return key, Invalidation()
+        if live_admins == [key_id]:
+            raise Conflict("this is the last live admin-role key: create another one first")
+        revoked = await store.revoke_admin_key(conn, key_id, t)
+        await store.audit(
+            conn,
+            actor=actor,
+            action="admin_key.revoke",
+            target_kind="admin_key",
+            target_id=key_id,
+            details={"name": key.name, "role": key.role},
+        )
+        return revoked, Invalidation()
+
+    revoked, _ = await authority.change(apply)
+    return revoked.public()
 
 
 # --- clients -------------------------------------------------------------------------------

@@ -33,7 +33,9 @@ from introspect.service import Authority, open_authority
 
 T = TypeVar("T")
 ACTOR = "cli"
-TIME_COLUMNS = frozenset({"at", "created_at", "iat", "nbf", "exp", "revoked_at", "last_used_at"})
+TIME_COLUMNS = frozenset(
+    {"at", "created_at", "iat", "nbf", "exp", "expires_at", "revoked_at", "last_used_at"}
+)
 
 
 class CommandError(Exception):
@@ -348,15 +350,34 @@ def cmd_api_key_rotate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+ADMIN_KEY_COLUMNS = ("id", "name", "role", "created_at", "expires_at", "last_used_at", "active")
+
+
 def cmd_admin_key_create(args: argparse.Namespace, settings: Settings) -> int:
     """introspect admin-key create."""
-    body = {"name": args.name}
+    body: dict[str, Any] = {"name": args.name, "role": args.role}
+    if args.expires_in is not None:
+        body["expires_in"] = args.expires_in
     minted = run_with_authority(settings, lambda a: admin.create_admin_key(a, ACTOR, body))
     emit(
         args,
         {"id": minted["id"], "key": minted["key"]},
         [f"id:  {minted['id']}", f"key: {minted['key']}  (shown once; Authorization: Bearer)"],
     )
+    return 0
+
+
+def cmd_admin_key_list(args: argparse.Namespace, settings: Settings) -> int:
+    """introspect admin-key list."""
+    page = run_with_authority(settings, lambda a: admin.list_admin_keys(a, page_query(args)))
+    emit(args, page, page_lines(page, ADMIN_KEY_COLUMNS))
+    return 0
+
+
+def cmd_admin_key_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    """introspect admin-key revoke."""
+    revoked = run_with_authority(settings, lambda a: admin.revoke_admin_key(a, ACTOR, args.id))
+    emit(args, revoked, [f"admin key {revoked['id']} revoked"])
     return 0
 
 
@@ -583,8 +604,22 @@ def parser() -> argparse.ArgumentParser:
     )
     acreate = akeys.add_parser("create", help="mint a key for the admin API")
     acreate.add_argument("--name", required=True)
+    acreate.add_argument(
+        "--role",
+        choices=admin.ROLES,
+        default="admin",
+        help="admin: every admin route; auditor: reads (GET) only (default %(default)s)",
+    )
+    acreate.add_argument("--expires-in", type=int, metavar="SECONDS", help="default: never")
     _json_flag(acreate)
     acreate.set_defaults(handler=cmd_admin_key_create)
+    alist = akeys.add_parser("list", help="list admin keys (never the keys themselves)")
+    _paging(alist)
+    alist.set_defaults(handler=cmd_admin_key_list)
+    arevoke = akeys.add_parser("revoke", help="revoke an admin key, at once everywhere")
+    arevoke.add_argument("id")
+    _json_flag(arevoke)
+    arevoke.set_defaults(handler=cmd_admin_key_revoke)
 
     revoke = sub.add_parser("revoke", help="revoke credentials")
     selector = revoke.add_mutually_exclusive_group(required=True)

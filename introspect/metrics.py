@@ -142,6 +142,14 @@ class Metrics:
         ]
         # Counted since the last flush, per route.
         self._routes: dict[str, _RouteTally] = {}
+        self._admin_refusals = Counter(
+            "introspect_admin_auth_failures_total",
+            "Admin API requests refused, by reason (missing, malformed, unknown, revoked,"
+            " expired, insufficient_scope)",
+            ["reason"],
+        )
+        # Counted since the last flush, per reason.
+        self._refused: dict[str, int] = {}
 
     def request(self, route: str, status: int, seconds: float) -> None:
         """Count one answered request and its latency."""
@@ -153,10 +161,17 @@ class Metrics:
         tally.buckets[bisect.bisect_left(_LATENCY_BUCKETS, seconds)] += 1
         tally.seconds += seconds
 
+    def admin_refused(self, reason: str) -> None:
+        """Count one admin API request refused for `reason` (one of a fixed few)."""
+        self._refused[reason] = self._refused.get(reason, 0) + 1
+
     def flush(self) -> None:
         """Hand everything counted since the last flush to Prometheus."""
         for counter in self._counters:
             counter.flush()
+        refused, self._refused = self._refused, {}
+        for reason, count in refused.items():
+            self._admin_refusals.labels(reason).inc(count)
         for pool, probe in self.pool_probes.items():
             in_use, idle = probe()
             self._pools.labels(pool, "in_use").set(in_use)

@@ -53,7 +53,8 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 # How many presented credentials' hashes each worker remembers (see Authority.lookup).
 HASHED_MEMO_SIZE = 10_000
-# API keys' last_used_at is written at most this often (seconds), in one statement.
+# API keys' and admin keys' last_used_at is written at most this often (seconds), in one
+# statement each.
 USAGE_FLUSH_INTERVAL = 10
 _INACTIVE = Entry(answer=None, cacheable=False)
 
@@ -109,6 +110,7 @@ class Authority:
         )
         self.listener: Listener | None = None
         self._used: dict[str, int] = {}
+        self._admin_used: dict[str, int] = {}
         # Presented credential -> its keyed hash, for well-formed ones recently seen: the
         # hash is a pure function of the string, so this never needs invalidating, and a
         # repeated presentation skips the format check and the HMAC.
@@ -151,20 +153,28 @@ class Authority:
                 await self._usage_task
         await self.cache.close()
 
-    # --- last use of API keys: remembered in memory, written in batches ---------------------
+    # --- last use of API keys and admin keys: remembered in memory, written in batches ------
 
     def note_use(self, entry: Entry) -> None:
         """Remember that an API key was just answered active (a dict write, no I/O)."""
         if entry.key_id is not None:
             self._used[entry.key_id] = store.now()
 
+    def note_admin_use(self, key_id: str) -> None:
+        """Remember that an admin key was just accepted (a dict write, no I/O)."""
+        self._admin_used[key_id] = store.now()
+
     async def flush_usage(self) -> int:
-        """Write the remembered last uses in one statement; how many keys it touched."""
+        """Write the remembered last uses, one statement per table; how many keys it touched."""
         used, self._used = self._used, {}
+        admin_used, self._admin_used = self._admin_used, {}
         if used:
             METRICS.pg_queries.inc()
             await store.touch_credentials(self.pool, used)
-        return len(used)
+        if admin_used:
+            METRICS.pg_queries.inc()
+            await store.touch_admin_keys(self.pool, admin_used)
+        return len(used) + len(admin_used)
 
     async def _flush_usage_forever(self) -> None:
         try:
@@ -173,7 +183,7 @@ class Authority:
                 try:
                     await self.flush_usage()
                 except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-                    log.warning("could not record API key use: %s", type(exc).__name__)
+                    log.warning("could not record key use: %s", type(exc).__name__)
         finally:
             with contextlib.suppress(Exception):
                 await self.flush_usage()

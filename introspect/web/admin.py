@@ -5,7 +5,11 @@ application, or alone on the admin port (`introspect serve --admin-port`)
 so it can be firewalled apart from the public endpoints (STYLE 9). Every
 request must carry `Authorization: Bearer <admin key>`; otherwise it is
 answered 401 with `WWW-Authenticate: Bearer` (RFC 6750 §3), with
-`error="invalid_token"` when a key was presented but is not a live one.
+`error="invalid_token"` when a key was presented but is not a live one. A
+key of the `auditor` role may only read (GET); anything else is 403
+`insufficient_scope`. Every refusal is counted in /metrics by reason and
+logged at WARNING with that reason (never any part of the presented value).
+Every admin answer carries `Cache-Control: no-store`.
 
 `docs` serves the OpenAPI document of the whole HTTP interface, public and
 admin, read once from `introspect/openapi.json` at start.
@@ -13,6 +17,7 @@ admin, read once from `introspect/openapi.json` at start.
 
 from __future__ import annotations
 
+import logging
 from importlib import resources
 
 import orjson
@@ -20,6 +25,7 @@ from aiohttp import web
 
 from introspect import admin
 from introspect.errors import AdminError, Invalid
+from introspect.metrics import METRICS
 from introspect.service import Authority
 from introspect.web.errors import Handler, json_response
 from introspect.web.keys import AUTHORITY
@@ -27,41 +33,80 @@ from introspect.web.keys import AUTHORITY
 routes = web.RouteTableDef()
 docs = web.RouteTableDef()
 
+log = logging.getLogger(__name__)
 ACTOR = web.RequestKey("actor", str)
 JSON = "application/json"
 REALM = 'Bearer realm="introspect-admin"'
+READS = frozenset({"GET", "HEAD"})
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 OPENAPI = orjson.dumps(
     orjson.loads(resources.files("introspect").joinpath("openapi.json").read_bytes())
 )
 
 
-def _unauthorized(error: str, description: str, challenge: str) -> web.Response:
+def _refused(
+    request: web.Request, reason: admin.Refusal, status: int, challenge: str, key_id: str = ""
+) -> web.Response:
+    """A 401 or 403 for an admin request, counted and logged by reason (never the key)."""
+    METRICS.admin_refused(reason)
+    # Only what the server itself knows: nothing the caller sent (not even an odd method).
+    resource = request.match_info.route.resource
+    log.warning(
+        "admin request refused: %s%s (%s %s from %s)",
+        reason,
+        f", key {key_id}" if key_id else "",
+        request.method if request.method in _METHODS else "other method",
+        "unmatched route" if resource is None else resource.canonical,
+        request.remote,
+    )
+    error, description = _DESCRIPTIONS[reason]
     return json_response(
         {"error": error, "error_description": description},
-        401,
-        headers={"WWW-Authenticate": challenge, "Cache-Control": "no-store"},
+        status,
+        headers={"WWW-Authenticate": challenge},
     )
+
+
+_INVALID = ("invalid_token", "the admin key is not valid")
+_DESCRIPTIONS = {
+    admin.Refusal.MISSING: ("unauthorized", "an admin key is required (Bearer)"),
+    admin.Refusal.MALFORMED: _INVALID,
+    admin.Refusal.UNKNOWN: _INVALID,
+    admin.Refusal.REVOKED: _INVALID,
+    admin.Refusal.EXPIRED: _INVALID,
+    admin.Refusal.INSUFFICIENT_SCOPE: (
+        "insufficient_scope",
+        "this admin key has the auditor role: it may only read (GET)",
+    ),
+}
 
 
 @web.middleware
 async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Admit requests carrying a live admin key; record its id as the actor."""
+    """Admit requests carrying a live admin key whose role allows them; record it as actor."""
     scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
     presented = presented.strip()
     if scheme.lower() != "bearer" or not presented:
-        return _unauthorized("unauthorized", "an admin key is required (Bearer)", REALM)
-    actor = await admin.authenticate(authority(request), presented)
-    if actor is None:
-        return _unauthorized(
-            "invalid_token", "the admin key is not valid", f'{REALM}, error="invalid_token"'
-        )
-    request[ACTOR] = actor
+        return _refused(request, admin.Refusal.MISSING, 401, REALM)
+    key = await admin.authenticate(authority(request), presented)
+    if isinstance(key, admin.Refusal):
+        return _refused(request, key, 401, f'{REALM}, error="invalid_token"')
+    if not admin.permits(key, writes=request.method not in READS):
+        challenge = f'{REALM}, error="insufficient_scope", scope="admin"'
+        return _refused(request, admin.Refusal.INSUFFICIENT_SCOPE, 403, challenge, key.id)
+    request[ACTOR] = key.id
     return await handler(request)
+
+
+async def _no_store(_request: web.Request, response: web.StreamResponse) -> None:
+    """Every admin answer, errors included, is private to its caller: never cached."""
+    response.headers["Cache-Control"] = "no-store"
 
 
 def subapp() -> web.Application:
     """A fresh admin application (each parent needs its own), to mount at /admin."""
     app = web.Application(middlewares=[bearer_auth])
+    app.on_response_prepare.append(_no_store)
     app.add_routes(routes)
     return app
 
@@ -102,7 +147,7 @@ async def create_client(request: web.Request) -> web.Response:
     """Register a client; 201 with its secret, shown once."""
     body = await read_body(request)
     created = await admin.create_client(authority(request), request[ACTOR], body)
-    return json_response(created, 201, headers={"Cache-Control": "no-store"})
+    return json_response(created, 201)
 
 
 @routes.get("/clients")
@@ -141,7 +186,7 @@ async def rotate_client_secret(request: web.Request) -> web.Response:
     body = await read_body(request)
     client_id = request.match_info["client_id"]
     rotated = await admin.rotate_client_secret(authority(request), request[ACTOR], client_id, body)
-    return json_response(rotated, headers={"Cache-Control": "no-store"})
+    return json_response(rotated)
 
 
 @routes.post("/clients/{client_id}/access-keys")
@@ -169,7 +214,7 @@ async def create_api_key(request: web.Request) -> web.Response:
     """Issue an API key; 201 with the key, shown once."""
     body = await read_body(request)
     issued = await admin.create_api_key(authority(request), request[ACTOR], body)
-    return json_response(issued, 201, headers={"Cache-Control": "no-store"})
+    return json_response(issued, 201)
 
 
 @routes.patch("/api-keys/{key_id}")
@@ -188,7 +233,7 @@ async def rotate_api_key(request: web.Request) -> web.Response:
     body = await read_body(request)
     key_id = request.match_info["key_id"]
     rotated = await admin.rotate_api_key(authority(request), request[ACTOR], key_id, body)
-    return json_response(rotated, headers={"Cache-Control": "no-store"})
+    return json_response(rotated)
 
 
 @routes.post("/revocations")
@@ -209,6 +254,31 @@ async def list_tokens(request: web.Request) -> web.Response:
 async def list_audit(request: web.Request) -> web.Response:
     """A page of the audit log, newest first."""
     return json_response(await admin.list_audit(authority(request), read_query(request)))
+
+
+# --- admin keys ----------------------------------------------------------------------------
+
+
+@routes.get("/admin-keys")
+async def list_admin_keys(request: web.Request) -> web.Response:
+    """A page of admin keys, never a key or its hash."""
+    return json_response(await admin.list_admin_keys(authority(request), read_query(request)))
+
+
+@routes.post("/admin-keys")
+async def create_admin_key(request: web.Request) -> web.Response:
+    """Mint an admin key; 201 with the key, shown once."""
+    body = await read_body(request)
+    minted = await admin.create_admin_key(authority(request), request[ACTOR], body)
+    return json_response(minted, 201)
+
+
+@routes.delete("/admin-keys/{key_id}")
+async def revoke_admin_key(request: web.Request) -> web.Response:
+    """Revoke an admin key; 204 (409 for the last live admin-role key)."""
+    key_id = request.match_info["key_id"]
+    await admin.revoke_admin_key(authority(request), request[ACTOR], key_id)
+    return web.Response(status=204)
 
 
 # --- the interface description -------------------------------------------------------------

@@ -889,6 +889,8 @@ class CredentialCache:
                 self._redis_failed(exc)
             except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("outbox sweep failed: %s", type(exc).__name__)
+            except Exception:  # the watch must outlive any surprise: log it, go on
+                log.exception("redis history watch failed")
 
     async def redis_state(self) -> str:
         """For readiness: `ok`, `replay pending` (reachable, history not vouched for yet) or

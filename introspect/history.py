@@ -223,7 +223,8 @@ class History:
 
     async def check(self) -> None:
         """Raise HistoryUnknown unless the server and marker are still the vouched ones."""
-        if self.marker is None or self.value is None:
+        marker, value = self.marker, self.value
+        if marker is None or value is None:
             raise HistoryUnknown("no vouched redis history")
         replies = await self.fast.execute(
             ("INFO", "server"), ("INFO", "replication"), ("INFO", "memory"), ("GET", MARKER)
@@ -233,9 +234,9 @@ class History:
                 raise reply
         server = resp.Server.from_info(*replies[:3])
         refuse_eviction(server)
-        if server.identity != self.marker.identity:
+        if server.identity != marker.identity:
             raise HistoryUnknown("redis restarted or failed over")
-        if replies[3] != self.value:
+        if replies[3] != value:
             raise HistoryUnknown("redis lost its history marker")
 
     async def vouch(self) -> None:

@@ -160,12 +160,12 @@ async def _drill(port: int, request: bytes) -> tuple[list[int], int, int, list[f
 def run() -> bool:
     """Run the drill; True when it passed."""
     with tempfile.TemporaryDirectory(prefix="drill-slow-") as tmp:
-        data_dir = Path(tmp)
+        data_dir = Path(tmp)  # itself the data dir: as root, the postgres user passes only it
         port = free_port()
         base = f"http://{HOST}:{port}"
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("INTROSPECT_")},
-            "INTROSPECT_DATA_DIR": str(data_dir / "data"),
+            "INTROSPECT_DATA_DIR": str(data_dir),
             "INTROSPECT_PORT": str(port),
         }
         service = Service(

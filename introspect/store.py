@@ -10,7 +10,7 @@ writes (see `introspect/cache.py`).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -46,7 +46,7 @@ class Client:
     disabled: bool
     created_at: int
     updated_at: int
-    secrets: tuple[tuple[bytes, int | None], ...] = ()
+    secrets: tuple[tuple[bytes, int | None], ...] = field(default=(), repr=False)
 
     def public(self) -> dict[str, Any]:
         """Every registered field, never a secret or a hash (the admin API's read shape)."""
@@ -71,7 +71,7 @@ class Credential:
     id: str
     kind: str
     format: str
-    hash: bytes
+    hash: bytes = field(repr=False)
     client_id: str | None
     sub: str
     username: str | None

@@ -1,14 +1,18 @@
-"""Secrets held in memory: record reprs print no hash, forged JWTs are not kept."""
+"""Secrets a process holds or shows: record reprs, the presented-value memo, the command line."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import sys
+from pathlib import Path
 
 import orjson
 
 from introspect import credentials, store
+from introspect.config import Settings
 from introspect.service import Authority
-from tests.helpers import Registered, Server, register
+from tests.helpers import Registered, Server, cli_env, register
 
 
 async def test_record_reprs_print_no_hash_or_key(server: Server, app_client: Registered) -> None:
@@ -61,3 +65,37 @@ async def test_unverified_jwts_are_not_memoized(
     token = issued.json()["access_token"]
     assert (await authority.lookup(token)).answer is not None
     assert token in authority._hashed
+
+
+async def run_cli(env: dict[str, str], *args: str, stdin: str = "") -> tuple[int, str, str]:
+    """`introspect ARGS` run to completion: exit status, stdout, stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "introspect.cli", *args),
+        env=env,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(stdin.encode()), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_revoke_documents_stdin_and_warns_of_argv(
+    settings: Settings, server: Server, app_client: Registered, tmp_path: Path
+) -> None:
+    """`revoke --help` shows `--token -` (stdin); a token given in argv works with a warning."""
+    env = cli_env(settings, tmp_path)
+    status, out, _ = await run_cli(env, "revoke", "--help")
+    assert status == 0
+    assert "--token -" in out
+    assert "stdin" in out
+    token = (
+        await server.post_form(
+            "/token", {"grant_type": "client_credentials"}, headers=app_client.auth
+        )
+    ).json()["access_token"]
+    status, out, err = await run_cli(env, "revoke", "--token", token, "--json")
+    assert (status, orjson.loads(out)["revoked"]) == (0, 1)
+    assert "process list" in err
+    assert token not in err

@@ -12,11 +12,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import aiohttp
 import pytest
 
+from introspect.app import create_app
 from introspect.config import Settings
 from tests.helpers import (
     AdminAPI,
+    HardenedTestServer,
     Registered,
     Server,
     admin_api,
@@ -140,6 +143,28 @@ async def test_no_server_banner(server: Server, admin: AdminAPI) -> None:
     ]
     assert [a.status for a in answers] == [200, 404, 401, 401, 200]
     assert [a.headers.get("Server") for a in answers] == [None] * len(answers)
+
+
+async def test_access_log_lines_carry_nothing_of_the_request(
+    settings: Settings, app_client: Registered, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With the access log on, a line names the peer, route and status, and nothing sent."""
+    app = create_app(settings, settings.database_url or "", settings.redis_url or "")
+    test_server = HardenedTestServer(app)
+    await test_server.start_server(access_log=logging.getLogger("introspect.access"))
+    caplog.set_level(logging.INFO, logger="introspect.access")
+    secret = app_client.secret
+    headers = {"User-Agent": secret, "Referer": secret, "Authorization": "Bearer " + secret}
+    try:
+        async with aiohttp.ClientSession() as http:
+            url = test_server.make_url("/introspect").with_query(token=secret)
+            async with http.post(url, headers=headers) as resp:
+                assert resp.status == 400  # no credential in a query string
+    finally:
+        await test_server.close()
+    [line] = [r.getMessage() for r in caplog.records if r.name == "introspect.access"]
+    assert line.startswith("127.0.0.1 /introspect 400 ")
+    assert leaked(line, fragments(secret)) == []
 
 
 @asynccontextmanager

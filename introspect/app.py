@@ -12,6 +12,7 @@ from introspect.service import open_authority
 from introspect.web import admin, public
 from introspect.web.errors import error_middleware
 from introspect.web.keys import AUTHORITY, SETTINGS
+from introspect.web.protocol import drop_server_banner
 
 
 def create_app(settings: Settings, database_url: str, redis_url: str) -> web.Application:
@@ -22,6 +23,7 @@ def create_app(settings: Settings, database_url: str, redis_url: str) -> web.App
     """
     app = web.Application(client_max_size=settings.max_body_size, middlewares=[error_middleware])
     app[SETTINGS] = settings
+    app.on_response_prepare.append(drop_server_banner)
 
     async def authority_ctx(app: web.Application) -> AsyncIterator[None]:
         async with open_authority(settings, database_url, redis_url, listen=True) as authority:
@@ -41,6 +43,7 @@ def create_admin_app(settings: Settings, main: web.Application) -> web.Applicati
     """The admin API alone, for the admin port, over `main`'s Authority (start `main` first)."""
     app = web.Application(client_max_size=settings.max_body_size, middlewares=[error_middleware])
     app[SETTINGS] = settings
+    app.on_response_prepare.append(drop_server_banner)
 
     async def borrowed_authority(app: web.Application) -> AsyncIterator[None]:
         app[AUTHORITY] = main[AUTHORITY]

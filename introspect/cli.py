@@ -390,6 +390,12 @@ def cmd_revoke(args: argparse.Namespace, settings: Settings) -> int:
     value = getattr(args, selector)
     if selector == "token" and value == "-":
         value = sys.stdin.readline().strip()
+    elif selector == "token":
+        print(
+            "warning: a token on the command line shows in the process list;"
+            " use --token - and give it on stdin",
+            file=sys.stderr,
+        )
     body = {selector: value}
     revoked = run_with_authority(settings, lambda a: admin.revoke(a, ACTOR, body))
     answer = admin.revoked_answer(revoked)
@@ -623,7 +629,12 @@ def parser() -> argparse.ArgumentParser:
 
     revoke = sub.add_parser("revoke", help="revoke credentials")
     selector = revoke.add_mutually_exclusive_group(required=True)
-    selector.add_argument("--token", help="a presented credential; - reads it from stdin")
+    selector.add_argument(
+        "--token",
+        metavar="-",
+        help="a presented credential, read from stdin with `--token -` (a value given here"
+        " instead shows in the process list)",
+    )
     selector.add_argument("--id", help="a credential id")
     selector.add_argument("--jti", help="a credential's jti (its id)")
     selector.add_argument("--client-id", help="every access token and API key of a client")

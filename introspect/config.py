@@ -60,6 +60,8 @@ class Settings:
     negative_cache_ttl: int = 30
     # Limits.
     max_body_size: int = 64 * 1024
+    # Seconds an idle keep-alive connection is kept open.
+    keepalive_timeout: int = 75
     access_log: bool = False
 
     @property
@@ -152,5 +154,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         local_cache_ttl=float(_int(env, "INTROSPECT_LOCAL_CACHE_TTL", 10)),
         redis_cache_ttl=_int(env, "INTROSPECT_REDIS_CACHE_TTL", 300),
         negative_cache_ttl=_int(env, "INTROSPECT_NEGATIVE_CACHE_TTL", 30, minimum=1),
+        keepalive_timeout=_int(env, "INTROSPECT_KEEPALIVE_TIMEOUT", 75, minimum=1),
         access_log=env.get("INTROSPECT_ACCESS_LOG", "") in ("1", "true", "yes"),
     )

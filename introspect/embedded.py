@@ -29,9 +29,17 @@ shutdown (signalling the postmaster itself if pg_ctl fails) and sends Valkey SIG
 SIGKILL if it is still there after 10 s.
 
 PostgreSQL refuses to run as root. When the caller is root, initdb and pg_ctl run as the
-system user `introspect-pg` (created once), which owns PGDATA; before each such run, the
-directories on the way to PGDATA and to the binaries get o+x where they lack it. Valkey
-runs as the caller.
+system user `introspect-pg` (created once), which owns PGDATA. That user must pass through
+the data dir and every directory above it and above the binaries. The data dir is ours: if
+it cannot, the data dir's group becomes that user's group with g+x (everything inside is
+0600 or 0700, so this lets nobody else read anything). The directories above are not ours:
+one closed to that user gets o+x (traversal, not listing), with a warning that names it
+and the better ways (another user, another data dir, an ACL), so that the README's first
+command still works for root in a clone under /root. Valkey runs as the caller.
+
+The servers and PostgreSQL's tools get only the variables they need from our environment
+(`PATH`, locale, `TZ`, `TMPDIR`...), never `INTROSPECT_SECRET` or another secret, nor a
+`PG*` variable that would override our arguments.
 
 Every wait is bounded; failures raise `EmbeddedError` with a one-line message followed by
 the tail of the relevant log. Passwords never reach the log.
@@ -308,7 +316,7 @@ def _create_database(paths: _Paths, port: int) -> None:
         "SELECT format('CREATE DATABASE %I', :'db') "
         "WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = :'db')\\gexec\n"
     )
-    env = _clean_env() | {"PGPASSWORD": _read_secret(paths), "PGCONNECT_TIMEOUT": "10"}
+    env = _child_env() | {"PGPASSWORD": _read_secret(paths), "PGCONNECT_TIMEOUT": "10"}
     result = _run(
         [
             *(_pg_bin() / "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-v", f"db={DATABASE}"),
@@ -408,6 +416,7 @@ def _ensure_valkey(paths: _Paths, state: dict[str, Any]) -> tuple[dict[str, Any]
         process = subprocess.Popen(  # noqa: S603 - fixed binary, arguments built here
             arguments,
             cwd=paths.valkey,
+            env=_child_env(),
             stdin=subprocess.PIPE,
             stdout=log_file,
             stderr=subprocess.STDOUT,
@@ -536,8 +545,7 @@ def _run(
     extra: dict[str, Any] = {}
     if account is not None:
         extra = {"user": account[0], "group": account[1], "extra_groups": []}
-        _allow_traverse(paths.root)  # here, not once: something may have reset a parent
-        _allow_traverse(_pg_bin())
+        _ensure_reachable(paths.root, account)  # here, not once: a mode may have changed
     try:
         return subprocess.run(  # noqa: S603 - fixed binaries, arguments built here
             [str(part) for part in command],
@@ -547,7 +555,7 @@ def _run(
             timeout=timeout,
             check=False,
             cwd=paths.root,
-            env=env if env is not None else _clean_env(),
+            env=env if env is not None else _child_env(),
             start_new_session=True,
             **extra,
         )
@@ -556,9 +564,17 @@ def _run(
         raise _error(f"{name} timed out after {timeout:.0f} s", paths.pg_log) from None
 
 
-def _clean_env() -> dict[str, str]:
-    """The environment without PG* variables, which would override our arguments."""
-    return {key: value for key, value in os.environ.items() if not key.startswith("PG")}
+# What the servers and PostgreSQL's tools need of our environment (besides LC_*).
+_PASSED_ENV = frozenset({"PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "LD_LIBRARY_PATH"})
+
+
+def _child_env() -> dict[str, str]:
+    """Our environment for a child server or tool: what it needs, never a secret or PG* variable."""
+    return {
+        key: value
+        for key, value in os.environ.items()
+        if key in _PASSED_ENV or key.startswith("LC_")
+    }
 
 
 def _pg_account(*, create: bool) -> tuple[int, int] | None:
@@ -574,7 +590,12 @@ def _pg_account(*, create: bool) -> tuple[int, int] | None:
         useradd = shutil.which("useradd") or "/usr/sbin/useradd"
         flags = ["--system", "--no-create-home", "--shell", "/usr/sbin/nologin"]
         done = subprocess.run(  # noqa: S603 - fixed command
-            [useradd, *flags, SYSTEM_USER], capture_output=True, text=True, timeout=30, check=False
+            [useradd, *flags, SYSTEM_USER],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+            env=_child_env(),
         )
         try:  # a concurrent caller may have created it meanwhile
             entry = pwd.getpwnam(SYSTEM_USER)
@@ -583,13 +604,43 @@ def _pg_account(*, create: bool) -> tuple[int, int] | None:
     return entry.pw_uid, entry.pw_gid
 
 
-def _allow_traverse(path: Path) -> None:
-    """Add o+x to `path` and its ancestors where missing, so the postgres user gets through."""
-    for directory in (path, *path.parents):
-        mode = directory.stat().st_mode
-        if not mode & stat.S_IXOTH:
-            directory.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
-            log.info("added o+x to %s so %s can reach its files", directory, SYSTEM_USER)
+def _traversable(directory: Path, uid: int, gid: int) -> bool:
+    """Whether the account (uid, gid, no other group) may pass through `directory`."""
+    info = directory.stat()
+    if info.st_uid == uid:
+        return bool(info.st_mode & stat.S_IXUSR)
+    if info.st_gid == gid:
+        return bool(info.st_mode & stat.S_IXGRP)
+    return bool(info.st_mode & stat.S_IXOTH)
+
+
+def _ensure_reachable(root: Path, account: tuple[int, int]) -> None:
+    """Let `account` reach the data dir `root` and the binaries, widening nothing but `root`.
+
+    `root` is ours and holds only private files: its group becomes the
+    account's, with g+x. Any other directory on the way that the account
+    cannot pass is the operator's to open (or not): EmbeddedError says which.
+    """
+    uid, gid = account
+    if not _traversable(root, uid, gid):
+        os.chown(root, -1, gid)
+        root.chmod(stat.S_IMODE(root.stat().st_mode) | stat.S_IXGRP)
+        log.info("gave the group of %s traversal of %s (g+x)", SYSTEM_USER, root)
+    binaries = _pg_bin()
+    for directory in (*root.parents, binaries, *binaries.parents):
+        if not _traversable(directory, uid, gid):
+            # The README's first command must work for root in a clone under /root: open
+            # the way (x only: nobody may list it), and say so loudly, with the better ways.
+            directory.chmod(stat.S_IMODE(directory.stat().st_mode) | stat.S_IXOTH)
+            log.warning(
+                "running as root, the embedded PostgreSQL runs as %s, which could not pass"
+                " through %s: added o+x to it. To avoid this, run introspect as another user,"
+                " or put INTROSPECT_DATA_DIR (and the virtualenv) under directories others"
+                " may pass through, or let that user through yourself (setfacl -m u:%s:x DIR)",
+                SYSTEM_USER,
+                directory,
+                SYSTEM_USER,
+            )
 
 
 @contextlib.contextmanager

@@ -48,6 +48,7 @@ async def _worker_main(settings: Settings, database_url: str, redis_url: str) ->
     from aiohttp import web
 
     from introspect.app import create_admin_app, create_app
+    from introspect.web.protocol import Runner
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -55,8 +56,9 @@ async def _worker_main(settings: Settings, database_url: str, redis_url: str) ->
         loop.add_signal_handler(sig, stop.set)
     app = create_app(settings, database_url, redis_url)
     access_log = logging.getLogger("introspect.access") if settings.access_log else None
-    runner = web.AppRunner(
+    runner = Runner(
         app,
+        keepalive_timeout=settings.keepalive_timeout,
         access_log=access_log,
         shutdown_timeout=SHUTDOWN_TIMEOUT,
         handle_signals=False,
@@ -67,8 +69,9 @@ async def _worker_main(settings: Settings, database_url: str, redis_url: str) ->
     runners = [runner]
     if settings.admin_port is not None:
         # The admin API on its own port, over this worker's Authority (started above).
-        admin_runner = web.AppRunner(
+        admin_runner = Runner(
             create_admin_app(settings, app),
+            keepalive_timeout=settings.keepalive_timeout,
             access_log=access_log,
             shutdown_timeout=SHUTDOWN_TIMEOUT,
             handle_signals=False,

@@ -256,22 +256,26 @@ class Authority:
         if hit is not None:
             return hit
         kind = credentials.parse(token)
-        admit = None
-        if kind is not Kind.ACCESS_TOKEN and kind is not Kind.API_KEY:
-            if kind is not None or not rfc9068.jwt_shaped(token):
-                return _INACTIVE
-
-            async def admit() -> bool:
-                return await self.jwt_claims(token) is not None
-
+        jwt = kind is not Kind.ACCESS_TOKEN and kind is not Kind.API_KEY
+        if jwt and (kind is not None or not rfc9068.jwt_shaped(token)):
+            return _INACTIVE
         hashes = [credentials.keyed_hash(key, token) for key in self.keys]
         primary = hashes[0]
-        if len(self._hashed) >= HASHED_MEMO_SIZE:
-            self._hashed.clear()
-        self._hashed[token] = primary
         hit = self.cache.cached(primary, time.monotonic())
+        # A JWT is remembered only once verified (an in-process entry of one was stored after
+        # verifying it): up to 8 KiB of anyone's forged string must not be kept per entry.
+        if hit is not None or not jwt:
+            self._remember(token, primary)
         if hit is not None:
             return hit
+        admit = None
+        if jwt:
+
+            async def admit() -> bool:
+                if await self.jwt_claims(token) is None:
+                    return False
+                self._remember(token, primary)
+                return True
 
         async def load() -> Entry:
             found = await self._finds.get(tuple(hashes))
@@ -284,6 +288,12 @@ class Authority:
             return entry
 
         return await self.cache.lookup(primary, load, admit)
+
+    def _remember(self, token: str, key: bytes) -> None:
+        """Memoize the keyed hash of a well-formed opaque credential or a verified JWT."""
+        if len(self._hashed) >= HASHED_MEMO_SIZE:
+            self._hashed.clear()
+        self._hashed[token] = key
 
     async def _find_many(
         self, wanted: list[tuple[bytes, ...]]

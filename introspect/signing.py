@@ -36,7 +36,7 @@ import logging
 import os
 import secrets
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import asyncpg
@@ -132,7 +132,7 @@ class SigningKey:
     activates_at: int
     jwk: dict[str, Any]
     verifier: jwt.PyJWK
-    private: PrivateKey | None
+    private: PrivateKey | None = field(repr=False)
 
 
 _LOAD = """

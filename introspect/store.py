@@ -10,7 +10,7 @@ writes (see `introspect/cache.py`).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -49,7 +49,7 @@ class Client:
     updated_at: int
     # RFC 7591: client_secret_basic (also _post, and jwks if any) or private_key_jwt.
     token_endpoint_auth_method: str = "client_secret_basic"
-    secrets: tuple[tuple[bytes, int | None], ...] = ()
+    secrets: tuple[tuple[bytes, int | None], ...] = field(default=(), repr=False)
 
     def public(self) -> dict[str, Any]:
         """Every registered field, never a secret or a hash (the admin API's read shape)."""
@@ -75,7 +75,7 @@ class Credential:
     id: str
     kind: str
     format: str
-    hash: bytes
+    hash: bytes = field(repr=False)
     client_id: str | None
     sub: str
     username: str | None

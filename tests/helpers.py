@@ -15,19 +15,21 @@ import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import aiohttp
 import orjson
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from aiohttp.web_runner import BaseRunner
 from multidict import CIMultiDict
 
 from introspect import admin
 from introspect.app import create_app
 from introspect.config import Settings
 from introspect.service import Authority
-from introspect.web.keys import AUTHORITY
+from introspect.web.keys import AUTHORITY, SETTINGS
+from introspect.web.protocol import HEAD_TIMEOUT, Runner
 
 
 @dataclass(frozen=True)
@@ -69,10 +71,29 @@ class Server:
             return Answer(resp.status, CIMultiDict(resp.headers), await resp.read())
 
 
-async def start_server(settings: Settings) -> tuple[TestServer, Server]:
+class HardenedTestServer(TestServer):
+    """aiohttp's TestServer over the connection layer `introspect serve` uses."""
+
+    def __init__(self, app: web.Application, *, head_timeout: float = HEAD_TIMEOUT) -> None:
+        super().__init__(app)
+        self.head_timeout = head_timeout
+
+    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
+        settings = self.app[SETTINGS]
+        return Runner(
+            self.app,
+            keepalive_timeout=settings.keepalive_timeout,
+            head_timeout=self.head_timeout,
+            **kwargs,
+        )
+
+
+async def start_server(
+    settings: Settings, *, head_timeout: float = HEAD_TIMEOUT
+) -> tuple[TestServer, Server]:
     """Start an app on a free port and wait until its listener is subscribed."""
     app = create_app(settings, settings.database_url or "", settings.redis_url or "")
-    test_server = TestServer(app)
+    test_server = HardenedTestServer(app, head_timeout=head_timeout)
     await test_server.start_server()
     listener = app[AUTHORITY].listener
     assert listener is not None
@@ -142,7 +163,12 @@ def cli_env(settings: Settings, data_dir: Path) -> dict[str, str]:
 
 @contextlib.contextmanager
 def serve_subprocess(
-    settings: Settings, data_dir: Path, *, workers: int, extra: dict[str, str] | None = None
+    settings: Settings,
+    data_dir: Path,
+    *,
+    workers: int,
+    extra: dict[str, str] | None = None,
+    stderr: IO[bytes] | int = subprocess.DEVNULL,
 ) -> Iterator[dict[str, str]]:
     """Run `introspect serve` over the session's stores until ready; yield the CLI's env.
 
@@ -159,7 +185,7 @@ def serve_subprocess(
         [sys.executable, "-m", "introspect.cli", "serve", "--workers", str(workers)],
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=stderr,
     )
     try:
         deadline = time.monotonic() + 30

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import shutil
 import signal
@@ -14,6 +15,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -30,6 +32,7 @@ def data_dir() -> Iterator[Path]:
     started meanwhile on this machine would cut the postgres system user off from PGDATA.
     """
     parent = Path(tempfile.mkdtemp(prefix="introspect-embedded-"))
+    parent.chmod(0o711)  # passable by the postgres system user when the tests run as root
     path = parent / "stores"
     try:
         yield path
@@ -146,3 +149,51 @@ def test_start_refuses_a_foreign_pg_directory(data_dir: Path) -> None:
     with pytest.raises(embedded.EmbeddedError, match="holds no cluster"):
         embedded.start(data_dir)
     assert (data_dir / "pg" / "precious.txt").read_text() == "keep me"
+
+
+def test_servers_get_no_secret_of_our_environment(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Neither server nor PostgreSQL's tools inherit INTROSPECT_SECRET or another secret."""
+    marker = "s3cret-" + os.urandom(8).hex()
+    monkeypatch.setenv("INTROSPECT_SECRET", marker)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", marker)
+    given: list[dict[str, str] | None] = []
+    popen = subprocess.Popen
+
+    def spy(*args: Any, **kwargs: Any) -> subprocess.Popen[Any]:
+        given.append(kwargs.get("env"))
+        return popen(*args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", spy)
+    embedded.start(data_dir)
+    monkeypatch.undo()
+    assert len(given) >= 4  # initdb, pg_ctl start, psql, valkey (plus useradd the first time)
+    for env in given:
+        assert env is not None  # None would pass on our whole environment
+        assert marker not in "\n".join(env.values())
+    # Valkey blanks its environment for its process title; postgres keeps it readable.
+    postmaster = json.loads((data_dir / "embedded.json").read_text())["postgres"]["pid"]
+    environment = Path(f"/proc/{postmaster}/environ").read_bytes()
+    assert b"PATH=" in environment
+    assert marker.encode() not in environment
+    if os.geteuid() == 0:  # the data dir was opened to the postgres user's group only
+        assert not data_dir.stat().st_mode & stat.S_IXOTH
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root runs postgres as another user")
+def test_root_start_opens_a_closed_parent_for_traversal_only_and_says_so(
+    data_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As root, a data dir under a directory the postgres user cannot pass still starts: that
+    directory gains o+x only (no listing, no reading), and a warning names it."""
+    closed = data_dir.parent / "closed"
+    closed.mkdir(mode=0o700)
+    inner = closed / "stores"
+    try:
+        with caplog.at_level(logging.WARNING, logger="introspect.embedded"):
+            embedded.start(inner)
+    finally:
+        embedded.stop(inner)
+    assert stat.S_IMODE(closed.stat().st_mode) == 0o701
+    assert any(str(closed) in r.getMessage() for r in caplog.records)

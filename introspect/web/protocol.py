@@ -1,0 +1,182 @@
+"""The HTTP connections under both apps: aiohttp's RequestHandler, hardened (SPEC "Hardening").
+
+- Nothing a caller sent reaches a log line or an error answer. aiohttp's own
+  answer to a request its parser refuses (an over-long or malformed header,
+  a bad request line or chunk) quotes the offending bytes in its log line,
+  its traceback and the 400 body; here that refusal is one fixed log line
+  naming the error class and the peer, and a fixed JSON body.
+- No `Server` banner: not on refusals made here, and `drop_server_banner`
+  takes it off every answer of an app.
+- Idle keep-alive connections close after the configured keep-alive timeout
+  (aiohttp's own timer), and a connection that has not sent a complete
+  first request head within `HEAD_TIMEOUT` seconds is closed. The head timer
+  is one loop timer per connection, cancelled by the first parsed head.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from typing import Any
+
+import orjson
+from aiohttp import hdrs, web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+
+log = logging.getLogger("introspect.http")
+
+HEAD_TIMEOUT = 10.0
+
+_REFUSED = orjson.dumps(
+    {"error": "invalid_request", "error_description": "the request could not be parsed"}
+)
+_FAILED = orjson.dumps({"error": "server_error", "error_description": "internal error"})
+
+
+class _Refusal(web.Response):
+    """An answer made below the apps, without the `Server` header aiohttp adds to every answer."""
+
+    async def _prepare_headers(self) -> None:
+        await super()._prepare_headers()
+        self.headers.popall(hdrs.SERVER, None)
+
+
+async def drop_server_banner(_request: web.Request, response: web.StreamResponse) -> None:
+    """`on_response_prepare` signal: take the `Server` header off an app's answer."""
+    response.headers.popall(hdrs.SERVER, None)
+
+
+class Connection(RequestHandler):
+    """One client connection: aiohttp's handler with redacted failures and a head timeout."""
+
+    __slots__ = ("_head_timeout", "_head_timer")
+
+    def __init__(self, manager: web.Server, *, head_timeout: float, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._head_timeout = head_timeout
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Start the head timer, then serve as aiohttp does."""
+        self._head_timer = self._loop.call_later(self._head_timeout, self._head_expired)
+        super().connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        """Parse as aiohttp does; the first complete head (or parse error) stops the head timer."""
+        super().data_received(data)
+        if self._head_timer is not None and self._request_count:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        """Stop the head timer with the connection."""
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().connection_lost(exc)
+
+    def _head_expired(self) -> None:
+        self._head_timer = None
+        self.force_close()
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """A fixed answer and a fixed log line for a request refused below the apps.
+
+        `message` (the parser's text, quoting the request) is never used.
+        """
+        what = type(exc).__name__ if exc is not None else str(status)
+        if status >= 500:
+            log.error("request from %s failed below the apps: %s", request.remote, what)
+        else:
+            log.info("refused a malformed request from %s: %s", request.remote, what)
+        if request.writer.output_size > 0:  # an answer already began: only closing is left
+            raise ConnectionError("the answer was already under way")
+        body = _FAILED if status >= 500 else _REFUSED
+        answer = _Refusal(status=status, body=body, content_type="application/json")
+        answer.force_close()
+        return answer
+
+    def log_exception(self, *args: Any, **kwargs: Any) -> None:
+        """aiohttp's other failure logs: the exception's class only, never its text or trace."""
+        exc = kwargs.get("exc_info")
+        if not isinstance(exc, BaseException):
+            exc = sys.exc_info()[1]
+        log.error("connection failed: %s", type(exc).__name__ if exc is not None else "unknown")
+
+
+class AccessLog(AbstractAccessLogger):
+    """One line per answered request, with nothing the caller sent: peer, route, status, time.
+
+    The route is the matched resource's path pattern (the metric label), so
+    neither a query string nor a header nor an unmatched path is written.
+    """
+
+    def log(self, request: BaseRequest, response: web.StreamResponse, time: float) -> None:
+        """Write the line for one answered request."""
+        route = "unmatched"
+        match_info = getattr(request, "_match_info", None)  # None for requests refused here
+        if match_info is not None and match_info.route.resource is not None:
+            route = match_info.route.resource.canonical
+        self.logger.info(
+            "%s %s %d %d %.6f",
+            request.remote,
+            route,
+            response.status,
+            response.body_length,
+            time,
+        )
+
+
+class _Server(web.Server):
+    """aiohttp's connection factory, making `Connection`s."""
+
+    def __init__(self, *args: Any, head_timeout: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_timeout = head_timeout
+
+    def __call__(self) -> RequestHandler:
+        return Connection(self, loop=self._loop, head_timeout=self._head_timeout, **self._kwargs)
+
+
+class Runner(web.AppRunner):
+    """An AppRunner whose connections are `Connection`s (used by `serve` and the tests)."""
+
+    __slots__ = ("_head_timeout",)
+
+    def __init__(
+        self,
+        app: web.Application,
+        *,
+        keepalive_timeout: float,
+        head_timeout: float = HEAD_TIMEOUT,
+        access_log: logging.Logger | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            app,
+            keepalive_timeout=keepalive_timeout,
+            access_log=access_log,
+            access_log_class=AccessLog,
+            **kwargs,
+        )
+        self._head_timeout = head_timeout
+
+    async def _make_server(self) -> web.Server:
+        made = await super()._make_server()
+        return _Server(
+            made.request_handler,
+            request_factory=made.request_factory,
+            handler_cancellation=made.handler_cancellation,
+            loop=made._loop,
+            head_timeout=self._head_timeout,
+            **made._kwargs,
+        )

@@ -71,10 +71,22 @@ class Revoked:
     announced: Announced
 
 
+# The deadline of every Redis operation (seconds): a reply, a connection, a free pooled
+# connection. Redis answers in well under a millisecond; past this it is treated as down
+# (answers come from Postgres) until it answers again. Under a second, since a lookup that
+# misses Redis still has a Postgres read to make; not much less, since a worker whose event
+# loop stalls briefly must not take a slow reply for a dead server.
+REDIS_TIMEOUT = 0.5
+
+
 def open_redis(url: str, max_connections: int = 64) -> redis.Redis:
-    """A Redis client whose pool waits for a free connection instead of failing."""
+    """A Redis client whose pool waits (REDIS_TIMEOUT at most) for a free connection."""
     pool = redis.BlockingConnectionPool.from_url(
-        url, max_connections=max_connections, timeout=5, socket_timeout=2, socket_connect_timeout=2
+        url,
+        max_connections=max_connections,
+        timeout=REDIS_TIMEOUT,
+        socket_timeout=REDIS_TIMEOUT,
+        socket_connect_timeout=REDIS_TIMEOUT,
     )
     return redis.Redis.from_pool(pool)
 
@@ -491,7 +503,7 @@ async def open_authority(
         database_url, min_size=1, max_size=4, synchronous_commit=False
     )
     client = open_redis(redis_url)
-    fast = resp.Client(redis_url)
+    fast = resp.Client(redis_url, timeout=REDIS_TIMEOUT)
     authority = Authority(settings, pool, client, fast, lazy_pool)
     probes = {
         "postgres": functools.partial(_pool_usage, pool),

@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import logging
 
-import asyncpg
 from aiohttp import web
 from multidict import CIMultiDict
-from redis.exceptions import RedisError
 
 from introspect import forms, metrics, rfc6749, rfc7662, rfc8414, rfc9701, signing
 from introspect.errors import InvalidRequest
 from introspect.service import Authority
 from introspect.store import Client
 from introspect.web.errors import json_response
-from introspect.web.keys import AUTHORITY
+from introspect.web.keys import AUTHORITY, BOARD, READINESS
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
@@ -145,24 +143,11 @@ async def healthz(_request: web.Request) -> web.Response:
 
 @routes.get("/readyz")
 async def readyz(request: web.Request) -> web.Response:
-    """Readiness: Postgres must answer; without Redis the service is degraded but serving."""
-    authority = request.app[AUTHORITY]
-    checks = {"postgres": "ok", "redis": "ok"}
-    try:
-        await authority.pool.fetchval("SELECT 1", timeout=2)
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError):
-        checks["postgres"] = "unreachable"
-    try:
-        await authority.redis.ping()
-    except (RedisError, OSError, TimeoutError):
-        checks["redis"] = "unreachable"
-    if checks["postgres"] != "ok":
-        status, code = "unavailable", 503
-    elif checks["redis"] != "ok" or not authority.cache.redis_ok:
-        status, code = "degraded", 200
-    else:
-        status, code = "ok", 200
-    return json_response({"status": status, **checks}, code)
+    """Readiness: Postgres must answer; without Redis, or with workers missing, the service is
+    degraded but serving. Checked at most once a second per worker (see web/health.py)."""
+    app = request.app
+    body, code = await app[READINESS].answer(app[AUTHORITY], app.get(BOARD))
+    return json_response(body, code)
 
 
 @routes.get("/metrics")

@@ -149,8 +149,9 @@ class _Worker:
     slot: int
     started: float
     ready_at: float | None = None
-    # Told to stop (a rolling restart, the shutdown, or killed as stuck): not a failure.
+    # Told to stop (a rolling restart, the shutdown): its exit is no failure.
     retiring: bool = False
+    # Killed for a missed heartbeat or a start too slow: its exit is a failure.
     killed_stuck: bool = False
 
     @property

@@ -163,7 +163,7 @@ async def test_killed_worker_is_replaced_while_the_service_answers(
     settings: Settings, authority: Authority, tmp_path: Path
 ) -> None:
     """SIGKILL of one of two workers under load: the other keeps answering, a replacement starts
-    within 2 s and listens, the parent stays, and readiness counts the restart."""
+    within 2 s and listens, the parent stays, and readiness and /metrics count the restart."""
     with serve(settings, tmp_path, workers=2) as served:
         await all_listening(served, 2, expected=2, restarts=0)
         async with under_load(served, authority, keep_alive=False) as load:
@@ -186,6 +186,15 @@ async def test_killed_worker_is_replaced_while_the_service_answers(
         assert not [what for _, what in load.failures if what[0].isdigit()]
         assert f"worker {victim} exited with signal SIGKILL; replacing it" in served.log_text()
         await all_listening(served, 2, restarts=1)
+
+        async def counted() -> bool:
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(f"{served.base}/metrics") as resp,
+            ):
+                return "\nintrospect_worker_restarts 1.0\n" in await resp.text()
+
+        await eventually(counted)
 
 
 async def test_worker_failing_at_start_is_retried_with_backoff(

@@ -115,7 +115,10 @@ class Load:
         return [what for when, what in self.failures if when > moment]
 
 
-async def _client(http: aiohttp.ClientSession, url: str, rs: Registered, token: str, load: Load):
+async def _client(
+    http: aiohttp.ClientSession, url: str, rs: Registered, token: str, load: Load
+) -> None:
+    """Introspect `token` again and again until the load stops, recording each outcome."""
     while not load.stop.is_set():
         try:
             async with http.post(url, data={"token": token}, headers=rs.auth) as resp:

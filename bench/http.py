@@ -74,6 +74,9 @@ class _Protocol(asyncio.Protocol):
             stop = head.find(b"\r\n", start + 2)
             length = int(head[start + 17 : stop if stop >= 0 else len(head)])
             self.expected = self.head_len + length
+            # The server closes after this response (it drains): never send on it again.
+            if b"\r\nconnection: close" in head:
+                self.closed = True
         if len(self.buffer) >= self.expected and self.waiter is not None:
             body = bytes(self.buffer[self.head_len : self.expected])
             del self.buffer[: self.expected]

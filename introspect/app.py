@@ -11,7 +11,8 @@ from introspect.config import Settings
 from introspect.service import open_authority
 from introspect.web import admin, public
 from introspect.web.errors import error_middleware
-from introspect.web.keys import AUTHORITY, SETTINGS
+from introspect.web.health import Readiness
+from introspect.web.keys import AUTHORITY, READINESS, SETTINGS
 from introspect.web.protocol import drop_server_banner
 
 
@@ -24,6 +25,7 @@ def create_app(settings: Settings, database_url: str, redis_url: str) -> web.App
     app = web.Application(client_max_size=settings.max_body_size, middlewares=[error_middleware])
     app[SETTINGS] = settings
     app.on_response_prepare.append(drop_server_banner)
+    app[READINESS] = Readiness()
 
     async def authority_ctx(app: web.Application) -> AsyncIterator[None]:
         async with open_authority(settings, database_url, redis_url, listen=True) as authority:

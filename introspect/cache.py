@@ -990,7 +990,11 @@ class CredentialCache:
         small free list, or opened when none is free. Late acknowledgements,
         if any, expire with the list (see Listener._acknowledge).
         """
-        client = self._blocking.pop() if self._blocking else resp.Client(self.fast.url)
+        client = (
+            self._blocking.pop()
+            if self._blocking
+            else resp.Client(self.fast.url, timeout=ACK_TIMEOUT + self.fast.timeout)
+        )
         acked = 0
         try:
             while acked < expected:
@@ -1077,7 +1081,9 @@ class Listener:
     async def _run(self) -> None:
         delay = 0.05
         while True:
-            subscription = self.subscription = resp.Subscription(self._url, identify=True)
+            subscription = self.subscription = resp.Subscription(
+                self._url, self._ack.timeout, identify=True
+            )
             beating: asyncio.Task[None] | None = None
             try:
                 lost = await subscription.open(

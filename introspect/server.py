@@ -1,10 +1,14 @@
-"""`introspect serve`: N worker processes on one port, each with its own pools and listener.
+"""`introspect serve`: N supervised worker processes on one port, each with its own pools.
 
 The parent resolves the stores (starting the embedded ones if needed),
-applies migrations, then starts the workers. Each worker binds the port
-itself with SO_REUSEPORT, so the kernel spreads connections across them.
-SIGINT or SIGTERM makes every worker stop accepting, finish the requests in
-flight, close its pools and exit; then the parent stops what it started.
+applies migrations, then starts the workers and supervises them (see
+`introspect/supervisor.py`: replaced when they die or hang, restarted one
+at a time on SIGHUP). Each worker binds the port itself with SO_REUSEPORT,
+so the kernel spreads connections across them and the others keep serving
+while one is replaced. SIGINT or SIGTERM makes every worker drain: stop
+accepting, answer what comes on open connections with `Connection: close`
+for a moment, finish the requests in flight, close its pools and exit;
+then the parent stops what it started.
 """
 
 from __future__ import annotations
@@ -17,21 +21,28 @@ import os
 import shutil
 import signal
 import sys
-from collections.abc import Coroutine
-from multiprocessing.connection import wait
+from collections.abc import Coroutine, Sequence
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
 from introspect import history, logs, runtime
 from introspect.config import ConfigError, Settings
 from introspect.migrate import migrate
+from introspect.supervisor import Board, Supervisor, injected_start_failure
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 log = logging.getLogger(__name__)
 
 SHUTDOWN_TIMEOUT = 10.0
+# How long a draining worker keeps its open connections, answering each next request with
+# `Connection: close` so that its client reconnects (to another worker) without a failure.
+DRAIN_GRACE = 2.0
+DRAIN_POLL = 0.05
 
 
 async def apply_migrations(database_url: str) -> list[str]:
@@ -43,18 +54,53 @@ async def apply_migrations(database_url: str) -> list[str]:
         await conn.close()
 
 
-async def _worker_main(settings: Settings, database_url: str, redis_url: str) -> None:
+class Drain:
+    """A worker's drain: stop accepting, then close each connection after its next answer."""
+
+    def __init__(self) -> None:
+        self.draining = False
+
+    async def on_response_prepare(
+        self, _request: web.Request, response: web.StreamResponse
+    ) -> None:
+        """While draining, every answer closes its connection (`Connection: close`)."""
+        if self.draining:
+            # aiohttp computed the headers before this hook: say it, and do it.
+            response.headers["Connection"] = "close"
+            response.force_close()
+
+    async def run(self, runners: Sequence[web.AppRunner]) -> None:
+        """Stop listening, then wait (DRAIN_GRACE at most) until the clients closed."""
+        self.draining = True
+        for runner in runners:
+            for site in runner.sites:
+                await site.stop()
+        for _ in range(round(DRAIN_GRACE / DRAIN_POLL)):
+            if not any(
+                runner.server is not None and runner.server.connections for runner in runners
+            ):
+                return
+            await asyncio.sleep(DRAIN_POLL)
+
+
+async def _worker_main(
+    settings: Settings, database_url: str, redis_url: str, board: Board, slot: int
+) -> None:
     # The web stack is imported in the worker only (after metrics setup): the CLI needs none.
     from aiohttp import web
 
     from introspect.app import create_admin_app, create_app
+    from introspect.web.keys import BOARD
     from introspect.web.protocol import Runner
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    drain = Drain()
     app = create_app(settings, database_url, redis_url)
+    app[BOARD] = board
+    app.on_response_prepare.append(drain.on_response_prepare)
     access_log = logging.getLogger("introspect.access") if settings.access_log else None
     runner = Runner(
         app,
@@ -69,8 +115,10 @@ async def _worker_main(settings: Settings, database_url: str, redis_url: str) ->
     runners = [runner]
     if settings.admin_port is not None:
         # The admin API on its own port, over this worker's Authority (started above).
+        admin_app = create_admin_app(settings, app)
+        admin_app.on_response_prepare.append(drain.on_response_prepare)
         admin_runner = Runner(
-            create_admin_app(settings, app),
+            admin_app,
             keepalive_timeout=settings.keepalive_timeout,
             access_log=access_log,
             shutdown_timeout=SHUTDOWN_TIMEOUT,
@@ -80,10 +128,13 @@ async def _worker_main(settings: Settings, database_url: str, redis_url: str) ->
         await web.TCPSite(admin_runner, settings.host, settings.admin_port, reuse_port=True).start()
         runners.insert(0, admin_runner)
     log.info("worker %d listening", os.getpid())
+    heartbeat = loop.create_task(board.beat_forever(slot))
     await stop.wait()
     log.info("worker %d draining", os.getpid())
+    await drain.run(runners)
     for each in runners:  # the admin app first: it borrows the main app's Authority
         await each.cleanup()
+    heartbeat.cancel()
 
 
 def run_loop(main: Coroutine[Any, Any, None]) -> None:
@@ -101,10 +152,14 @@ def run_loop(main: Coroutine[Any, Any, None]) -> None:
         runner.run(main)
 
 
-def _worker(settings: Settings, database_url: str, redis_url: str) -> None:
+def _worker(
+    settings: Settings, database_url: str, redis_url: str, board: Board, slot: int, number: int
+) -> None:
     logs.setup()
+    if injected_start_failure(number):
+        raise SystemExit(f"worker start {number} fails: injected by the environment")
     with contextlib.suppress(KeyboardInterrupt):
-        run_loop(_worker_main(settings, database_url, redis_url))
+        run_loop(_worker_main(settings, database_url, redis_url, board, slot))
 
 
 def _metrics_dir(data_dir: Path) -> Path:
@@ -115,7 +170,7 @@ def _metrics_dir(data_dir: Path) -> Path:
 
 
 def serve(settings: Settings, *, workers: int, run_migrations: bool = True) -> int:
-    """Run the server until SIGINT/SIGTERM; the exit status."""
+    """Run the server until SIGINT/SIGTERM; the exit status (1: workers could not start)."""
     with runtime.stores(settings) as found:
         if run_migrations:
             applied = asyncio.run(apply_migrations(found.database_url))
@@ -128,44 +183,40 @@ def serve(settings: Settings, *, workers: int, run_migrations: bool = True) -> i
         metrics_dir = _metrics_dir(settings.data_dir)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
         context = multiprocessing.get_context("spawn")
-        procs: list[BaseProcess] = []
-        stopping = False
+        # Twice the slots: a rolling restart runs a new worker beside the old ones.
+        board = Board.create(context, expected=workers, slots=2 * workers)
 
-        def _stop(_signum: int, _frame: object) -> None:
-            nonlocal stopping
-            stopping = True
-            for proc in procs:
-                if proc.is_alive() and proc.pid is not None:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(proc.pid, signal.SIGTERM)
+        def start(slot: int, number: int) -> BaseProcess:
+            proc = context.Process(
+                target=_worker,
+                args=(settings, found.database_url, found.redis_url, board, slot, number),
+            )
+            proc.start()
+            return proc
 
-        previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        supervisor = Supervisor(start, board)
+        handlers = {
+            signal.SIGINT: supervisor.stop,
+            signal.SIGTERM: supervisor.stop,
+            signal.SIGHUP: supervisor.restart,
+        }
+        previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
         try:
-            for _ in range(workers):
-                proc = context.Process(
-                    target=_worker, args=(settings, found.database_url, found.redis_url)
-                )
-                proc.start()
-                procs.append(proc)
             where = "embedded postgres and redis" if found.embedded else "configured stores"
             admin = "" if settings.admin_port is None else f", admin API on :{settings.admin_port}"
             print(
                 f"introspect serving {settings.issuer} on {settings.host}:{settings.port}{admin}"
-                f" with {workers} worker(s), {where}; Ctrl-C stops",
+                f" with {workers} worker(s), {where}; Ctrl-C stops, SIGHUP restarts the workers",
                 file=sys.stderr,
                 flush=True,
             )
-            status = 0
-            clean = (0, -signal.SIGTERM, -signal.SIGINT)
-            while any(proc.is_alive() for proc in procs):
-                wait([proc.sentinel for proc in procs if proc.is_alive()], timeout=0.5)
-                failed = [p for p in procs if not p.is_alive() and p.exitcode not in clean]
-                if failed and not stopping:
-                    log.error(
-                        "worker %s exited with %s; stopping", failed[0].pid, failed[0].exitcode
-                    )
-                    status = 1
-                    _stop(signal.SIGTERM, None)
+            status = supervisor.run()
+            if status:
+                print(
+                    "introspect: the workers could not start (see the log above); stopped",
+                    file=sys.stderr,
+                    flush=True,
+                )
             return status
         finally:
             for sig, handler in previous.items():

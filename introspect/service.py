@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import asyncpg
-import redis.asyncio as redis
 
 from introspect import (
     credentials,
@@ -72,12 +71,12 @@ class Revoked:
     announced: Announced
 
 
-def open_redis(url: str, max_connections: int = 64) -> redis.Redis:
-    """A Redis client whose pool waits for a free connection instead of failing."""
-    pool = redis.BlockingConnectionPool.from_url(
-        url, max_connections=max_connections, timeout=5, socket_timeout=2, socket_connect_timeout=2
-    )
-    return redis.Redis.from_pool(pool)
+# The deadline of every Redis operation (seconds): a reply, a connection, a free pooled
+# connection. Redis answers in well under a millisecond; past this it is treated as down
+# (answers come from Postgres) until it answers again. Under a second, since a lookup that
+# misses Redis still has a Postgres read to make; not much less, since a worker whose event
+# loop stalls briefly must not take a slow reply for a dead server.
+REDIS_TIMEOUT = 0.5
 
 
 class Authority:
@@ -87,7 +86,6 @@ class Authority:
         self,
         settings: Settings,
         pool: asyncpg.Pool,
-        client: redis.Redis,
         fast: resp.Client,
         lazy_pool: asyncpg.Pool | None = None,
     ) -> None:
@@ -97,7 +95,6 @@ class Authority:
         # crash fails closed go there: new access tokens (forgotten ones introspect
         # inactive) and deletes of published outbox rows (forgotten ones are replayed).
         self.lazy_pool = lazy_pool or pool
-        self.redis = client
         self.keys = settings.secrets
         self.local = LocalCache(settings.local_cache_size, settings.local_cache_ttl)
         self.cache = CredentialCache(
@@ -529,9 +526,9 @@ async def open_authority(
     lazy_pool = await store.create_pool(
         database_url, min_size=1, max_size=4, synchronous_commit=False
     )
-    client = open_redis(redis_url)
-    fast = resp.Client(redis_url, identify=True)
-    authority = Authority(settings, pool, client, fast, lazy_pool)
+    # Every Redis command goes through the lean client (introspect/resp.py).
+    fast = resp.Client(redis_url, timeout=REDIS_TIMEOUT, identify=True)
+    authority = Authority(settings, pool, fast, lazy_pool)
     probes = {
         "postgres": functools.partial(_pool_usage, pool),
         "postgres_lazy": functools.partial(_pool_usage, lazy_pool),
@@ -547,6 +544,5 @@ async def open_authority(
             if METRICS.pool_probes.get(name) is probe:
                 del METRICS.pool_probes[name]
         fast.close()
-        await client.aclose()
         await lazy_pool.close()
         await pool.close()

@@ -29,10 +29,13 @@ log = logging.getLogger("introspect.web")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-# Unreachable or overloaded stores; errors a query itself raised are bugs, answered 500.
+# Unreachable, hung or overloaded stores (TimeoutError: a deadline passed, see
+# store.COMMAND_TIMEOUT and service.REDIS_TIMEOUT); errors a query itself raised are bugs,
+# answered 500. OperatorInterventionError: the server shutting down or starting
+# (57P01, 57P03), or a statement cancelled (57014).
 _UNAVAILABLE = (
     asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
+    asyncpg.OperatorInterventionError,
     asyncpg.TooManyConnectionsError,
     asyncpg.InterfaceError,
     OSError,

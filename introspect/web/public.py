@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 
-import asyncpg
 from aiohttp import web
 from multidict import CIMultiDict
 
@@ -17,7 +16,7 @@ from introspect.errors import InvalidRequest
 from introspect.service import Authority
 from introspect.store import Client
 from introspect.web.errors import json_response
-from introspect.web.keys import AUTHORITY
+from introspect.web.keys import AUTHORITY, BOARD, READINESS
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
@@ -144,24 +143,11 @@ async def healthz(_request: web.Request) -> web.Response:
 
 @routes.get("/readyz")
 async def readyz(request: web.Request) -> web.Response:
-    """Readiness: Postgres must answer; without Redis, or while Redis's history is not
-    vouched for, the service is degraded but serving."""
-    authority = request.app[AUTHORITY]
-    checks = {"postgres": "ok", "redis": "ok"}
-    try:
-        await authority.pool.fetchval("SELECT 1", timeout=2)
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError):
-        checks["postgres"] = "unreachable"
-    # `replay pending`: reachable, but its history is not vouched for yet; answers come
-    # from Postgres until the change log is written to it again (introspect/history.py).
-    checks["redis"] = await authority.cache.redis_state()
-    if checks["postgres"] != "ok":
-        status, code = "unavailable", 503
-    elif checks["redis"] != "ok":
-        status, code = "degraded", 200
-    else:
-        status, code = "ok", 200
-    return json_response({"status": status, **checks}, code)
+    """Readiness: Postgres must answer; without Redis, or with workers missing, the service is
+    degraded but serving. Checked at most once a second per worker (see web/health.py)."""
+    app = request.app
+    body, code = await app[READINESS].answer(app[AUTHORITY], app.get(BOARD))
+    return json_response(body, code)
 
 
 @routes.get("/metrics")

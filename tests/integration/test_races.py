@@ -65,7 +65,7 @@ async def test_postgres_read_before_revocation_is_not_cached(
     """A Postgres read that began before a revocation fills neither Redis nor the worker."""
     await race(server, app_client, resource_server, token)
     key = credentials.keyed_hash(server.authority.keys[0], token)
-    raw = await server.authority.redis.get(KEY_PREFIX + key)
+    raw = await server.authority.cache.fast.call("GET", KEY_PREFIX + key)
     assert raw is not None
     assert raw.split(b"|", 1)[1] == b"0"  # the revocation's own entry: inactive, for good
     resp = await server.post_form("/introspect", {"token": token}, headers=resource_server.auth)

@@ -39,7 +39,7 @@ async def test_killed_subscription_drops_the_in_process_cache(
     listener = server.authority.listener
     assert listener is not None
     before = listener.subscriptions
-    await server.authority.redis.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+    await server.authority.cache.fast.call("CLIENT", "KILL", "TYPE", "pubsub")
     # A revocation whose message this worker never sees: Postgres and Redis change, no PUBLISH.
     key = credentials.keyed_hash(server.authority.keys[0], token)
     await server.authority.pool.execute(
@@ -47,7 +47,7 @@ async def test_killed_subscription_drops_the_in_process_cache(
         " WHERE hash = $1",
         key,
     )
-    await server.authority.redis.delete(KEY_PREFIX + key)
+    await server.authority.cache.fast.call("DEL", KEY_PREFIX + key)
 
     async def resubscribed() -> bool:
         return listener.subscriptions > before

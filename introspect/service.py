@@ -71,6 +71,10 @@ class Revoked:
     announced: Announced
 
 
+# A revocation that matched nothing changed nothing: it has nothing to announce either.
+NOTHING_REVOKED = Revoked(count=0, announced=Announced(listeners=0, pending=False))
+
+
 def open_redis(url: str, max_connections: int = 64) -> redis.Redis:
     """A Redis client whose pool waits for a free connection instead of failing."""
     pool = redis.BlockingConnectionPool.from_url(
@@ -385,6 +389,8 @@ class Authority:
 
         `clients` or `subs` name whose credentials all match (by client or by
         subject): the one message then drops them in O(1) instead of key by key.
+        When nothing matched, nothing is written or published: a caller posting
+        unknown credentials costs one read-only statement, not a broadcast.
         """
 
         bulk = bool(clients or subs)
@@ -397,6 +403,8 @@ class Authority:
             clients=[*clients],
             subs=[*subs],
         )
+        if outbox_id is None:
+            return NOTHING_REVOKED
         if bulk:
             tombstones = [(key, version) for _id, key, version in rows]
             invalidation = Invalidation(
@@ -414,7 +422,7 @@ class Authority:
         if (kind is not Kind.ACCESS_TOKEN and kind is not Kind.API_KEY) and (
             kind is not None or await self.jwt_claims(token) is None
         ):
-            return Revoked(count=0, announced=Announced(listeners=0, pending=False))
+            return NOTHING_REVOKED
         hashes = [credentials.keyed_hash(key, token) for key in self.keys]
         if owner is None:
             return await self.revoke_where(actor, "hash = ANY($2::bytea[])", hashes)

@@ -349,12 +349,13 @@ async def revoke_recorded(
     evict_keys: bool,
     clients: list[str],
     subs: list[str],
-) -> tuple[int, list[tuple[str, bytes, int]]]:
+) -> tuple[int | None, list[tuple[str, bytes, int]]]:
     """Revoke, audit and record the invalidation in one statement (one round trip, one commit).
 
     The same effect as `revoke_credentials` + `audit_revoked` + `add_outbox` of
     `Invalidation` for the rows, whose JSON form (see `Invalidation.dumps`) is
-    built here by Postgres. Returns the outbox id and the (id, hash, version) rows.
+    built here by Postgres. Returns the outbox id and the (id, hash, version) rows;
+    when nothing matched, nothing is written and the outbox id is None.
     """
     n = len(args) + 2
     rows = await conn.fetch(
@@ -374,8 +375,9 @@ async def revoke_recorded(
         "    FROM r), '[]'::json) ELSE '[]'::json END,"
         f"   'r', '[]'::json, 'c', ${n + 2}::text::json, 's', ${n + 3}::text::json,"
         "   'all', false, 'x', true)::text, 'UTF8'), $1"
+        "  WHERE EXISTS (SELECT FROM r)"
         "  RETURNING id)"
-        " SELECT o.id AS outbox_id, r.id, r.hash, r.version FROM o LEFT JOIN r ON true",
+        " SELECT o.id AS outbox_id, r.id, r.hash, r.version FROM r, o",
         now(),
         *args,
         actor,
@@ -383,8 +385,8 @@ async def revoke_recorded(
         orjson.dumps(clients).decode(),
         orjson.dumps(subs).decode(),
     )
-    revoked = [(r["id"], bytes(r["hash"]), r["version"]) for r in rows if r["id"] is not None]
-    return rows[0]["outbox_id"], revoked
+    revoked = [(r["id"], bytes(r["hash"]), r["version"]) for r in rows]
+    return (rows[0]["outbox_id"] if rows else None), revoked
 
 
 async def touch_credentials(conn: asyncpg.Pool | asyncpg.Connection, used: dict[str, int]) -> None:

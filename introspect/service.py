@@ -15,6 +15,7 @@ import contextlib
 import functools
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -55,12 +56,78 @@ log = logging.getLogger(__name__)
 HASHED_MEMO_SIZE = 10_000
 # API keys' last_used_at is written at most this often (seconds), in one statement.
 USAGE_FLUSH_INTERVAL = 10
+# Client ids found unknown, remembered per worker (see UnknownIds).
+UNKNOWN_CLIENTS_SIZE = 10_000
+UNKNOWN_CLIENT_TTL = 2.0
+ID_LENGTH = 22
 _INACTIVE = Entry(answer=None, cacheable=False)
 
 
 def new_id(prefix: str) -> str:
     """A public identifier: a readable prefix and 22 random base62 characters."""
-    return prefix + "_" + credentials.random_base62(22)
+    return prefix + "_" + credentials.random_base62(ID_LENGTH)
+
+
+def has_id_shape(value: str, prefix: str) -> bool:
+    """Whether `value` could have come from `new_id(prefix)`: decided with no I/O."""
+    head, sep, tail = value.partition("_")
+    return (
+        head == prefix
+        and bool(sep)
+        and len(tail) == ID_LENGTH
+        and tail.isascii()
+        and tail.isalnum()
+    )
+
+
+class UnknownIds:
+    """Client ids recently looked up and not found: a bounded LRU, apart from known clients.
+
+    Lookups of made-up ids fill only this, so they never push a known client's
+    record, or a remembered authentication, out of the in-process cache. Like
+    that cache, it is read only while the listener vouches for freshness, and
+    an id is stored only if no invalidation arrived while its lookup ran (the
+    epoch rule of LocalCache). An entry lives `ttl` seconds: a client created
+    after its id was looked up (which takes guessing 22 random characters
+    first) authenticates within that on every worker, and at once on the one
+    that created it.
+    """
+
+    def __init__(self, local: LocalCache, size: int, ttl: float) -> None:
+        self.local = local
+        self.size = size
+        self.ttl = ttl
+        self._until: OrderedDict[str, float] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._until)
+
+    def holds(self, client_id: str, mono: float) -> bool:
+        """Whether `client_id` was found unknown moments ago (at `mono`, time.monotonic())."""
+        local = self.local
+        if not local.usable or mono > local.fresh_until:
+            return False
+        until = self._until.get(client_id)
+        if until is None:
+            return False
+        if until <= mono:
+            del self._until[client_id]
+            return False
+        self._until.move_to_end(client_id)
+        return True
+
+    def add(self, client_id: str, epoch: int) -> None:
+        """Remember that `client_id` was found unknown by a lookup that started at `epoch`."""
+        if not self.local.usable or epoch != self.local.epoch:
+            return
+        self._until[client_id] = time.monotonic() + self.ttl
+        self._until.move_to_end(client_id)
+        if len(self._until) > self.size:
+            self._until.popitem(last=False)
+
+    def forget(self, client_id: str) -> None:
+        """`client_id` names a client now."""
+        self._until.pop(client_id, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +170,7 @@ class Authority:
         self.redis = client
         self.keys = settings.secrets
         self.local = LocalCache(settings.local_cache_size, settings.local_cache_ttl)
+        self.unknown = UnknownIds(self.local, UNKNOWN_CLIENTS_SIZE, UNKNOWN_CLIENT_TTL)
         self.cache = CredentialCache(
             pool,
             client,
@@ -185,15 +253,27 @@ class Authority:
     # --- reads -------------------------------------------------------------------------------
 
     async def get_client(self, client_id: str) -> Client | None:
-        """A client record: in-process when cached, else from Postgres."""
+        """A client record: in-process when cached, else from Postgres.
+
+        None with no I/O for an id that cannot be one of ours, or that was
+        found unknown moments ago (see UnknownIds).
+        """
+        if not has_id_shape(client_id, "client"):
+            return None
         local = self.local
-        found, client = local.get_client(client_id, time.monotonic())
+        mono = time.monotonic()
+        found, client = local.get_client(client_id, mono)
         if found:
             return client
+        if self.unknown.holds(client_id, mono):
+            return None
         epoch = local.epoch
         METRICS.pg_queries.inc()
         client = await store.get_client(self.pool, client_id)
-        local.put_client(client_id, client, epoch)
+        if client is None:
+            self.unknown.add(client_id, epoch)
+        else:
+            local.put_client(client_id, client, epoch)
         return client
 
     def owner_disabled(self, client_id: str) -> bool | None:
@@ -471,6 +551,7 @@ class Authority:
             return client, Invalidation(records=[client_id])
 
         client, _ = await self.change(apply)
+        self.unknown.forget(client_id)
         return client, secret
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import secrets
 
-from introspect import credentials
+import pytest
+
+from introspect import cache, credentials, store
 from introspect.credentials import Kind
 from introspect.metrics import METRICS
-from introspect.service import Authority
-from tests.helpers import Registered, Server, admin_api, register
+from introspect.service import UNKNOWN_CLIENT_TTL, Authority
+from tests.helpers import Registered, Server, admin_api, basic, eventually, register
 from tests.integration.test_hostile import row_counts
 
 
@@ -78,3 +80,113 @@ async def test_admin_revocation_of_nothing_writes_and_publishes_nothing(
 def random_client_id() -> str:
     """A client id of our shape that names no client."""
     return "client_" + credentials.random_base62(22)
+
+
+def misshaped_ids() -> list[str]:
+    """Fresh client ids (never asked before) that cannot be of the shape we issue."""
+    r = credentials.random_base62
+    return [
+        r(8),
+        "client_" + r(21),
+        "client_" + r(23),
+        "client_" + r(21) + "!",
+        "client_" + r(21) + "é",
+        "client_" + r(10) + "_" + r(11),
+        "Client_" + r(22),
+        "key_" + r(22),
+        r(22),
+    ]
+
+
+@pytest.mark.parametrize("path", ["/token", "/introspect", "/revoke"])
+async def test_client_ids_that_cannot_be_ours_are_refused_before_any_io(
+    server: Server, path: str
+) -> None:
+    """A client_id not of the shape we issue is invalid_client with no Postgres or Redis call,
+    whether sent in a Basic header or in the body."""
+    queries, calls = METRICS.pg_queries.value(), METRICS.redis_calls.value()
+    for client_id in misshaped_ids():
+        for how in ("basic", "post"):
+            secret = credentials.generate(Kind.CLIENT_SECRET)
+            form = {"grant_type": "client_credentials", "token": "x"}
+            if how == "basic":
+                answer = await server.post_form(path, form, headers=basic(client_id, secret))
+            else:
+                form |= {"client_id": client_id, "client_secret": secret}
+                answer = await server.post_form(path, form)
+            assert answer.status == 401, (client_id, how, answer.body)
+            assert answer.json()["error"] == "invalid_client"
+    assert METRICS.pg_queries.value() == queries
+    assert METRICS.redis_calls.value() == calls
+
+
+async def test_unknown_client_ids_cannot_push_known_clients_out_of_memory(
+    server: Server,
+    app_client: Registered,
+    resource_server: Registered,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After more unknown client ids than the in-process client cache holds, a resource
+    server's introspection of a hot token is still answered from memory alone."""
+    monkeypatch.setattr(cache, "CLIENT_CACHE_SIZE", 20)
+    token = await issue(server, app_client)
+    ask = {"token": token}
+    for _ in range(2):
+        answer = await server.post_form("/introspect", ask, headers=resource_server.auth)
+        assert answer.json()["active"]
+    authority = server.authority
+    header = resource_server.auth["Authorization"]
+    assert authority.introspect_in_memory(header, ask) is not None
+    for _ in range(3 * cache.CLIENT_CACHE_SIZE):
+        refused = await server.post_form(
+            "/token",
+            {"grant_type": "client_credentials"},
+            headers=basic(random_client_id(), credentials.generate(Kind.CLIENT_SECRET)),
+        )
+        assert refused.status == 401
+    assert authority.introspect_in_memory(header, ask) is not None
+
+
+async def test_an_unknown_client_id_costs_one_query_while_remembered(server: Server) -> None:
+    """Asking again and again with the same unknown client id reads Postgres once."""
+    headers = basic(random_client_id(), credentials.generate(Kind.CLIENT_SECRET))
+    queries = METRICS.pg_queries.value()
+    for _ in range(5):
+        refused = await server.post_form(
+            "/token", {"grant_type": "client_credentials"}, headers=headers
+        )
+        assert refused.status == 401
+    assert METRICS.pg_queries.value() == queries + 1
+
+
+async def test_a_client_registered_after_its_id_was_unknown_authenticates_soon(
+    server: Server, authority: Authority
+) -> None:
+    """A client whose id a worker found unknown, then registered by another instance (here:
+    straight in Postgres, so this worker hears nothing), authenticates within the short life
+    of the negative entry; one registered through this worker authenticates at once."""
+    client_id = random_client_id()
+    secret = credentials.generate(Kind.CLIENT_SECRET)
+    form = {"grant_type": "client_credentials"}
+    headers = basic(client_id, secret)
+    assert (await server.post_form("/token", form, headers=headers)).status == 401
+    async with authority.pool.acquire() as conn, conn.transaction():
+        await store.insert_client(
+            conn,
+            client_id=client_id,
+            name="t-" + secrets.token_hex(4),
+            scopes=[],
+            audiences=[],
+            can_introspect=False,
+            token_ttl=60,
+            token_format="opaque",
+            jwks=None,
+            secret_hash=credentials.keyed_hash(authority.keys[0], secret),
+        )
+
+    async def authenticates() -> bool:
+        return (await server.post_form("/token", form, headers=headers)).status == 200
+
+    await eventually(authenticates, within=UNKNOWN_CLIENT_TTL + 3)
+    registered = await register(server.authority)
+    assert (await server.post_form("/token", form, headers=registered.auth)).status == 200

@@ -18,9 +18,10 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import asyncpg
+import orjson
 import redis.asyncio as redis
 
 from introspect import (
@@ -60,6 +61,9 @@ USAGE_FLUSH_INTERVAL = 10
 UNKNOWN_CLIENTS_SIZE = 10_000
 UNKNOWN_CLIENT_TTL = 2.0
 ID_LENGTH = 22
+# Seconds the discovery document is reused at most; an invalidation (every change to a
+# client publishes one) ends it sooner.
+METADATA_TTL = 5.0
 _INACTIVE = Entry(answer=None, cacheable=False)
 
 
@@ -131,6 +135,15 @@ class UnknownIds:
 
 
 @dataclass(frozen=True, slots=True)
+class Built:
+    """A discovery document, and when it stops being served: at `until`, or at a new epoch."""
+
+    epoch: int
+    until: float
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Revoked:
     """The outcome of a revocation: how many credentials, and how it was announced."""
 
@@ -195,6 +208,9 @@ class Authority:
         self._finds: Coalescer[tuple[bytes, ...], store.Credential] = Coalescer(
             self._find_many, flights=2
         )
+        # Concurrent GETs of discovery share one build (see metadata).
+        self._metadata: Built | None = None
+        self._metadata_builds: Coalescer[None, bytes] = Coalescer(self._build_metadata)
         self.keyring = signing.Keyring(pool, settings.secrets)
         self.assertions = rfc7523.Assertions(
             audiences=frozenset([self.issuer, *rfc8414.endpoints(self.issuer).values()]),
@@ -275,6 +291,23 @@ class Authority:
         else:
             local.put_client(client_id, client, epoch)
         return client
+
+    async def metadata(self) -> bytes:
+        """The RFC 8414 document (its `scopes_supported` aggregates over every client), built
+        at most once per METADATA_TTL and per invalidation received, whatever the GETs."""
+        built = self._metadata
+        if built is not None and built.epoch == self.local.epoch and time.monotonic() < built.until:
+            return built.body
+        # The build always answers (see _build_metadata): never None.
+        return cast(bytes, await self._metadata_builds.get(None))
+
+    async def _build_metadata(self, _wanted: list[None]) -> dict[None, bytes]:
+        epoch, until = self.local.epoch, time.monotonic() + METADATA_TTL
+        METRICS.pg_queries.inc()
+        scopes = await store.scopes_in_use(self.pool)
+        body = orjson.dumps(rfc8414.metadata(self.issuer, scopes))
+        self._metadata = Built(epoch, until, body)
+        return {None: body}
 
     def owner_disabled(self, client_id: str) -> bool | None:
         """Whether the client holding a credential is disabled (or gone), when its record is

@@ -243,6 +243,15 @@ async def insert_client(
     return client_from_record(record, ((secret_hash, None),))
 
 
+async def scopes_in_use(conn: asyncpg.Pool | asyncpg.Connection) -> list[str]:
+    """Every scope an enabled client may request, sorted (RFC 8414 `scopes_supported`)."""
+    scopes: list[str] = await conn.fetchval(
+        "SELECT coalesce(array_agg(DISTINCT s ORDER BY s), '{}')"
+        " FROM clients, unnest(scopes) AS s WHERE NOT disabled"
+    )
+    return scopes
+
+
 # --- credentials ---------------------------------------------------------------------------
 
 

@@ -164,5 +164,5 @@ async def readyz(request: web.Request) -> web.Response:
 @routes.get("/metrics")
 async def metrics_view(_request: web.Request) -> web.Response:
     """Prometheus exposition of every worker's counters."""
-    body, content_type = metrics.render()
+    body, content_type = await metrics.render()
     return web.Response(body=body, headers={"Content-Type": content_type})

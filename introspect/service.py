@@ -208,6 +208,7 @@ class Authority:
         self._finds: Coalescer[tuple[bytes, ...], store.Credential] = Coalescer(
             self._find_many, flights=2
         )
+        self._client_reads: Coalescer[str, Client] = Coalescer(self._read_clients, flights=2)
         # Concurrent GETs of discovery share one build (see metadata).
         self._metadata: Built | None = None
         self._metadata_builds: Coalescer[None, bytes] = Coalescer(self._build_metadata)
@@ -284,8 +285,7 @@ class Authority:
         if self.unknown.holds(client_id, mono):
             return None
         epoch = local.epoch
-        METRICS.pg_queries.inc()
-        client = await store.get_client(self.pool, client_id)
+        client = await self._client_reads.get(client_id)
         if client is None:
             self.unknown.add(client_id, epoch)
         else:
@@ -308,6 +308,11 @@ class Authority:
         body = orjson.dumps(rfc8414.metadata(self.issuer, scopes))
         self._metadata = Built(epoch, until, body)
         return {None: body}
+
+    async def _read_clients(self, client_ids: list[str]) -> dict[str, Client]:
+        """The client records of several lookups (of one loop iteration), in one query."""
+        METRICS.pg_queries.inc()
+        return {c.client_id: c for c in await store.get_clients(self.pool, client_ids)}
 
     def owner_disabled(self, client_id: str) -> bool | None:
         """Whether the client holding a credential is disabled (or gone), when its record is

@@ -3,6 +3,7 @@ and no Postgres query, and cannot push known clients out of memory (SPEC "Harden
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 
 import pytest
@@ -190,3 +191,17 @@ async def test_a_client_registered_after_its_id_was_unknown_authenticates_soon(
     await eventually(authenticates, within=UNKNOWN_CLIENT_TTL + 3)
     registered = await register(server.authority)
     assert (await server.post_form("/token", form, headers=registered.auth)).status == 200
+
+
+async def test_concurrent_client_lookups_share_one_query(server: Server) -> None:
+    """Client ids looked up in the same moment (a flood of made-up ones, or every request
+    of a busy client whose record just aged out) are read in one query, not one each."""
+    authority = server.authority
+    known = await register(authority)
+    ids = [random_client_id() for _ in range(50)] + [known.client_id]
+    queries = METRICS.pg_queries.value()
+    found = await asyncio.gather(*(authority.get_client(client_id) for client_id in ids))
+    assert METRICS.pg_queries.value() - queries <= 2
+    assert found[:-1] == [None] * 50
+    assert found[-1] is not None
+    assert found[-1].client_id == known.client_id

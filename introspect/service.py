@@ -512,6 +512,7 @@ class Authority:
         """
 
         bulk = bool(clients or subs)
+        METRICS.pg_queries.inc()
         outbox_id, rows = await store.revoke_recorded(
             self.pool,
             actor,

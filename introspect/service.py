@@ -103,9 +103,6 @@ class UnknownIds:
         self.ttl = ttl
         self._until: OrderedDict[str, float] = OrderedDict()
 
-    def __len__(self) -> int:
-        return len(self._until)
-
     def holds(self, client_id: str, mono: float) -> bool:
         """Whether `client_id` was found unknown moments ago (at `mono`, time.monotonic())."""
         local = self.local

@@ -8,7 +8,7 @@ import secrets
 
 import pytest
 
-from introspect import cache, credentials, store
+from introspect import cache, credentials
 from introspect.credentials import Kind
 from introspect.metrics import METRICS
 from introspect.service import UNKNOWN_CLIENT_TTL, Authority
@@ -76,6 +76,26 @@ async def test_admin_revocation_of_nothing_writes_and_publishes_nothing(
         assert resp.json() == {"revoked": 0, "listeners": 0}, body
     assert await row_counts(authority) == before
     assert METRICS.invalidations_sent.value() == sent
+
+
+async def insert_unannounced(
+    authority: Authority, client_id: str, scopes: list[str], secret: str
+) -> None:
+    """Register a client straight in Postgres, as another instance's change that this
+    server's workers have not heard of (no invalidation is published)."""
+    async with authority.pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "INSERT INTO clients (client_id, name, scopes, created_at, updated_at)"
+            " VALUES ($1, $2, $3, 0, 0)",
+            client_id,
+            "t-" + secrets.token_hex(4),
+            scopes,
+        )
+        await conn.execute(
+            "INSERT INTO client_secrets (client_id, secret_hash, created_at) VALUES ($1, $2, 0)",
+            client_id,
+            credentials.keyed_hash(authority.keys[0], secret),
+        )
 
 
 def random_client_id() -> str:
@@ -171,19 +191,7 @@ async def test_a_client_registered_after_its_id_was_unknown_authenticates_soon(
     form = {"grant_type": "client_credentials"}
     headers = basic(client_id, secret)
     assert (await server.post_form("/token", form, headers=headers)).status == 401
-    async with authority.pool.acquire() as conn, conn.transaction():
-        await store.insert_client(
-            conn,
-            client_id=client_id,
-            name="t-" + secrets.token_hex(4),
-            scopes=[],
-            audiences=[],
-            can_introspect=False,
-            token_ttl=60,
-            token_format="opaque",
-            jwks=None,
-            secret_hash=credentials.keyed_hash(authority.keys[0], secret),
-        )
+    await insert_unannounced(authority, client_id, [], secret)
 
     async def authenticates() -> bool:
         return (await server.post_form("/token", form, headers=headers)).status == 200

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import secrets
 
-from introspect import service, store
+from introspect import service
 from introspect.metrics import METRICS
 from introspect.service import Authority
 from tests.helpers import Server, eventually, register
+from tests.integration.test_cheap_refusals import insert_unannounced
 
 ISSUER = "http://introspect.test"
 
@@ -61,19 +62,7 @@ async def test_discovery_is_built_once_per_change_or_few_seconds(
     await register(authority, scopes=("fresh:" + secrets.token_hex(4),))
     await scopes_supported(server)
     hidden = "hidden:" + secrets.token_hex(4)
-    async with authority.pool.acquire() as conn, conn.transaction():
-        await store.insert_client(
-            conn,
-            client_id=service.new_id("client"),
-            name="t-" + secrets.token_hex(4),
-            scopes=[hidden],
-            audiences=[],
-            can_introspect=False,
-            token_ttl=60,
-            token_format="opaque",
-            jwks=None,
-            secret_hash=b"\x00" * 32,
-        )
+    await insert_unannounced(authority, service.new_id("client"), [hidden], "unused")
     assert hidden not in await scopes_supported(server)
 
     async def shown() -> bool:

@@ -11,9 +11,9 @@ from introspect.store import Client
 
 
 def usable() -> LocalCache:
-    """A cache in the state a subscribed, healthy listener keeps it in."""
+    """A cache in the state its listener keeps it in while it vouches for it."""
     local = LocalCache(size=1000, ttl=10.0)
-    local.set_state(subscribed=True, healthy=True)
+    local.usable = True
     local.fresh_until = math.inf
     return local
 

@@ -20,6 +20,7 @@ import bisect
 import contextlib
 import os
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -201,14 +202,29 @@ class Metrics:
 METRICS = Metrics()
 
 
-def render() -> tuple[bytes, str]:
-    """The exposition text of every worker (multiprocess mode) or of this process."""
+# Renders run here, one at a time: reading every worker's files takes milliseconds that
+# the event loop would otherwise spend not answering, and a flood of scrapes queues here.
+_RENDERER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metrics-render")
+
+
+async def render() -> tuple[bytes, str]:
+    """The exposition text of every worker (multiprocess mode) or of this process.
+
+    This process's counts are flushed on the event loop (they are plain
+    integers the loop adds to); reading and formatting the values runs on a
+    thread of its own.
+    """
     METRICS.flush()
+    body = await asyncio.get_running_loop().run_in_executor(_RENDERER, _exposition)
+    return body, CONTENT_TYPE_LATEST
+
+
+def _exposition() -> bytes:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         _multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+        return generate_latest(registry)
+    return generate_latest(REGISTRY)
 
 
 async def flushing(_app: object) -> AsyncIterator[None]:

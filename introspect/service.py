@@ -15,11 +15,13 @@ import contextlib
 import functools
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import asyncpg
+import orjson
 
 from introspect import (
     credentials,
@@ -55,12 +57,87 @@ HASHED_MEMO_SIZE = 10_000
 # API keys' and admin keys' last_used_at is written at most this often (seconds), in one
 # statement each.
 USAGE_FLUSH_INTERVAL = 10
+# Client ids found unknown, remembered per worker (see UnknownIds).
+UNKNOWN_CLIENTS_SIZE = 10_000
+UNKNOWN_CLIENT_TTL = 2.0
+ID_LENGTH = 22
+# Seconds the discovery document is reused at most; an invalidation (every change to a
+# client publishes one) ends it sooner.
+METADATA_TTL = 5.0
 _INACTIVE = Entry(answer=None, cacheable=False)
 
 
 def new_id(prefix: str) -> str:
     """A public identifier: a readable prefix and 22 random base62 characters."""
-    return prefix + "_" + credentials.random_base62(22)
+    return prefix + "_" + credentials.random_base62(ID_LENGTH)
+
+
+def has_id_shape(value: str, prefix: str) -> bool:
+    """Whether `value` could have come from `new_id(prefix)`: decided with no I/O."""
+    head, sep, tail = value.partition("_")
+    return (
+        head == prefix
+        and bool(sep)
+        and len(tail) == ID_LENGTH
+        and tail.isascii()
+        and tail.isalnum()
+    )
+
+
+class UnknownIds:
+    """Client ids recently looked up and not found: a bounded LRU, apart from known clients.
+
+    Lookups of made-up ids fill only this, so they never push a known client's
+    record, or a remembered authentication, out of the in-process cache. Like
+    that cache, it is read only while the listener vouches for freshness, and
+    an id is stored only if no invalidation arrived while its lookup ran (the
+    epoch rule of LocalCache). An entry lives `ttl` seconds: a client created
+    after its id was looked up (which takes guessing 22 random characters
+    first) authenticates within that on every worker, and at once on the one
+    that created it.
+    """
+
+    def __init__(self, local: LocalCache, size: int, ttl: float) -> None:
+        self.local = local
+        self.size = size
+        self.ttl = ttl
+        self._until: OrderedDict[str, float] = OrderedDict()
+
+    def holds(self, client_id: str, mono: float) -> bool:
+        """Whether `client_id` was found unknown moments ago (at `mono`, time.monotonic())."""
+        local = self.local
+        if not local.usable or mono > local.fresh_until:
+            return False
+        until = self._until.get(client_id)
+        if until is None:
+            return False
+        if until <= mono:
+            del self._until[client_id]
+            return False
+        self._until.move_to_end(client_id)
+        return True
+
+    def add(self, client_id: str, epoch: int) -> None:
+        """Remember that `client_id` was found unknown by a lookup that started at `epoch`."""
+        if not self.local.usable or epoch != self.local.epoch:
+            return
+        self._until[client_id] = time.monotonic() + self.ttl
+        self._until.move_to_end(client_id)
+        if len(self._until) > self.size:
+            self._until.popitem(last=False)
+
+    def forget(self, client_id: str) -> None:
+        """`client_id` names a client now."""
+        self._until.pop(client_id, None)
+
+
+@dataclass(frozen=True, slots=True)
+class Built:
+    """A discovery document, and when it stops being served: at `until`, or at a new epoch."""
+
+    epoch: int
+    until: float
+    body: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +154,8 @@ class Revoked:
 # misses Redis still has a Postgres read to make; not much less, since a worker whose event
 # loop stalls briefly must not take a slow reply for a dead server.
 REDIS_TIMEOUT = 0.5
+# A revocation that matched nothing changed nothing: it has nothing to announce either.
+NOTHING_REVOKED = Revoked(count=0, announced=Announced(listeners=0, pending=False))
 
 
 class Authority:
@@ -97,6 +176,7 @@ class Authority:
         self.lazy_pool = lazy_pool or pool
         self.keys = settings.secrets
         self.local = LocalCache(settings.local_cache_size, settings.local_cache_ttl)
+        self.unknown = UnknownIds(self.local, UNKNOWN_CLIENTS_SIZE, UNKNOWN_CLIENT_TTL)
         self.cache = CredentialCache(
             pool,
             fast,
@@ -121,6 +201,10 @@ class Authority:
         self._finds: Coalescer[tuple[bytes, ...], store.Credential] = Coalescer(
             self._find_many, flights=2
         )
+        self._client_reads: Coalescer[str, Client] = Coalescer(self._read_clients, flights=2)
+        # Concurrent GETs of discovery share one build (see metadata).
+        self._metadata: Built | None = None
+        self._metadata_builds: Coalescer[None, bytes] = Coalescer(self._build_metadata)
         self.keyring = signing.Keyring(pool, settings.secrets)
         self.assertions = rfc7523.Assertions(
             audiences=frozenset([self.issuer, *rfc8414.endpoints(self.issuer).values()]),
@@ -188,16 +272,49 @@ class Authority:
     # --- reads -------------------------------------------------------------------------------
 
     async def get_client(self, client_id: str) -> Client | None:
-        """A client record: in-process when cached, else from Postgres."""
+        """A client record: in-process when cached, else from Postgres.
+
+        None with no I/O for an id that cannot be one of ours, or that was
+        found unknown moments ago (see UnknownIds).
+        """
+        if not has_id_shape(client_id, "client"):
+            return None
         local = self.local
-        found, client = local.get_client(client_id, time.monotonic())
+        mono = time.monotonic()
+        found, client = local.get_client(client_id, mono)
         if found:
             return client
+        if self.unknown.holds(client_id, mono):
+            return None
         epoch = local.epoch
-        METRICS.pg_queries.inc()
-        client = await store.get_client(self.pool, client_id)
-        local.put_client(client_id, client, epoch)
+        client = await self._client_reads.get(client_id)
+        if client is None:
+            self.unknown.add(client_id, epoch)
+        else:
+            local.put_client(client_id, client, epoch)
         return client
+
+    async def metadata(self) -> bytes:
+        """The RFC 8414 document (its `scopes_supported` aggregates over every client), built
+        at most once per METADATA_TTL and per invalidation received, whatever the GETs."""
+        built = self._metadata
+        if built is not None and built.epoch == self.local.epoch and time.monotonic() < built.until:
+            return built.body
+        # The build always answers (see _build_metadata): never None.
+        return cast(bytes, await self._metadata_builds.get(None))
+
+    async def _build_metadata(self, _wanted: list[None]) -> dict[None, bytes]:
+        epoch, until = self.local.epoch, time.monotonic() + METADATA_TTL
+        METRICS.pg_queries.inc()
+        scopes = await store.scopes_in_use(self.pool)
+        body = orjson.dumps(rfc8414.metadata(self.issuer, scopes))
+        self._metadata = Built(epoch, until, body)
+        return {None: body}
+
+    async def _read_clients(self, client_ids: list[str]) -> dict[str, Client]:
+        """The client records of several lookups (of one loop iteration), in one query."""
+        METRICS.pg_queries.inc()
+        return {c.client_id: c for c in await store.get_clients(self.pool, client_ids)}
 
     def owner_disabled(self, client_id: str) -> bool | None:
         """Whether the client holding a credential is disabled (or gone), when its record is
@@ -408,9 +525,12 @@ class Authority:
 
         `clients` or `subs` name whose credentials all match (by client or by
         subject): the one message then drops them in O(1) instead of key by key.
+        When nothing matched, nothing is written or published: a caller posting
+        unknown credentials costs one read-only statement, not a broadcast.
         """
 
         bulk = bool(clients or subs)
+        METRICS.pg_queries.inc()
         outbox_id, rows = await store.revoke_recorded(
             self.pool,
             actor,
@@ -420,6 +540,8 @@ class Authority:
             clients=[*clients],
             subs=[*subs],
         )
+        if outbox_id is None:
+            return NOTHING_REVOKED
         if bulk:
             tombstones = [(key, version) for _id, key, version in rows]
             invalidation = Invalidation(
@@ -437,7 +559,7 @@ class Authority:
         if (kind is not Kind.ACCESS_TOKEN and kind is not Kind.API_KEY) and (
             kind is not None or await self.jwt_claims(token) is None
         ):
-            return Revoked(count=0, announced=Announced(listeners=0, pending=False))
+            return NOTHING_REVOKED
         hashes = [credentials.keyed_hash(key, token) for key in self.keys]
         if owner is None:
             return await self.revoke_where(actor, "hash = ANY($2::bytea[])", hashes)
@@ -499,6 +621,7 @@ class Authority:
             return client, Invalidation(records=[client_id])
 
         client, _ = await self.change(apply)
+        self.unknown.forget(client_id)
         return client, secret
 
 

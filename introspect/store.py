@@ -271,23 +271,35 @@ async def create_pool(
 
 async def get_client(conn: asyncpg.Pool | asyncpg.Connection, client_id: str) -> Client | None:
     """A client and its live secrets (current, or rotated out and still in grace)."""
-    record = await conn.fetchrow(
+    found = await get_clients(conn, [client_id])
+    return found[0] if found else None
+
+
+async def get_clients(
+    conn: asyncpg.Pool | asyncpg.Connection, client_ids: list[str]
+) -> list[Client]:
+    """The clients of `client_ids` that exist, each with its live secrets, in one query."""
+    records = await conn.fetch(
         f"SELECT {CLIENT_COLUMNS},"
         " ARRAY(SELECT secret_hash FROM client_secrets s WHERE s.client_id = clients.client_id"
         "  AND (s.expires_at IS NULL OR s.expires_at > $2) ORDER BY s.id DESC) AS hashes,"
         " ARRAY(SELECT coalesce(expires_at, 0) FROM client_secrets s"
         "  WHERE s.client_id = clients.client_id"
         "  AND (s.expires_at IS NULL OR s.expires_at > $2) ORDER BY s.id DESC) AS expiries"
-        " FROM clients WHERE client_id = $1",
-        client_id,
+        " FROM clients WHERE client_id = ANY($1::text[])",
+        client_ids,
         now(),
     )
-    if record is None:
-        return None
-    secrets = tuple(
-        (bytes(h), e or None) for h, e in zip(record["hashes"], record["expiries"], strict=True)
-    )
-    return client_from_record(record, secrets)
+    return [
+        client_from_record(
+            record,
+            tuple(
+                (bytes(h), e or None)
+                for h, e in zip(record["hashes"], record["expiries"], strict=True)
+            ),
+        )
+        for record in records
+    ]
 
 
 async def insert_client(
@@ -330,6 +342,15 @@ async def insert_client(
         t,
     )
     return client_from_record(record, ((secret_hash, None),))
+
+
+async def scopes_in_use(conn: asyncpg.Pool | asyncpg.Connection) -> list[str]:
+    """Every scope an enabled client may request, sorted (RFC 8414 `scopes_supported`)."""
+    scopes: list[str] = await conn.fetchval(
+        "SELECT coalesce(array_agg(DISTINCT s ORDER BY s), '{}')"
+        " FROM clients, unnest(scopes) AS s WHERE NOT disabled"
+    )
+    return scopes
 
 
 # --- credentials ---------------------------------------------------------------------------
@@ -438,12 +459,13 @@ async def revoke_recorded(
     evict_keys: bool,
     clients: list[str],
     subs: list[str],
-) -> tuple[int, list[tuple[str, bytes, int]]]:
+) -> tuple[int | None, list[tuple[str, bytes, int]]]:
     """Revoke, audit and record the invalidation in one statement (one round trip, one commit).
 
     The same effect as `revoke_credentials` + `audit_revoked` + `add_outbox` of
     `Invalidation` for the rows, whose JSON form (see `Invalidation.dumps`) is
-    built here by Postgres. Returns the outbox id and the (id, hash, version) rows.
+    built here by Postgres. Returns the outbox id and the (id, hash, version) rows;
+    when nothing matched, nothing is written and the outbox id is None.
     """
     n = len(args) + 2
     rows = await conn.fetch(
@@ -463,8 +485,9 @@ async def revoke_recorded(
         "    FROM r), '[]'::json) ELSE '[]'::json END,"
         f"   'r', '[]'::json, 'c', ${n + 2}::text::json, 's', ${n + 3}::text::json,"
         "   'all', false, 'x', true)::text, 'UTF8'), $1"
+        "  WHERE EXISTS (SELECT FROM r)"
         "  RETURNING id)"
-        " SELECT o.id AS outbox_id, r.id, r.hash, r.version FROM o LEFT JOIN r ON true",
+        " SELECT o.id AS outbox_id, r.id, r.hash, r.version FROM r, o",
         now(),
         *args,
         actor,
@@ -472,8 +495,8 @@ async def revoke_recorded(
         orjson.dumps(clients).decode(),
         orjson.dumps(subs).decode(),
     )
-    revoked = [(r["id"], bytes(r["hash"]), r["version"]) for r in rows if r["id"] is not None]
-    return rows[0]["outbox_id"], revoked
+    revoked = [(r["id"], bytes(r["hash"]), r["version"]) for r in rows]
+    return (rows[0]["outbox_id"] if rows else None), revoked
 
 
 async def touch_credentials(conn: asyncpg.Pool | asyncpg.Connection, used: dict[str, int]) -> None:

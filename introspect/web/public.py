@@ -11,7 +11,7 @@ import logging
 from aiohttp import web
 from multidict import CIMultiDict
 
-from introspect import forms, metrics, rfc6749, rfc7662, rfc8414, rfc9701, signing
+from introspect import forms, metrics, rfc6749, rfc7662, rfc9701, signing
 from introspect.errors import InvalidRequest
 from introspect.service import Authority
 from introspect.store import Client
@@ -119,12 +119,8 @@ async def discovery(request: web.Request) -> web.Response:
     """RFC 8414 metadata; also where clients that only know OpenID Connect discovery look
     (RFC 8414 §5), such as openid-client's Issuer.discover. The document stays RFC 8414's:
     this server is not an OpenID provider."""
-    authority = request.app[AUTHORITY]
-    scopes = await authority.pool.fetchval(
-        "SELECT coalesce(array_agg(DISTINCT s ORDER BY s), '{}')"
-        " FROM clients, unnest(scopes) AS s WHERE NOT disabled"
-    )
-    return json_response(rfc8414.metadata(authority.issuer, list(scopes)))
+    body = await request.app[AUTHORITY].metadata()
+    return web.Response(body=body, content_type="application/json")
 
 
 @routes.get("/jwks.json")
@@ -153,5 +149,5 @@ async def readyz(request: web.Request) -> web.Response:
 @routes.get("/metrics")
 async def metrics_view(_request: web.Request) -> web.Response:
     """Prometheus exposition of every worker's counters."""
-    body, content_type = metrics.render()
+    body, content_type = await metrics.render()
     return web.Response(body=body, headers={"Content-Type": content_type})

@@ -549,6 +549,8 @@ async def test_bulk_revocation_publishes_one_message_naming_the_subject_or_clien
     sub = unique("user")
     for _ in range(3):
         await created_key(api, client_id=app_client.client_id, sub=sub, scopes=["read"])
+    # Left for the revocation by client_id: one that revokes nothing publishes nothing.
+    await created_key(api, client_id=app_client.client_id, sub=unique("user"), scopes=["read"])
     assert settings.redis_url
     listener = redis.Redis.from_url(settings.redis_url)
     pubsub = listener.pubsub()

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import secrets
+
+from introspect import service
+from introspect.metrics import METRICS
 from introspect.service import Authority
-from tests.helpers import Server, register
+from tests.helpers import Server, eventually, register
+from tests.integration.test_cheap_refusals import insert_unannounced
 
 ISSUER = "http://introspect.test"
 
@@ -37,3 +43,35 @@ async def test_openid_configuration_serves_the_same_document(server: Server) -> 
     oidc = await server.request("GET", "/.well-known/openid-configuration")
     assert oidc.status == 200
     assert oidc.json() == rfc8414.json()
+
+
+async def scopes_supported(server: Server) -> list[str]:
+    """The `scopes_supported` of the discovery document as served now."""
+    resp = await server.request("GET", "/.well-known/oauth-authorization-server")
+    assert resp.status == 200
+    return list(resp.json()["scopes_supported"])
+
+
+async def test_discovery_is_built_once_per_change_or_few_seconds(
+    server: Server, authority: Authority
+) -> None:
+    """The document is reused, not aggregated over every client per GET: a client written
+    behind the server's back shows after a few seconds at most, one registered through the
+    server (which announces the change) at once, and twenty concurrent GETs cost one query,
+    or two when some ask while the first is under way (they wait for a fresher one)."""
+    await register(authority, scopes=("fresh:" + secrets.token_hex(4),))
+    await scopes_supported(server)
+    hidden = "hidden:" + secrets.token_hex(4)
+    await insert_unannounced(authority, service.new_id("client"), [hidden], "unused")
+    assert hidden not in await scopes_supported(server)
+
+    async def shown() -> bool:
+        return hidden in await scopes_supported(server)
+
+    await eventually(shown, within=service.METADATA_TTL + 3)
+    announced = "announced:" + secrets.token_hex(4)
+    await register(authority, scopes=(announced,))
+    queries = METRICS.pg_queries.value()
+    answers = await asyncio.gather(*(scopes_supported(server) for _ in range(20)))
+    assert all(announced in scopes for scopes in answers)
+    assert 1 <= METRICS.pg_queries.value() - queries <= 2

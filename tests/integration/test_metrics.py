@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from introspect import metrics
 from tests.helpers import Registered, Server
 
 
@@ -59,3 +65,27 @@ async def test_request_counts_and_latency_add_up(
     assert _value(after, counted % 401) - _value(before, counted % 401) == 1
     assert _value(after, every) - _value(before, every) == 4
     assert _value(after, total) - _value(before, total) == 4
+
+
+async def test_exposition_is_rendered_off_the_event_loop(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading and formatting every worker's values runs on a thread without an event loop,
+    so a scrape never stalls the requests the loop is answering."""
+    on_loop: list[bool] = []
+    real = metrics.generate_latest
+
+    def spy(registry: CollectorRegistry) -> bytes:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            on_loop.append(False)
+        else:
+            on_loop.append(True)
+        return real(registry)
+
+    monkeypatch.setattr(metrics, "generate_latest", spy)
+    resp = await server.request("GET", "/metrics")
+    assert resp.status == 200
+    assert b"introspect_requests_total" in resp.body
+    assert on_loop == [False]

@@ -97,7 +97,7 @@ import asyncpg
 import orjson
 from redis.exceptions import RedisError, ResponseError
 
-from introspect import resp, store
+from introspect import acks, resp, store
 from introspect.history import MARKER, EvictingRedis, History, HistoryUnknown
 from introspect.metrics import METRICS
 from introspect.store import Client
@@ -116,8 +116,6 @@ FILL_DEADLINE = 5.0
 # Revocation is final: an inactive answer for a revoked credential can be kept long.
 REVOKED_TTL = 86_400
 ACK_TIMEOUT = 1.0
-# Idle connections kept for collecting acknowledgements (one per concurrent change).
-BLOCKING_CLIENTS = 4
 # How long a heartbeat vouches for the in-process cache: under ACK_TIMEOUT (see Listener).
 FRESHNESS = 0.9 * ACK_TIMEOUT
 HEARTBEAT_INTERVAL = 0.1
@@ -528,8 +526,9 @@ class LocalCache:
 class Invalidation:
     """One change's invalidation: the Redis keys to tombstone and the message to publish."""
 
-    tombstones: list[tuple[bytes, int]] = field(default_factory=list)
-    keys: list[bytes] = field(default_factory=list)
+    # Keyed hashes of credentials: never in a repr (a log line).
+    tombstones: list[tuple[bytes, int]] = field(default_factory=list, repr=False)
+    keys: list[bytes] = field(default_factory=list, repr=False)
     # A revocation: what is known is the final state, inactive, rather than "changed".
     revoked: bool = False
     # Client records changed (their cached record must go); clients whose credentials all changed.
@@ -654,8 +653,8 @@ class CredentialCache:
         self._refreshing: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
-        # Idle connections for BLMPOP (see _collect).
-        self._blocking: list[resp.Client] = []
+        # Acknowledgements of this process's changes, on one connection (introspect/acks.py).
+        self._collector = acks.Collector(fast.url, fast.timeout)
         # Awaited between a read and the fills it leads to: tests force interleavings here.
         self.before_fill: Callable[[bytes], Awaitable[None]] | None = None
 
@@ -937,8 +936,7 @@ class CredentialCache:
         """Finish the outbox marks under way and stop the background tasks."""
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
-        while self._blocking:
-            self._blocking.pop().close()
+        await self._collector.close()
         for task in (self._recovering, self._sweeper, self._refreshing):
             if task is not None:
                 task.cancel()
@@ -971,57 +969,21 @@ class CredentialCache:
             log.warning("published invalidation left pending: %s", type(exc).__name__)
 
     async def _publish(self, invalidation: Invalidation) -> int:
-        nonce = os.urandom(12).hex()
-        ack_key = f"introspect:ack:{nonce}"
-        # Whatever the history: a newer version never brings back an old state.
-        results = _checked(
-            await self.fast.execute(
-                *invalidation.writes(),
-                ("PUBLISH", CHANNEL, orjson.dumps(invalidation.message(nonce))),
-            )
-        )
-        METRICS.invalidations_sent.inc()
-        return await self._collect(ack_key, int(results[-1]), time.monotonic() + ACK_TIMEOUT)
-
-    async def _collect(self, key: str, expected: int, deadline: float) -> int:
-        """Pop acknowledgements from `key` until `expected` came or `deadline` passed.
-
-        BLMPOP blocks its connection, so it runs on one of its own: from a
-        small free list, or opened when none is free. Late acknowledgements,
-        if any, expire with the list (see Listener._acknowledge).
-        """
-        client = (
-            self._blocking.pop()
-            if self._blocking
-            else resp.Client(self.fast.url, timeout=ACK_TIMEOUT + self.fast.timeout)
-        )
-        acked = 0
+        nonce = self._collector.nonce()
         try:
-            while acked < expected:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                # Every acknowledgement already there, in one round trip.
-                got = await client.call(
-                    "BLMPOP",
-                    f"{max(remaining, 0.01):.3f}",
-                    1,
-                    key,
-                    "LEFT",
-                    "COUNT",
-                    expected - acked,
+            # Whatever the history: a newer version never brings back an old state.
+            results = _checked(
+                await self.fast.execute(
+                    *invalidation.writes(),
+                    ("PUBLISH", CHANNEL, orjson.dumps(invalidation.message(nonce))),
                 )
-                if got is None:
-                    break
-                acked += len(got[1])
+            )
         except BaseException:
-            client.close()  # a reply may still be on its way: never reuse it
+            self._collector.forget(nonce)
             raise
-        if len(self._blocking) < BLOCKING_CLIENTS:
-            self._blocking.append(client)
-        else:
-            client.close()
-        return acked
+        METRICS.invalidations_sent.inc()
+        deadline = time.monotonic() + ACK_TIMEOUT
+        return await self._collector.wait(nonce, int(results[-1]), deadline)
 
     async def replay_outbox(self, older_than: int) -> int:
         """Publish the invalidations left in the outbox; return how many."""
@@ -1152,8 +1114,11 @@ class Listener:
         task.add_done_callback(self._acks.discard)
 
     async def _acknowledge(self, nonce: str) -> None:
-        key = f"introspect:ack:{nonce}"
+        key = acks.list_key(nonce)
+        if key is None:  # not made by a Collector: pushed nowhere
+            log.warning("ignored an invalidation with a malformed nonce")
+            return
         try:
-            _checked(await self._ack.execute(("RPUSH", key, b"1"), ("EXPIRE", key, 10)))
+            _checked(await self._ack.execute(("RPUSH", key, nonce), ("EXPIRE", key, acks.LIST_TTL)))
         except (RedisError, OSError) as exc:
             log.warning("could not acknowledge an invalidation: %s", type(exc).__name__)

@@ -277,11 +277,14 @@ class History:
         if sealed != 1:
             log.warning("redis history replay took longer than its lock; starting again")
             return False
-        log.warning(
-            "redis history vouched for again: %d change(s) of the last %d s written again",
-            count,
-            self.window,
-        )
+        if earlier:
+            log.warning(
+                "redis history vouched for again: %d change(s) of the last %d s written again",
+                count,
+                self.window,
+            )
+        else:
+            log.info("vouching for the first redis history of this deployment")
         self._adopt(marker)
         return True
 

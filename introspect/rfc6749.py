@@ -10,12 +10,13 @@ the client is registered for (`invalid_target`).
 
 from __future__ import annotations
 
+import base64
 import hmac
 import re
 import time
 from dataclasses import dataclass
 from typing import Protocol
-from urllib.parse import urlsplit
+from urllib.parse import quote_plus, urlsplit
 
 from introspect import credentials, rfc7523
 from introspect.errors import (
@@ -101,9 +102,18 @@ async def authenticate_client(
         or client.token_endpoint_auth_method != CLIENT_SECRET_BASIC
     ):
         raise InvalidClient("client authentication failed")
-    if memo is not None and authorization is not None:
+    if memo is not None and authorization is not None and authorization == basic(client_id, secret):
+        # Only the one canonical spelling: other spellings of the same credentials (a
+        # lower-case scheme, spaces) would each take a place and could crowd others out.
         memo.remember(authorization, client)
     return client
+
+
+def basic(client_id: str, secret: str) -> str:
+    """The canonical `Authorization: Basic` value for these credentials (RFC 6749 §2.3.1:
+    form-encoded, then base64); ours need no encoding, others are encoded."""
+    raw = f"{quote_plus(client_id)}:{quote_plus(secret)}".encode()
+    return "Basic " + base64.b64encode(raw).decode("ascii")
 
 
 def remembered(

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from introspect import rfc7662
+from introspect import rfc6749, rfc7662
 from introspect.service import Authority
 from tests.helpers import Registered, Server, register
 
@@ -115,3 +115,23 @@ async def test_missing_token_and_unknown_callers_take_the_full_path(
     stranger = "Basic " + "c3RyYW5nZXI6c2VjcmV0"  # stranger:secret
     assert server.authority.introspect_in_memory(stranger, {"token": token}) is None
     assert server.authority.introspect_in_memory(None, {"token": token}) is None
+
+
+async def test_only_the_canonical_basic_spelling_is_remembered(
+    server: Server, resource_server: Registered, app_client: Registered
+) -> None:
+    """Other spellings of the same credentials authenticate, but take no place in memory: a
+    caller cannot crowd other callers' remembered authentications out with variants."""
+    token = await token_for(server, app_client)
+    canonical = resource_server.auth["Authorization"]
+    assert canonical == rfc6749.basic(resource_server.client_id, resource_server.secret)
+    variants = ["basic " + canonical[6:], "Basic  " + canonical[6:], " " + canonical]
+    params = {"token": token}
+    for variant in variants:
+        for _ in range(2):
+            resp = await server.post_form("/introspect", params, headers={"Authorization": variant})
+            assert resp.json()["active"] is True
+        assert server.authority.introspect_in_memory(variant, params) is None
+    for _ in range(2):
+        await server.post_form("/introspect", params, headers={"Authorization": canonical})
+    assert server.authority.introspect_in_memory(canonical, params) is not None

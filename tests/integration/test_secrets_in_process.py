@@ -10,13 +10,15 @@ from pathlib import Path
 import orjson
 
 from introspect import credentials, store
+from introspect.cache import Invalidation
 from introspect.config import Settings
 from introspect.service import Authority
 from tests.helpers import Registered, Server, cli_env, register
 
 
 async def test_record_reprs_print_no_hash_or_key(server: Server, app_client: Registered) -> None:
-    """A client's, a credential's and a signing key's repr hold no hash and no private key."""
+    """A client's, a credential's, a signing key's and an invalidation's repr hold no hash and
+    no private key."""
     authority = server.authority
     token = (
         await server.post_form(
@@ -31,7 +33,8 @@ async def test_record_reprs_print_no_hash_or_key(server: Server, app_client: Reg
     await authority.keyring.ready()
     signing_key, _private = authority.keyring.signer()
     hashes = [found.hash, *(h for h, _ in client.secrets)]
-    shown = repr(client) + repr(found) + repr(signing_key)
+    invalidation = Invalidation.for_credentials([(found.id, found.hash, found.version)])
+    shown = repr(client) + repr(found) + repr(signing_key) + repr(invalidation)
     for secret_hash in hashes:
         assert repr(secret_hash)[2:-1][:16] not in shown
         assert secret_hash.hex()[:16] not in shown

@@ -1,0 +1,76 @@
+"""Acknowledgements: many concurrent changes wait on one Redis connection per process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import replace
+from pathlib import Path
+
+from introspect import acks
+from introspect.config import Settings
+from tests.helpers import eventually, register, start_server
+from tests.valkey import Valkey, running
+
+GRANT = {"grant_type": "client_credentials"}
+CHANGES = 64
+
+
+async def _clients(valkey: Valkey) -> int:
+    info = await valkey.command("INFO", "clients")
+    assert isinstance(info, dict)
+    return int(info["connected_clients"])
+
+
+async def test_concurrent_changes_share_one_connection_for_their_acknowledgements(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """64 revocations at once are each acknowledged, and open no Redis connection per change."""
+    with running(tmp_path / "valkey") as valkey:
+        await valkey.wait_ready()
+        test_server, srv = await start_server(replace(settings, redis_url=valkey.url))
+        try:
+
+            async def ready() -> bool:
+                return (await srv.request("GET", "/readyz")).json()["status"] == "ok"
+
+            await eventually(ready)
+            app = await register(srv.authority)
+            tokens = [
+                (await srv.post_form("/token", GRANT, headers=app.auth)).json()["access_token"]
+                for _ in range(CHANGES)
+            ]
+            await srv.authority.revoke_presented(tokens.pop(), actor="test", owner=None)
+            baseline = await _clients(valkey)
+            peak = baseline
+
+            async def watch() -> None:
+                nonlocal peak
+                while True:
+                    peak = max(peak, await _clients(valkey))
+                    await asyncio.sleep(0.005)
+
+            watching = asyncio.ensure_future(watch())
+            try:
+                done = await asyncio.gather(
+                    *(srv.authority.revoke_presented(t, actor="test", owner=None) for t in tokens)
+                )
+            finally:
+                watching.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watching
+            assert [r.announced.listeners for r in done] == [1] * len(tokens)
+            assert peak <= baseline + 1  # the watch's own connection
+        finally:
+            await srv.http.close()
+            await test_server.close()
+
+
+def test_only_nonces_of_our_form_name_a_list() -> None:
+    """A listener pushes an acknowledgement only for a nonce a Collector made: a stranger
+    publishing on the channel cannot make it write under another key."""
+    assert acks.list_key("0123456789abcdef:0123456789abcdef01234567") == (
+        "introspect:acks:0123456789abcdef"
+    )
+    for bad in ("", "x", "0123456789abcdef", "../../etc", "0123456789abcdef:zz", "A" * 41):
+        assert acks.list_key(bad) is None

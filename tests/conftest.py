@@ -24,6 +24,7 @@ from introspect.history import History
 from introspect.migrate import migrate
 from introspect.service import Authority, open_authority
 from tests.helpers import Registered, Server, register, start_server
+from tests.valkey import Valkey, running
 
 
 @dataclass(frozen=True)
@@ -125,3 +126,10 @@ async def resource_server(authority: Authority) -> Registered:
 async def app_client(authority: Authority) -> Registered:
     """An ordinary client with scopes read and write and no audiences."""
     return await register(authority)
+
+
+@pytest.fixture
+def valkey(tmp_path: Path) -> Iterator[Valkey]:
+    """A private Valkey for this test (tests/valkey.py), killed at the end."""
+    with running(tmp_path / "valkey") as server:
+        yield server

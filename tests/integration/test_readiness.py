@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
-from pathlib import Path
 
 from introspect import resp
 from introspect.config import Settings
 from introspect.web.health import READY_TTL
-from tests.helpers import eventually, start_server
-from tests.valkey import Valkey, running
+from tests.valkey import Valkey, serving
 
 # A readiness check asks Redis who it is (INFO server, replication, memory) and reads the
 # history marker; so does the history watch, once a second (introspect/history.py).
@@ -26,27 +23,17 @@ async def _infos(valkey: Valkey) -> int:
 
 
 async def test_a_flood_of_readiness_probes_asks_the_stores_once_a_second(
-    settings: Settings, tmp_path: Path
+    settings: Settings, valkey: Valkey
 ) -> None:
     """A hundred concurrent, then twenty sequential /readyz calls cost one check per second."""
-    with running(tmp_path / "valkey") as valkey:
-        await valkey.wait_ready()
-        test_server, srv = await start_server(replace(settings, redis_url=valkey.url))
-        try:
-
-            async def ready() -> bool:
-                return (await srv.request("GET", "/readyz")).json()["status"] == "ok"
-
-            await eventually(ready)
-            before = await _infos(valkey)
-            began = asyncio.get_running_loop().time()
-            answers = await asyncio.gather(*(srv.request("GET", "/readyz") for _ in range(100)))
-            answers += [await srv.request("GET", "/readyz") for _ in range(20)]
-            elapsed = asyncio.get_running_loop().time() - began
-            assert {(a.status, a.json()["status"]) for a in answers} == {(200, "ok")}
-            assert "workers" not in answers[0].json()  # no supervisor around this test server
-            checks = 2 * (2 + int(elapsed / READY_TTL))  # readiness and the watch
-            assert await _infos(valkey) - before <= INFOS_PER_CHECK * checks
-        finally:
-            await srv.http.close()
-            await test_server.close()
+    async with serving(settings, valkey) as srv:
+        before = await _infos(valkey)
+        began = asyncio.get_running_loop().time()
+        answers = await asyncio.gather(*(srv.request("GET", "/readyz") for _ in range(100)))
+        answers += [await srv.request("GET", "/readyz") for _ in range(20)]
+        elapsed = asyncio.get_running_loop().time() - began
+        after = await _infos(valkey)
+    assert {(a.status, a.json()["status"]) for a in answers} == {(200, "ok")}
+    assert "workers" not in answers[0].json()  # no supervisor around this test server
+    checks = 2 * (2 + int(elapsed / READY_TTL))  # readiness and the watch
+    assert after - before <= INFOS_PER_CHECK * checks

@@ -13,7 +13,7 @@ import contextlib
 import secrets
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ from tests.helpers import (
 )
 from tests.integration.test_private_key_jwt import key_client, token
 from tests.integration.test_races import Gate
-from tests.valkey import Valkey, running
+from tests.valkey import Valkey, ready, running, serving
 
 GRANT = {"grant_type": "client_credentials"}
 # Fresh connections per check: the kernel spreads them over both workers.
@@ -46,27 +46,10 @@ PROBES = 24
 
 
 @pytest.fixture
-def valkey(tmp_path: Path) -> Iterator[Valkey]:
-    """A private Valkey for this test."""
-    with running(tmp_path / "valkey") as server:
-        yield server
-
-
-@pytest.fixture
 async def private_server(settings: Settings, valkey: Valkey) -> AsyncIterator[Server]:
     """An in-process server on the session's Postgres and this test's Valkey."""
-    await valkey.wait_ready()
-    test_server, srv = await start_server(replace(settings, redis_url=valkey.url))
-    try:
-        await eventually(lambda: _ready(srv))
+    async with serving(settings, valkey) as srv:
         yield srv
-    finally:
-        await srv.http.close()
-        await test_server.close()
-
-
-async def _ready(srv: Server) -> bool:
-    return (await srv.request("GET", "/readyz")).json()["status"] == "ok"
 
 
 class Remote:
@@ -249,7 +232,7 @@ async def test_a_replica_promoted_before_it_received_a_revocation_brings_back_no
             url = f"redis://:{primary.password}@127.0.0.1:{proxy.port}/0"
             test_server, srv = await start_server(replace(settings, redis_url=url))
             try:
-                await eventually(lambda: _ready(srv))
+                await eventually(lambda: ready(srv))
                 app = await register(authority)
                 rs = await register(authority, scopes=(), can_introspect=True)
                 answer = await srv.post_form("/token", GRANT, headers=app.auth)
@@ -269,7 +252,7 @@ async def test_a_replica_promoted_before_it_received_a_revocation_brings_back_no
                 await proxy.switch(replica.port)  # the promoted replica holds it active
                 for _ in range(20):
                     assert not await active()
-                await eventually(lambda: _ready(srv), within=20)
+                await eventually(lambda: ready(srv), within=20)
                 assert not await active()
                 history = await replica.command("GET", "introspect:history")
                 assert isinstance(history, bytes)  # the promoted server was vouched for
@@ -311,7 +294,7 @@ async def test_a_flush_during_a_stale_read_through_brings_back_no_old_state(
         for each in (other, srv):
             resp = await each.post_form("/introspect", {"token": doomed}, headers=rs.auth)
             assert resp.body == b'{"active":false}'
-        await eventually(lambda: _ready(other))
+        await eventually(lambda: ready(other))
         resp = await other.post_form("/introspect", {"token": doomed}, headers=rs.auth)
         assert resp.body == b'{"active":false}'
     finally:

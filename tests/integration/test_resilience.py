@@ -9,9 +9,7 @@ stale Redis entry once Redis is back.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import replace
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -20,7 +18,7 @@ from introspect.cache import KEY_PREFIX
 from introspect.config import Settings
 from introspect.service import Authority
 from tests.helpers import Registered, Server, eventually, register, start_server
-from tests.valkey import Valkey, running
+from tests.valkey import Valkey, serving
 
 GRANT = {"grant_type": "client_credentials"}
 
@@ -93,22 +91,10 @@ async def _fresh(server: Server) -> bool:
 
 
 @pytest.fixture
-def valkey(tmp_path: Path) -> Iterator[Valkey]:
-    """A private Valkey for this test, stopped at the end."""
-    with running(tmp_path / "valkey") as server:
-        yield server
-
-
-@pytest.fixture
 async def outage_server(settings: Settings, valkey: Valkey) -> AsyncIterator[Server]:
     """An app on the session's Postgres and this test's private Valkey."""
-    await valkey.wait_ready()
-    test_server, srv = await start_server(replace(settings, redis_url=valkey.url))
-    try:
+    async with serving(settings, valkey) as srv:
         yield srv
-    finally:
-        await srv.http.close()
-        await test_server.close()
 
 
 async def test_redis_outage_answers_from_postgres_and_replays_revocations(
@@ -131,9 +117,13 @@ async def test_redis_outage_answers_from_postgres_and_replays_revocations(
     await valkey.stop_keeping_data()
 
     assert await active(kept)  # answered from Postgres
-    ready = await srv.request("GET", "/readyz")
-    assert ready.status == 200
-    assert ready.json()["status"] == "degraded"
+
+    async def degraded() -> bool:  # readiness is computed at most once a second
+        ready = await srv.request("GET", "/readyz")
+        assert ready.status == 200
+        return bool(ready.json()["status"] == "degraded")
+
+    await eventually(degraded)
     revoked = await srv.authority.revoke_presented(doomed, actor="test", owner=None)
     assert revoked.count == 1
     assert revoked.announced.pending  # honest: committed, invalidation not yet published

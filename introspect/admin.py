@@ -17,7 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from enum import StrEnum
 from typing import Any, TypeVar, cast
 
@@ -381,11 +381,13 @@ async def create_admin_key(authority: Authority, actor: str, body: object) -> di
 
 async def list_admin_keys(authority: Authority, query: Mapping[str, str]) -> dict[str, Any]:
     """A page of admin keys in creation order (never a key or its hash)."""
-    limit, _ = _query(query, ())
-    after = query.get("cursor")
-    position = None if after is None else tuple(_decode_cursor(after, (int, str)))
-    rows = await store.list_admin_keys(authority.pool, limit=limit + 1, after=position)
-    return _page(rows, limit, AdminKey.public, lambda k: [k.created_at, k.id])
+    return await _in_creation_order(
+        query,
+        authority.pool,
+        store.list_admin_keys,
+        AdminKey.public,
+        lambda k: [k.created_at, k.id],
+    )
 
 
 async def revoke_admin_key(authority: Authority, actor: str, key_id: str) -> dict[str, Any]:
@@ -469,11 +471,28 @@ async def create_client(authority: Authority, actor: str, body: object) -> dict[
 
 async def list_clients(authority: Authority, query: Mapping[str, str]) -> dict[str, Any]:
     """A page of clients in registration order."""
+    return await _in_creation_order(
+        query,
+        authority.pool,
+        store.list_clients,
+        Client.public,
+        lambda c: [c.created_at, c.client_id],
+    )
+
+
+async def _in_creation_order(
+    query: Mapping[str, str],
+    pool: asyncpg.Pool,
+    fetch: Callable[..., Awaitable[list[T]]],
+    public: Callable[[T], dict[str, Any]],
+    position_of: Callable[[T], list[Any]],
+) -> dict[str, Any]:
+    """A page of records listed by (created_at, id), `?cursor=` naming the last one seen."""
     limit, _ = _query(query, ())
     after = query.get("cursor")
     position = None if after is None else tuple(_decode_cursor(after, (int, str)))
-    rows = await store.list_clients(authority.pool, limit=limit + 1, after=position)
-    return _page(rows, limit, Client.public, lambda c: [c.created_at, c.client_id])
+    rows = await fetch(pool, limit=limit + 1, after=position)
+    return _page(rows, limit, public, position_of)
 
 
 async def read_client(authority: Authority, client_id: str) -> dict[str, Any]:

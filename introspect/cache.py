@@ -48,6 +48,33 @@ that generation, which makes every such entry stale in O(1), without a
 scan. In Redis, the writer tombstones each affected key from the
 `RETURNING` list of its own UPDATE, in one pipeline.
 
+Client records
+--------------
+Authenticating the caller, and deciding on a credential (is its owner
+disabled?), need client records: they are cached in the same three layers
+under the same rules, so that a Postgres outage leaves every cached answer
+answerable for its remaining Redis lifetime (promise 5). A client takes a
+fresh `version` from the same sequence with every change to it or to its
+secrets (creation, PATCH, deletion, rotation, access keys: whatever sets
+its row or its secrets), in the change's transaction. Its Redis value is
+`<version>|<record>` (`encode_client`: what authentication needs, with the
+keyed hashes of its live secrets and their grace expiries, never a secret;
+as sensitive as the credentials' keyed hashes, which are Redis keys
+already) under `client_key`, filled by readers through `_FILL` under their
+marker and FILL_DEADLINE, for the Redis cache lifetime. The change's writer
+tombstones it with the change's version (`Invalidation.records`), so the
+change log's replay writes that tombstone again: the argument above holds
+word for word. A record keeps a secret still in grace when it was read;
+authentication checks each secret's expiry against the clock on every use,
+so a record outliving a grace period accepts nothing expired. Unknown ids
+never reach Redis (service.UnknownIds keeps them per worker, briefly).
+In-process, a record is stored under the epoch rule and dropped by the
+change's message.
+
+The upkeep of Redis (the outbox sweep) also reads Postgres; a failure there
+is Postgres's (`PostgresFailed`), never taken for a Redis failure, which
+would stop the in-process and Redis layers from answering.
+
 Hot entries are read again before they expire: an in-process entry hit in
 the last part of its life (from a random point between REFRESH_FROM and
 REFRESH_TO of it, so that entries filled together do not all come due

@@ -528,7 +528,7 @@ async def _changed_client(
         target_id=client_id,
         details=details,
     )
-    return client, Invalidation(records=[client_id])
+    return client, Invalidation(records=[(client_id, client.version)])
 
 
 async def update_client(
@@ -572,7 +572,7 @@ async def delete_client(authority: Authority, actor: str, client_id: str) -> Rev
 
     async def apply(conn: asyncpg.Connection) -> tuple[int, Invalidation]:
         await _locked_client(conn, client_id)
-        await store.update_client(conn, client_id, {"disabled": True, "jwks": None})
+        deleted = await store.update_client(conn, client_id, {"disabled": True, "jwks": None})
         await store.delete_client_secrets(conn, client_id)
         rows = await revoke_in(conn, actor, "client_id = $2", client_id)
         await store.audit(
@@ -585,7 +585,10 @@ async def delete_client(authority: Authority, actor: str, client_id: str) -> Rev
         )
         tombstones = [(key, version) for _id, key, version in rows]
         return len(rows), Invalidation(
-            tombstones=tombstones, records=[client_id], clients=[client_id], revoked=True
+            tombstones=tombstones,
+            records=[(client_id, deleted.version)],
+            clients=[client_id],
+            revoked=True,
         )
 
     count, announced = await authority.change(apply)
@@ -610,7 +613,7 @@ async def rotate_client_secret(
                 "the client authenticates with private_key_jwt and has no secret; set its"
                 " token_endpoint_auth_method to client_secret_basic first"
             )
-        await store.rotate_client_secret(
+        version = await store.rotate_client_secret(
             conn,
             client_id,
             secret_hash=credentials.keyed_hash(authority.keys[0], secret),
@@ -625,7 +628,7 @@ async def rotate_client_secret(
             target_id=client_id,
             details={"grace_period": grace},
         )
-        return None, Invalidation(records=[client_id])
+        return None, Invalidation(records=[(client_id, version)])
 
     await authority.change(apply)
     return {"client_id": client_id, "client_secret": secret, "grace_period": grace}

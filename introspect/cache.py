@@ -48,6 +48,33 @@ that generation, which makes every such entry stale in O(1), without a
 scan. In Redis, the writer tombstones each affected key from the
 `RETURNING` list of its own UPDATE, in one pipeline.
 
+Client records
+--------------
+Authenticating the caller, and deciding on a credential (is its owner
+disabled?), need client records: they are cached in the same three layers
+under the same rules, so that a Postgres outage leaves every cached answer
+answerable for its remaining Redis lifetime (promise 5). A client takes a
+fresh `version` from the same sequence with every change to it or to its
+secrets (creation, PATCH, deletion, rotation, access keys: whatever sets
+its row or its secrets), in the change's transaction. Its Redis value is
+`<version>|<record>` (`encode_client`: what authentication needs, with the
+keyed hashes of its live secrets and their grace expiries, never a secret;
+as sensitive as the credentials' keyed hashes, which are Redis keys
+already) under `client_key`, filled by readers through `_FILL` under their
+marker and FILL_DEADLINE, for the Redis cache lifetime. The change's writer
+tombstones it with the change's version (`Invalidation.records`), so the
+change log's replay writes that tombstone again: the argument above holds
+word for word. A record keeps a secret still in grace when it was read;
+authentication checks each secret's expiry against the clock on every use,
+so a record outliving a grace period accepts nothing expired. Unknown ids
+never reach Redis (service.UnknownIds keeps them per worker, briefly).
+In-process, a record is stored under the epoch rule and dropped by the
+change's message.
+
+The upkeep of Redis (the outbox sweep) also reads Postgres; a failure there
+is Postgres's (`PostgresFailed`), never taken for a Redis failure, which
+would stop the in-process and Redis layers from answering.
+
 Hot entries are read again before they expire: an in-process entry hit in
 the last part of its life (from a random point between REFRESH_FROM and
 REFRESH_TO of it, so that entries filled together do not all come due
@@ -109,6 +136,8 @@ T = TypeVar("T")
 
 CHANNEL = "introspect:invalidate"
 KEY_PREFIX = b"ic:"
+# A client record's key, after KEY_PREFIX: never the 32 bytes of a credential's keyed hash.
+CLIENT_KEY = b"client:"
 TOMBSTONE = b"T"
 INACTIVE_PAYLOAD = b"0"
 TOMBSTONE_TTL = 600
@@ -175,6 +204,23 @@ def _fill(
     if marker is None:
         return ("EVAL", _FILL, 1, KEY_PREFIX + key, version, value, ttl_ms)
     return ("EVAL", _FILL, 2, KEY_PREFIX + key, MARKER, version, value, ttl_ms, marker)
+
+
+class PostgresFailed(Exception):
+    """A Postgres operation of the Redis upkeep failed: its OSError is not Redis's."""
+
+
+async def _postgres(operation: Awaitable[T]) -> T:
+    """`operation`'s result; any failure of it raised as PostgresFailed.
+
+    asyncpg raises OSError (a refused connection, a deadline) like the Redis
+    client does: told apart here, a Postgres outage never makes a worker stop
+    trusting a Redis that answers, and cached answers keep coming (promise 5).
+    """
+    try:
+        return await operation
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        raise PostgresFailed(type(exc).__name__) from exc
 
 
 def _checked(replies: list[Any]) -> list[Any]:
@@ -334,6 +380,65 @@ def decode(raw: bytes) -> Entry | None:
         sub=None if sub is None else shared(sub),
         key_id=body.get("jti") if body.get("kind") == "api_key" else None,
     )
+
+
+def client_key(client_id: str) -> bytes:
+    """The Redis key of a client record (after KEY_PREFIX)."""
+    return CLIENT_KEY + client_id.encode()
+
+
+def encode_client(client: Client) -> bytes:
+    """The Redis value of a client record: `<version>|<JSON>`, with what authenticating it
+    needs (the keyed hashes of its live secrets and their grace expiries; never a secret)."""
+    return b"%d|%s" % (
+        client.version,
+        orjson.dumps(
+            {
+                "client_id": client.client_id,
+                "name": client.name,
+                "scopes": client.scopes,
+                "audiences": client.audiences,
+                "can_introspect": client.can_introspect,
+                "token_ttl": client.token_ttl,
+                "token_format": client.token_format,
+                "jwks": client.jwks,
+                "disabled": client.disabled,
+                "created_at": client.created_at,
+                "updated_at": client.updated_at,
+                "token_endpoint_auth_method": client.token_endpoint_auth_method,
+                "secrets": [[h.hex(), exp] for h, exp in client.secrets],
+            }
+        ),
+    )
+
+
+def decode_client(raw: bytes) -> Client | None:
+    """A client record from its Redis value; None for a tombstone, or a value not ours (then
+    Postgres is read)."""
+    version, _, payload = raw.partition(b"|")
+    if payload == TOMBSTONE:
+        return None
+    try:
+        body = orjson.loads(payload)
+        return Client(
+            client_id=body["client_id"],
+            name=body["name"],
+            scopes=tuple(body["scopes"]),
+            audiences=tuple(body["audiences"]),
+            can_introspect=body["can_introspect"],
+            token_ttl=body["token_ttl"],
+            token_format=body["token_format"],
+            jwks=body["jwks"],
+            disabled=body["disabled"],
+            created_at=body["created_at"],
+            updated_at=body["updated_at"],
+            token_endpoint_auth_method=body["token_endpoint_auth_method"],
+            secrets=tuple((bytes.fromhex(h), exp) for h, exp in body["secrets"]),
+            version=int(version),
+        )
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        log.warning("ignored a malformed client record in redis")
+        return None
 
 
 class LocalCache:
@@ -531,22 +636,38 @@ class Invalidation:
     keys: list[bytes] = field(default_factory=list, repr=False)
     # A revocation: what is known is the final state, inactive, rather than "changed".
     revoked: bool = False
-    # Client records changed (their cached record must go); clients whose credentials all changed.
-    records: list[str] = field(default_factory=list)
+    # Client records changed, each with the version of its change: the Redis record is
+    # tombstoned with it (0: none, a change logged before client records had versions), and
+    # the in-process record dropped.
+    records: list[tuple[str, int]] = field(default_factory=list)
+    # Clients whose credentials all changed.
     clients: list[str] = field(default_factory=list)
     subs: list[str] = field(default_factory=list)
     everything: bool = False
 
     def writes(self) -> list[resp.Command]:
-        """The versioned Redis writes of this change: tombstones, or inactive answers."""
+        """The versioned Redis writes of this change: tombstones, or inactive answers, and
+        the tombstones of the client records it changed."""
         payload, ttl_ms = (
             (INACTIVE_PAYLOAD, REVOKED_TTL * 1000)
             if self.revoked
             else (TOMBSTONE, TOMBSTONE_TTL * 1000)
         )
         return [
-            _fill(key, version, b"%d|%s" % (version, payload), ttl_ms)
-            for key, version in self.tombstones
+            *(
+                _fill(key, version, b"%d|%s" % (version, payload), ttl_ms)
+                for key, version in self.tombstones
+            ),
+            *(
+                _fill(
+                    client_key(client_id),
+                    version,
+                    b"%d|%s" % (version, TOMBSTONE),
+                    TOMBSTONE_TTL * 1000,
+                )
+                for client_id, version in self.records
+                if version
+            ),
         ]
 
     def message(self, nonce: str) -> dict[str, Any]:
@@ -555,7 +676,7 @@ class Invalidation:
         if self.keys:
             out["k"] = [k.hex() for k in self.keys]
         if self.records:
-            out["r"] = self.records
+            out["r"] = [client_id for client_id, _version in self.records]
         if self.clients:
             out["c"] = self.clients
         if self.subs:
@@ -572,7 +693,8 @@ class Invalidation:
             {
                 "t": [[k.hex(), v] for k, v in self.tombstones],
                 "k": [k.hex() for k in self.keys],
-                "r": self.records,
+                "r": [client_id for client_id, _version in self.records],
+                "rv": [version for _client_id, version in self.records],
                 "c": self.clients,
                 "s": self.subs,
                 "all": self.everything,
@@ -584,10 +706,11 @@ class Invalidation:
     def loads(cls, raw: bytes) -> Invalidation:
         """An invalidation read back from the outbox."""
         data = orjson.loads(raw)
+        versions = data.get("rv") or [0] * len(data["r"])  # none before client versions
         return cls(
             tombstones=[(bytes.fromhex(k), v) for k, v in data["t"]],
             keys=[bytes.fromhex(k) for k in data["k"]],
-            records=data["r"],
+            records=list(zip(data["r"], versions, strict=True)),
             clients=data["c"],
             subs=data["s"],
             everything=data["all"],
@@ -738,16 +861,39 @@ class CredentialCache:
         entry = await load()
         if self.before_fill is not None:
             await self.before_fill(key)
-        if (
-            entry.cacheable
-            and self.redis_ok
-            and marker is not None
-            and self.redis_ttl
-            and time.monotonic() - started < FILL_DEADLINE
-        ):
+        if entry.cacheable and marker is not None and self._may_fill(started):
             await self._redis_fill(key, entry, marker)
         local.put(key, entry, epoch, store.now())
         return entry
+
+    async def read_client(
+        self, client_id: str, load: Callable[[], Awaitable[Client | None]]
+    ) -> Client | None:
+        """A client record from Redis, else `load()` from Postgres and filled into Redis.
+
+        Under the rules of credential lookups: one MGET with the history marker
+        (batched with theirs), then a versioned fill under the marker the read
+        began under, abandoned past FILL_DEADLINE. An unknown id is not stored
+        (see service.UnknownIds). The in-process layer is the caller's.
+        """
+        key = client_key(client_id)
+        marker = self.history.value
+        if self.redis_ok and self.redis_ttl:
+            raw = await self._redis_get(key)
+            client = None if raw is None else decode_client(raw)
+            if client is not None:
+                return client
+        started = time.monotonic()
+        client = await load()
+        if self.before_fill is not None:
+            await self.before_fill(key)
+        if client is not None and marker is not None and self._may_fill(started):
+            await self._fill_key(key, client.version, encode_client(client), self.redis_ttl, marker)
+        return client
+
+    def _may_fill(self, started: float) -> bool:
+        """Whether a reader whose Postgres read began at `started` may still fill Redis."""
+        return self.redis_ok and bool(self.redis_ttl) and time.monotonic() - started < FILL_DEADLINE
 
     async def _redis_get(self, key: bytes) -> bytes | None:
         try:
@@ -778,10 +924,15 @@ class CredentialCache:
             ttl = REVOKED_TTL if entry.version else self.negative_ttl
         else:
             ttl = entry.ttl(now, self.redis_ttl)
-        if ttl <= 0:
-            return
+        if ttl > 0:
+            await self._fill_key(key, entry.version, encode(entry), ttl, marker)
+
+    async def _fill_key(
+        self, key: bytes, version: int, value: bytes, ttl: int, marker: bytes
+    ) -> None:
+        """A reader's fill of `key` (through `_FILL`, batched), for `ttl` seconds."""
         try:
-            await self._fills.get((key, entry.version, encode(entry), ttl * 1000, marker))
+            await self._fills.get((key, version, value, ttl * 1000, marker))
         except (RedisError, OSError) as exc:
             self._redis_failed(exc)
 
@@ -825,7 +976,13 @@ class CredentialCache:
         try:
             async with asyncio.timeout(self.fast.timeout):
                 await self._vouch()
-        except (RedisError, OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        except (
+            RedisError,
+            OSError,
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            PostgresFailed,
+        ):
             self._redis_failed(HistoryUnknown("redis history not vouched for yet"))
 
     async def _vouch(self) -> None:
@@ -846,7 +1003,13 @@ class CredentialCache:
                 log.error("%s", exc)
                 delay = 10.0
                 continue
-            except (RedisError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except (
+                RedisError,
+                OSError,
+                asyncpg.PostgresError,
+                asyncpg.InterfaceError,
+                PostgresFailed,
+            ) as exc:
                 if not failing:  # once per streak
                     log.warning("redis not usable yet: %s", type(exc).__name__)
                 failing = True
@@ -881,13 +1044,15 @@ class CredentialCache:
                 if ticks % OUTBOX_SWEEP_INTERVAL == 0:
                     await self.replay_outbox(older_than=store.now() - OUTBOX_SWEEP_INTERVAL)
                 if ticks % PRUNE_INTERVAL == 0:
-                    await store.prune_changes(
-                        self.lazy_pool, store.now() - self.history.window - HISTORY_MARGIN
+                    await _postgres(
+                        store.prune_changes(
+                            self.lazy_pool, store.now() - self.history.window - HISTORY_MARGIN
+                        )
                     )
+            except PostgresFailed as exc:
+                log.warning("outbox sweep failed: %s", exc)
             except (RedisError, OSError) as exc:
                 self._redis_failed(exc)
-            except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("outbox sweep failed: %s", type(exc).__name__)
             except Exception:  # the watch must outlive any surprise: log it, go on
                 log.exception("redis history watch failed")
 
@@ -987,11 +1152,11 @@ class CredentialCache:
 
     async def replay_outbox(self, older_than: int) -> int:
         """Publish the invalidations left in the outbox; return how many."""
-        rows = await store.pending_outbox(self.pool, older_than)
+        rows = await _postgres(store.pending_outbox(self.pool, older_than))
         for _id, raw in rows:
             await self._publish(Invalidation.loads(raw))
         if rows:
-            await store.mark_published(self.pool, [i for i, _ in rows])
+            await _postgres(store.mark_published(self.pool, [i for i, _ in rows]))
             log.info("replayed %d pending invalidation(s)", len(rows))
         return len(rows)
 

@@ -272,8 +272,10 @@ class Authority:
     # --- reads -------------------------------------------------------------------------------
 
     async def get_client(self, client_id: str) -> Client | None:
-        """A client record: in-process when cached, else from Postgres.
+        """A client record: in-process when cached, else from Redis, else from Postgres.
 
+        Through a Postgres outage, a record in Redis keeps authenticating its
+        client, and deciding on its tokens, for the Redis cache lifetime.
         None with no I/O for an id that cannot be one of ours, or that was
         found unknown moments ago (see UnknownIds).
         """
@@ -287,7 +289,9 @@ class Authority:
         if self.unknown.holds(client_id, mono):
             return None
         epoch = local.epoch
-        client = await self._client_reads.get(client_id)
+        client = await self.cache.read_client(
+            client_id, functools.partial(self._client_reads.get, client_id)
+        )
         if client is None:
             self.unknown.add(client_id, epoch)
         else:
@@ -618,7 +622,7 @@ class Authority:
                 },
             )
             # A worker may have cached this id as unknown.
-            return client, Invalidation(records=[client_id])
+            return client, Invalidation(records=[(client_id, client.version)])
 
         client, _ = await self.change(apply)
         self.unknown.forget(client_id)

@@ -2,9 +2,9 @@
 
 Postgres is the truth (SPEC consistency promise 1). Only keyed hashes of
 credentials and client secrets are stored and every lookup goes by hash.
-Every change to a credential takes a fresh `version` from the
-`change_version` sequence, which is what lets cache writers order their
-writes (see `introspect/cache.py`).
+Every change to a credential, and every change to a client or its secrets,
+takes a fresh `version` from the `change_version` sequence, which is what
+lets cache writers order their writes (see `introspect/cache.py`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ CREDENTIAL_COLUMNS = (
 )
 CLIENT_COLUMNS = (
     "client_id, name, scopes, audiences, can_introspect, token_ttl, token_format,"
-    " jwks, token_endpoint_auth_method, disabled, created_at, updated_at"
+    " jwks, token_endpoint_auth_method, disabled, created_at, updated_at, version"
 )
 ADMIN_KEY_COLUMNS = "id, name, role, created_at, expires_at, last_used_at, revoked_at"
 
@@ -50,6 +50,8 @@ class Client:
     # RFC 7591: client_secret_basic (also _post, and jwks if any) or private_key_jwt.
     token_endpoint_auth_method: str = "client_secret_basic"
     secrets: tuple[tuple[bytes, int | None], ...] = field(default=(), repr=False)
+    # From `change_version`, taken by every change to the client or to its secrets.
+    version: int = 0
 
     def public(self) -> dict[str, Any]:
         """Every registered field, never a secret or a hash (the admin API's read shape)."""
@@ -176,6 +178,7 @@ def client_from_record(
         created_at=record["created_at"],
         updated_at=record["updated_at"],
         secrets=secrets,
+        version=record["version"],
     )
 
 
@@ -612,7 +615,12 @@ async def audit(
 
 AUDIT_COLUMNS = "id, at, actor, action, target_kind, target_id, details"
 # The columns an admin change may set; values are always bound parameters.
-CLIENT_MUTABLE = frozenset(CLIENT_COLUMNS.split(", ")) - {"client_id", "created_at", "updated_at"}
+CLIENT_MUTABLE = frozenset(CLIENT_COLUMNS.split(", ")) - {
+    "client_id",
+    "created_at",
+    "updated_at",
+    "version",
+}
 CREDENTIAL_MUTABLE = frozenset({"scopes", "audiences", "exp", "metadata"})
 _JSON_COLUMNS = frozenset({"jwks", "metadata"})
 
@@ -763,10 +771,12 @@ async def lock_client(conn: asyncpg.Connection, client_id: str) -> Client | None
 async def update_client(
     conn: asyncpg.Connection, client_id: str, changes: dict[str, Any]
 ) -> Client:
-    """Apply `changes` (column: value) to a client; returns it without its secrets."""
+    """Apply `changes` (column: value) to a client, with a new version; returns it without
+    its secrets."""
     sets, values = _assignments(changes, CLIENT_MUTABLE, first=3)
     record = await conn.fetchrow(
-        f"UPDATE clients SET {sets}, updated_at = $2 WHERE client_id = $1"
+        f"UPDATE clients SET {sets}, updated_at = $2, version = nextval('change_version')"
+        " WHERE client_id = $1"
         f" RETURNING {CLIENT_COLUMNS}",
         client_id,
         now(),
@@ -775,10 +785,21 @@ async def update_client(
     return client_from_record(record, ())
 
 
+async def new_client_version(conn: asyncpg.Connection, client_id: str) -> int:
+    """Give a client a new version (its secrets changed); returns it."""
+    version: int = await conn.fetchval(
+        "UPDATE clients SET version = nextval('change_version') WHERE client_id = $1"
+        " RETURNING version",
+        client_id,
+    )
+    return version
+
+
 async def rotate_client_secret(
     conn: asyncpg.Connection, client_id: str, *, secret_hash: bytes, grace_until: int, keep: int
-) -> None:
-    """Add a new current secret; the current ones live on until `grace_until`.
+) -> int:
+    """Add a new current secret; the current ones live on until `grace_until`. Returns the
+    client's new version.
 
     At most `keep` secrets stay in grace (the newest); dead ones are deleted.
     """
@@ -802,10 +823,12 @@ async def rotate_client_secret(
         t,
         keep,
     )
+    return await new_client_version(conn, client_id)
 
 
 async def delete_client_secrets(conn: asyncpg.Connection, client_id: str) -> None:
-    """Forget every secret of a client (it is being deleted, or now has no secret)."""
+    """Forget every secret of a client (it is being deleted, or now has no secret); the
+    caller's transaction gives the client a new version (`update_client`)."""
     await conn.execute("DELETE FROM client_secrets WHERE client_id = $1", client_id)
 
 

@@ -5,6 +5,7 @@ Private embedded Postgres and Valkey, so that stopping them disturbs no other te
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -19,7 +20,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from introspect import embedded
+from introspect import admin, embedded
 from introspect.config import Settings
 from introspect.migrate import migrate
 from introspect.service import REDIS_TIMEOUT
@@ -29,6 +30,10 @@ from tests.helpers import Server, eventually, register, start_server
 GRANT = {"grant_type": "client_credentials"}
 # Scheduling noise on a busy test machine, beyond a deadline.
 MARGIN = 0.5
+# A Postgres outage many times the in-process lifetime of the servers below.
+OUTAGE = 15.0
+# Seconds between two rounds of requests through that outage.
+PACE = 0.25
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +68,30 @@ async def hung_server(
     finally:
         await srv.http.close()
         await test_server.close()
+
+
+@pytest.fixture(scope="module")
+async def short_memory_servers(
+    settings: Settings,
+    private_stores: tuple[embedded.EmbeddedStores, Path],
+    hung_server: Server,
+) -> AsyncIterator[tuple[Server, Server]]:
+    """Two more servers over the private stores (migrated by `hung_server`) whose in-process
+    records live one second, so that an outage soon outlasts them."""
+    stores, _ = private_stores
+    private = replace(
+        settings,
+        database_url=stores.database_url,
+        redis_url=stores.redis_url,
+        local_cache_ttl=1.0,
+    )
+    started = [await start_server(private), await start_server(private)]
+    try:
+        yield started[0][1], started[1][1]
+    finally:
+        for test_server, srv in started:
+            await srv.http.close()
+            await test_server.close()
 
 
 def _tree(root: int) -> list[int]:
@@ -170,5 +199,46 @@ async def test_hung_redis_is_treated_as_down_after_its_deadline(
 
     async def recovered() -> bool:
         return (await srv.request("GET", "/readyz")).json()["status"] == "ok"
+
+    await eventually(recovered)
+
+
+async def test_cached_answers_come_from_redis_through_a_postgres_outage(
+    short_memory_servers: tuple[Server, Server],
+    private_stores: tuple[embedded.EmbeddedStores, Path],
+) -> None:
+    """With Postgres stopped for many in-process lifetimes, a token cached before keeps
+    introspecting active, also on a server that never held it or its clients in memory (the
+    client records come from Redis), while a client disabled before the outage stays refused
+    and its tokens inactive."""
+    primed, fresh = short_memory_servers
+    _, data_dir = private_stores
+    app = await register(primed.authority)
+    gone = await register(primed.authority)
+    rs = await register(primed.authority, scopes=(), can_introspect=True)
+    token = (await primed.post_form("/token", GRANT, headers=app.auth)).json()["access_token"]
+    dead = (await primed.post_form("/token", GRANT, headers=gone.auth)).json()["access_token"]
+    for credential in (token, dead):  # the tokens, the caller and their owners into Redis
+        _, status, body = await timed(primed, "/introspect", {"token": credential}, rs.auth)
+        assert (status, body["active"]) == (200, True)
+    await admin.update_client(primed.authority, "test", gone.client_id, {"disabled": True})
+    _, status, body = await timed(primed, "/introspect", {"token": dead}, rs.auth)
+    assert (status, body) == (200, {"active": False})  # the disabled record, into Redis
+    with stopped(postgres_pids(data_dir)):
+        until = time.monotonic() + OUTAGE
+        while time.monotonic() < until:
+            for srv in (primed, fresh):
+                took, status, body = await timed(srv, "/introspect", {"token": token}, rs.auth)
+                assert (status, body["active"]) == (200, True)
+                assert took < MARGIN
+                took, status, body = await timed(srv, "/introspect", {"token": dead}, rs.auth)
+                assert (status, body) == (200, {"active": False})
+                assert took < MARGIN
+                _, status, _ = await timed(srv, "/token", GRANT, gone.auth)
+                assert status == 401
+            await asyncio.sleep(PACE)
+
+    async def recovered() -> bool:
+        return (await fresh.post_form("/token", GRANT, headers=app.auth)).status == 200
 
     await eventually(recovered)

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from introspect import credentials
+from introspect import admin, credentials
 from introspect.config import Settings
 from introspect.credentials import Kind
 from introspect.service import Authority
@@ -119,10 +119,7 @@ async def test_disabled_owner_makes_tokens_inactive_while_disabled(
     token = await token_for(server, client)
 
     async def set_disabled(value: bool) -> None:
-        await authority.pool.execute(
-            "UPDATE clients SET disabled = $2 WHERE client_id = $1", client.client_id, value
-        )
-        server.authority.local.apply({"r": [client.client_id]})
+        await admin.update_client(authority, "test", client.client_id, {"disabled": value})
 
     async def active() -> bool:
         resp = await server.post_form("/introspect", {"token": token}, headers=resource_server.auth)

@@ -3,7 +3,8 @@
 Each test stops a read-through between its read and its fills (the
 `before_fill` hook), revokes the credential meanwhile, then lets the fills
 run: they must be refused, in Redis by the version check and in-process by
-the epoch check (see introspect/cache.py).
+the epoch check (see introspect/cache.py). The same holds for a client
+record read through while the client is changed.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from introspect import credentials
-from introspect.cache import KEY_PREFIX
-from tests.helpers import Registered, Server
+from introspect import admin, credentials
+from introspect.cache import KEY_PREFIX, client_key
+from introspect.service import Authority
+from tests.helpers import Registered, Server, register
 
 GRANT = {"grant_type": "client_credentials"}
 
@@ -105,5 +107,39 @@ async def test_refresh_read_before_revocation_is_not_cached_in_process(
     gate.release.set()
     for _ in range(3):  # the refresh finishes without awaiting anything more
         await asyncio.sleep(0)
+    resp = await server.post_form("/introspect", {"token": token}, headers=resource_server.auth)
+    assert resp.body == b'{"active":false}'
+
+
+async def test_client_record_read_before_a_change_is_not_cached(
+    server: Server, authority: Authority, resource_server: Registered
+) -> None:
+    """A client record read from Postgres before the client was disabled fills neither Redis
+    nor the worker: its tokens are inactive once the change returned, from Redis too."""
+    owner = await register(authority)
+    made = await server.post_form("/token", GRANT, headers=owner.auth)
+    token = made.json()["access_token"]
+    key = client_key(owner.client_id)
+    # Its authentication cached the owner's record: forget it, so the next read goes to Postgres.
+    await server.authority.cache.fast.call("DEL", KEY_PREFIX + key)
+    server.authority.local.clear()
+    gate = Gate(key)
+    server.authority.cache.before_fill = gate
+    try:
+        reader = asyncio.create_task(
+            server.post_form("/introspect", {"token": token}, headers=resource_server.auth)
+        )
+        await asyncio.wait_for(gate.reached.wait(), 10)  # the owner's record read, not filled
+        await admin.update_client(authority, "test", owner.client_id, {"disabled": True})
+        gate.release.set()
+        in_flight = await asyncio.wait_for(reader, 10)
+    finally:
+        server.authority.cache.before_fill = None
+    # The read began before the change: it may report the old state, once.
+    assert in_flight.json()["active"] is True
+    raw = await server.authority.cache.fast.call("GET", KEY_PREFIX + key)
+    assert raw is not None
+    assert raw.split(b"|", 1)[1] == b"T"  # the change's tombstone, not the old record
+    server.authority.local.clear()  # so the next answer reads the owner's record from Redis
     resp = await server.post_form("/introspect", {"token": token}, headers=resource_server.auth)
     assert resp.body == b'{"active":false}'

@@ -23,7 +23,7 @@ import orjson
 import pytest
 
 from introspect import admin, credentials, rfc7523, store
-from introspect.cache import KEY_PREFIX
+from introspect.cache import KEY_PREFIX, client_key
 from introspect.config import Settings
 from introspect.service import Authority
 from tests.helpers import (
@@ -109,11 +109,19 @@ async def _cached(valkey: Valkey, settings: Settings, *credential: str) -> bool:
     return all(value is not None for value in found)
 
 
+async def _records_cached(valkey: Valkey, *client_ids: str) -> bool:
+    """Whether Redis holds a client record (not a tombstone) for each client."""
+    found = await valkey.command("MGET", *[KEY_PREFIX + client_key(c) for c in client_ids])
+    assert isinstance(found, list)
+    return all(isinstance(v, bytes) and not v.endswith(b"|T") for v in found)
+
+
 async def test_a_restart_from_an_older_snapshot_brings_back_no_old_state(
     settings: Settings, authority: Authority, valkey: Valkey, tmp_path: Path
 ) -> None:
     """Changes made after a snapshot (a revoked token, a revoked API key, a narrowed API key,
-    a disabled client) stay in force on every worker after Redis restarts from it."""
+    a disabled client whose enabled record the snapshot holds) stay in force on every worker
+    after Redis restarts from it."""
     await valkey.wait_ready()
     minted = await admin.create_admin_key(authority, "test", {"name": "t-" + secrets.token_hex(4)})
     private = replace(settings, redis_url=valkey.url)
@@ -140,6 +148,7 @@ async def test_a_restart_from_an_older_snapshot_brings_back_no_old_state(
             for credential in every:
                 assert all(a["active"] for a in await remote.answers(rs, credential))
             await eventually(lambda: _cached(valkey, settings, *every))
+            await eventually(lambda: _records_cached(valkey, other.client_id, rs.client_id))
             await valkey.command("SAVE")  # the snapshot holds every credential active
 
             status, _ = await remote.call(

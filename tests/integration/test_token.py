@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from introspect import admin
 from introspect.service import Authority
 from tests.helpers import Registered, Server, basic, register
 
@@ -50,10 +51,7 @@ async def test_failed_authentication_is_401(
 async def test_disabled_client_cannot_authenticate(server: Server, authority: Authority) -> None:
     """A disabled client is refused like an unknown one."""
     client = await register(authority)
-    await authority.pool.execute(
-        "UPDATE clients SET disabled = true WHERE client_id = $1", client.client_id
-    )
-    server.authority.local.apply({"r": [client.client_id]})
+    await admin.update_client(authority, "test", client.client_id, {"disabled": True})
     resp = await server.post_form("/token", GRANT, headers=client.auth)
     assert resp.status == 401
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 from introspect import acks, resp
 from introspect.config import Settings
@@ -35,9 +34,11 @@ async def test_concurrent_changes_share_one_connection_for_their_acknowledgement
         baseline = await _clients(probe)
         peak = baseline
 
+        finished = asyncio.Event()
+
         async def watch() -> None:
             nonlocal peak
-            while True:
+            while not finished.is_set():
                 peak = max(peak, await _clients(probe))
                 await asyncio.sleep(0.005)
 
@@ -47,9 +48,8 @@ async def test_concurrent_changes_share_one_connection_for_their_acknowledgement
                 *(srv.authority.revoke_presented(t, actor="test", owner=None) for t in tokens)
             )
         finally:
-            watching.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watching
+            finished.set()
+            await asyncio.wait_for(watching, 10)
             probe.close()
     assert [r.announced.listeners for r in done] == [1] * len(tokens)
     assert peak <= baseline

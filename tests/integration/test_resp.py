@@ -14,10 +14,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from introspect.resp import Client, Subscription
 from tests.conftest import Stores
 from tests.helpers import eventually, free_port
-from tests.integration import test_resilience
-from tests.integration.test_resilience import Valkey
-
-valkey = test_resilience.valkey  # the private, stoppable Valkey fixture
+from tests.valkey import Valkey
 
 WAIT = 5.0  # an upper bound for things that should happen at once, never a measured duration
 

@@ -117,7 +117,7 @@ import os
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Generic, TypeVar
 
 import asyncpg
@@ -387,29 +387,17 @@ def client_key(client_id: str) -> bytes:
     return CLIENT_KEY + client_id.encode()
 
 
+# The fields of a client record kept in Redis as they are; `secrets` and `version` apart.
+_CLIENT_FIELDS = tuple(f.name for f in fields(Client) if f.name not in ("secrets", "version"))
+_CLIENT_TUPLES = ("scopes", "audiences")
+
+
 def encode_client(client: Client) -> bytes:
     """The Redis value of a client record: `<version>|<JSON>`, with what authenticating it
     needs (the keyed hashes of its live secrets and their grace expiries; never a secret)."""
-    return b"%d|%s" % (
-        client.version,
-        orjson.dumps(
-            {
-                "client_id": client.client_id,
-                "name": client.name,
-                "scopes": client.scopes,
-                "audiences": client.audiences,
-                "can_introspect": client.can_introspect,
-                "token_ttl": client.token_ttl,
-                "token_format": client.token_format,
-                "jwks": client.jwks,
-                "disabled": client.disabled,
-                "created_at": client.created_at,
-                "updated_at": client.updated_at,
-                "token_endpoint_auth_method": client.token_endpoint_auth_method,
-                "secrets": [[h.hex(), exp] for h, exp in client.secrets],
-            }
-        ),
-    )
+    body = {name: getattr(client, name) for name in _CLIENT_FIELDS}
+    body["secrets"] = [[h.hex(), exp] for h, exp in client.secrets]
+    return b"%d|%s" % (client.version, orjson.dumps(body))
 
 
 def decode_client(raw: bytes) -> Client | None:
@@ -420,22 +408,11 @@ def decode_client(raw: bytes) -> Client | None:
         return None
     try:
         body = orjson.loads(payload)
-        return Client(
-            client_id=body["client_id"],
-            name=body["name"],
-            scopes=tuple(body["scopes"]),
-            audiences=tuple(body["audiences"]),
-            can_introspect=body["can_introspect"],
-            token_ttl=body["token_ttl"],
-            token_format=body["token_format"],
-            jwks=body["jwks"],
-            disabled=body["disabled"],
-            created_at=body["created_at"],
-            updated_at=body["updated_at"],
-            token_endpoint_auth_method=body["token_endpoint_auth_method"],
-            secrets=tuple((bytes.fromhex(h), exp) for h, exp in body["secrets"]),
-            version=int(version),
-        )
+        values = {name: body[name] for name in _CLIENT_FIELDS}
+        for name in _CLIENT_TUPLES:
+            values[name] = tuple(values[name])
+        secrets = tuple((bytes.fromhex(h), exp) for h, exp in body["secrets"])
+        return Client(**values, secrets=secrets, version=int(version))
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         log.warning("ignored a malformed client record in redis")
         return None

@@ -12,9 +12,11 @@ Why no interleaving can leave an old state cached
 Every change to a credential takes a fresh, larger `version` from one
 Postgres sequence, in the transaction that makes the change. A Redis entry
 is `<version>|<payload>`, where the payload is an answer or `T`, a
-tombstone meaning "changed: read Postgres again". All Redis writes go
-through one script, `_FILL`, which writes only when the key is absent, or
-holds a smaller version, or holds a tombstone of the same version.
+tombstone meaning "changed: read Postgres again". All Redis writes are
+versioned writes of the Redis port (`introspect.redis.port.Write`; on one
+server, the script `_FILL` of introspect/redis/lean.py), which write only when
+the key is absent, or holds a smaller version, or holds a tombstone of the
+same version.
 
 * A writer, after its commit, writes a tombstone with the new version v.
   Any entry an earlier reader filled carries a version < v, so the
@@ -60,7 +62,7 @@ its row or its secrets), in the change's transaction. Its Redis value is
 `<version>|<record>` (`encode_client`: what authentication needs, with the
 keyed hashes of its live secrets and their grace expiries, never a secret;
 as sensitive as the credentials' keyed hashes, which are Redis keys
-already) under `client_key`, filled by readers through `_FILL` under their
+already) under `client_key`, filled by readers' versioned writes under their
 marker and FILL_DEADLINE, for the Redis cache lifetime. The change's writer
 tombstones it with the change's version (`Invalidation.records`), so the
 change log's replay writes that tombstone again: the argument above holds
@@ -105,6 +107,17 @@ lives) is written again to a server whose history it cannot vouch for,
 before any worker reads from it. Writers' tombstones need no vouching: a
 newer version never restores an old state. The in-process cache is usable
 only while its subscription reaches the vouched server.
+
+Where each part is
+------------------
+`entry` (entries and the one codec between answers, client records and
+Redis values), `local` (the in-process layer and its epoch), `readthrough`
+(`CredentialCache`: the read path, and the facade the authority uses),
+`invalidation` (what a change tombstones and publishes), `announce`
+(publishing, acknowledgements, the outbox and change-log replays), `health`
+(when Redis is used, recovery, the sweep), `listener` (subscription,
+heartbeats, acknowledging), `coalescer` (one round trip for many requests).
+Every Redis command goes through the port, introspect/redis/port.py.
 """
 
 from introspect.cache.announce import ACK_TIMEOUT, Announcer, PostgresFailed

@@ -16,15 +16,16 @@ from typing import TypeVar
 import asyncpg
 import orjson
 
-from introspect import acks, resp, store
-from introspect.cache.invalidation import CHANNEL, Invalidation, checked
+from introspect import acks, store
+from introspect.cache.invalidation import CHANNEL, Invalidation
 from introspect.metrics import METRICS
+from introspect.redis.port import Redis
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 ACK_TIMEOUT = 1.0
-# Commands per pipeline when writing the change log again.
+# Writes per round trip when writing the change log again.
 REPLAY_BATCH = 1000
 
 
@@ -48,13 +49,13 @@ async def postgres(operation: Awaitable[T]) -> T:
 class Announcer:
     """Publishes invalidations and collects their acknowledgements (introspect/acks.py)."""
 
-    def __init__(self, fast: resp.Client, pool: asyncpg.Pool, lazy_pool: asyncpg.Pool) -> None:
-        self.fast = fast
+    def __init__(self, redis: Redis, pool: asyncpg.Pool, lazy_pool: asyncpg.Pool) -> None:
+        self.redis = redis
         self.pool = pool
         self.lazy_pool = lazy_pool
         self._background: set[asyncio.Task[None]] = set()
         # Acknowledgements of this process's changes, on one connection (introspect/acks.py).
-        self._collector = acks.Collector(fast.url, fast.timeout)
+        self._collector = acks.Collector(redis)
 
     def mark_published(self, outbox_id: int) -> None:
         """Mark an outbox row published, off the caller's path: a mark that fails or is lost
@@ -74,18 +75,15 @@ class Announcer:
         nonce = self._collector.nonce()
         try:
             # Whatever the history: a newer version never brings back an old state.
-            results = checked(
-                await self.fast.execute(
-                    *invalidation.writes(),
-                    ("PUBLISH", CHANNEL, orjson.dumps(invalidation.message(nonce))),
-                )
+            receivers = await self.redis.publish(
+                CHANNEL, orjson.dumps(invalidation.message(nonce)), invalidation.writes()
             )
         except BaseException:
             self._collector.forget(nonce)
             raise
         METRICS.invalidations_sent.inc()
         deadline = time.monotonic() + ACK_TIMEOUT
-        return await self._collector.wait(nonce, int(results[-1]), deadline)
+        return await self._collector.wait(nonce, receivers, deadline)
 
     async def replay_outbox(self, older_than: int) -> int:
         """Publish the invalidations left in the outbox; return how many."""
@@ -103,9 +101,7 @@ class Announcer:
         writes = [w for raw in changes for w in Invalidation.loads(raw).writes()]
         for start in range(0, len(writes), REPLAY_BATCH):
             METRICS.redis_calls.inc()
-            checked(
-                await self.fast.execute(*writes[start : start + REPLAY_BATCH], identity=identity)
-            )
+            await self.redis.write(writes[start : start + REPLAY_BATCH], identity)
         return len(changes)
 
     async def close(self) -> None:

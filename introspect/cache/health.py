@@ -16,11 +16,12 @@ import logging
 import asyncpg
 from redis.exceptions import RedisError
 
-from introspect import resp, store
+from introspect import store
 from introspect.cache.announce import Announcer, PostgresFailed, postgres
 from introspect.cache.local import LocalCache
-from introspect.history import EvictingRedis, History, HistoryUnknown
+from introspect.history import History
 from introspect.metrics import METRICS
+from introspect.redis.port import EvictingRedis, HistoryUnknown, Redis, ServerChanged
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,8 @@ OUTBOX_SWEEP_INTERVAL = 2
 HISTORY_MARGIN = 60
 # How often a worker checks that its Redis is the server and history it vouches for (s).
 HISTORY_CHECK_INTERVAL = 1.0
+# What stops a worker from vouching for its Redis for now: either store failing.
+_NOT_VOUCHED = (RedisError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError, PostgresFailed)
 # Published changes older than the replay window and this are pruned, about this often (s).
 PRUNE_INTERVAL = 60
 
@@ -39,7 +42,7 @@ class Health:
 
     def __init__(
         self,
-        fast: resp.Client,
+        redis: Redis,
         pool: asyncpg.Pool,
         lazy_pool: asyncpg.Pool,
         *,
@@ -47,21 +50,21 @@ class Health:
         announcer: Announcer,
         window: int,
     ) -> None:
-        self.fast = fast
+        self.redis = redis
         self.pool = pool
         self.lazy_pool = lazy_pool
         self.local = local
         self.announcer = announcer
         # Reads use Redis only once its history is vouched for: see `start` and `_recover`.
         self.ok = False
-        self.history = History(fast, pool, announcer.replay_changes, window=window)
+        self.history = History(redis, pool, announcer.replay_changes, window=window)
         self._recovering: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
     def failed(self, exc: BaseException) -> None:
         """Go straight to Postgres until Redis answers again, its history is vouched for
         and the outbox is replayed."""
-        if isinstance(exc, resp.ServerChanged):  # another server, or history lost
+        if isinstance(exc, ServerChanged):  # another server, or history lost
             if self.ok or self.history.marker is not None:
                 METRICS.history_losses.inc()
                 log.warning("%s: answering from postgres until it is vouched for again", exc)
@@ -76,15 +79,9 @@ class Health:
     async def start(self) -> None:
         """Vouch for the Redis history once (bounded), else keep trying in the background."""
         try:
-            async with asyncio.timeout(self.fast.timeout):
+            async with asyncio.timeout(self.redis.timeout):
                 await self._vouch()
-        except (
-            RedisError,
-            OSError,
-            asyncpg.PostgresError,
-            asyncpg.InterfaceError,
-            PostgresFailed,
-        ):
+        except _NOT_VOUCHED:
             self.failed(HistoryUnknown("redis history not vouched for yet"))
 
     async def _vouch(self) -> None:
@@ -105,13 +102,7 @@ class Health:
                 log.error("%s", exc)
                 delay = 10.0
                 continue
-            except (
-                RedisError,
-                OSError,
-                asyncpg.PostgresError,
-                asyncpg.InterfaceError,
-                PostgresFailed,
-            ) as exc:
+            except _NOT_VOUCHED as exc:
                 if not failing:  # once per streak
                     log.warning("redis not usable yet: %s", type(exc).__name__)
                 failing = True
@@ -156,7 +147,7 @@ class Health:
             if self.ok:
                 await self.history.check()
                 return "ok"
-            await self.fast.call("PING")
+            await self.redis.ping()
         except HistoryUnknown as exc:
             self.failed(exc)
         except (RedisError, OSError) as exc:

@@ -7,9 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from redis.exceptions import ResponseError
 
-from introspect import resp
 from introspect.cache.entry import (
     INACTIVE_PAYLOAD,
     KEY_PREFIX,
@@ -18,47 +16,9 @@ from introspect.cache.entry import (
     TOMBSTONE_TTL,
     client_key,
 )
-from introspect.history import MARKER
+from introspect.redis.port import Write
 
 CHANNEL = "introspect:invalidate"
-
-# KEYS[1] the key, KEYS[2] (readers' fills only) the history marker; ARGV[1] version,
-# ARGV[2] the value, ARGV[3] TTL in ms, ARGV[4] the marker the reader vouches for.
-# -1: the marker is not that one (see introspect/history.py).
-_FILL = """
-if KEYS[2] and redis.call('GET', KEYS[2]) ~= ARGV[4] then return -1 end
-local cur = redis.call('GET', KEYS[1])
-if cur then
-  local sep = string.find(cur, '|', 1, true)
-  local v = tonumber(string.sub(cur, 1, sep - 1))
-  local new = tonumber(ARGV[1])
-  if v > new then return 0 end
-  if v == new and string.sub(cur, sep + 1) ~= 'T' then return 0 end
-end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-return 1
-"""
-
-
-def fill_command(
-    key: bytes, version: int, value: bytes, ttl_ms: int, marker: bytes | None = None
-) -> resp.Command:
-    """One `_FILL` (EVAL of the text: no NOSCRIPT after a restart; the server caches it).
-
-    A reader's fill names the history marker it read under, and is refused
-    (-1) in any other; a writer's tombstone passes none.
-    """
-    if marker is None:
-        return ("EVAL", _FILL, 1, KEY_PREFIX + key, version, value, ttl_ms)
-    return ("EVAL", _FILL, 2, KEY_PREFIX + key, MARKER, version, value, ttl_ms, marker)
-
-
-def checked(replies: list[Any]) -> list[Any]:
-    """The replies of a batch, or the first error reply raised."""
-    for reply in replies:
-        if isinstance(reply, ResponseError):
-            raise reply
-    return replies
 
 
 @dataclass(slots=True)
@@ -79,7 +39,7 @@ class Invalidation:
     subs: list[str] = field(default_factory=list)
     everything: bool = False
 
-    def writes(self) -> list[resp.Command]:
+    def writes(self) -> list[Write]:
         """The versioned Redis writes of this change: tombstones, or inactive answers, and
         the tombstones of the client records it changed."""
         payload, ttl_ms = (
@@ -89,12 +49,12 @@ class Invalidation:
         )
         return [
             *(
-                fill_command(key, version, b"%d|%s" % (version, payload), ttl_ms)
+                Write(KEY_PREFIX + key, version, b"%d|%s" % (version, payload), ttl_ms)
                 for key, version in self.tombstones
             ),
             *(
-                fill_command(
-                    client_key(client_id),
+                Write(
+                    KEY_PREFIX + client_key(client_id),
                     version,
                     b"%d|%s" % (version, TOMBSTONE),
                     TOMBSTONE_TTL * 1000,

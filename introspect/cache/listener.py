@@ -11,11 +11,12 @@ import time
 import orjson
 from redis.exceptions import RedisError
 
-from introspect import acks, resp
+from introspect import acks
 from introspect.cache.announce import ACK_TIMEOUT
-from introspect.cache.invalidation import CHANNEL, checked
+from introspect.cache.invalidation import CHANNEL
 from introspect.cache.local import LocalCache
 from introspect.metrics import METRICS
+from introspect.redis.port import Redis, Subscription
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +41,10 @@ class Listener:
     and Postgres, which the writer updated before publishing.
     """
 
-    def __init__(self, redis_url: str, local: LocalCache, ack: resp.Client) -> None:
-        # Its own connection, which never reconnects silently: a drop must be seen (promise 4).
-        self._url = redis_url
-        self._ack = ack
+    def __init__(self, redis: Redis, local: LocalCache) -> None:
+        # Subscribed on a connection of its own, which never reconnects silently: a drop must
+        # be seen (promise 4).
+        self._redis = redis
         self.local = local
         # Only this listener subscribes to it: its heartbeats come back on its connection.
         self.heartbeat_channel = f"introspect:heartbeat:{os.urandom(8).hex()}".encode()
@@ -51,7 +52,7 @@ class Listener:
         self.subscribed = asyncio.Event()
         # How many times the subscription was (re)established, and the current one.
         self.subscriptions = 0
-        self.subscription: resp.Subscription | None = None
+        self.subscription: Subscription | None = None
         self._task: asyncio.Task[None] | None = None
         self._acks: set[asyncio.Task[None]] = set()
 
@@ -71,9 +72,7 @@ class Listener:
     async def _run(self) -> None:
         delay = 0.05
         while True:
-            subscription = self.subscription = resp.Subscription(
-                self._url, self._ack.timeout, identify=True
-            )
+            subscription = self.subscription = self._redis.subscription()
             beating: asyncio.Task[None] | None = None
             try:
                 lost = await subscription.open(
@@ -111,7 +110,7 @@ class Listener:
         failing = False
         while True:
             try:
-                await self._ack.call("PUBLISH", self.heartbeat_channel, repr(time.monotonic()))
+                await self._redis.publish(self.heartbeat_channel, repr(time.monotonic()).encode())
             except (RedisError, OSError) as exc:
                 if not failing:  # once per streak, not ten times a second
                     log.warning("heartbeats not sent: %s", type(exc).__name__)
@@ -147,6 +146,6 @@ class Listener:
             log.warning("ignored an invalidation with a malformed nonce")
             return
         try:
-            checked(await self._ack.execute(("RPUSH", key, nonce), ("EXPIRE", key, acks.LIST_TTL)))
+            await self._redis.acknowledge(key, nonce, acks.LIST_TTL)
         except (RedisError, OSError) as exc:
             log.warning("could not acknowledge an invalidation: %s", type(exc).__name__)

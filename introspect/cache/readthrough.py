@@ -13,12 +13,11 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import asyncpg
 from redis.exceptions import RedisError
 
-from introspect import resp, store
+from introspect import store
 from introspect.cache.announce import Announcer
 from introspect.cache.coalescer import Coalescer
 from introspect.cache.entry import (
@@ -32,10 +31,10 @@ from introspect.cache.entry import (
     encode_client,
 )
 from introspect.cache.health import HISTORY_MARGIN, Health
-from introspect.cache.invalidation import Announced, Invalidation, checked, fill_command
+from introspect.cache.invalidation import Announced, Invalidation
 from introspect.cache.local import LocalCache
-from introspect.history import MARKER, HistoryUnknown
 from introspect.metrics import METRICS
+from introspect.redis.port import HistoryUnknown, Redis, Write
 from introspect.store import Client
 
 log = logging.getLogger(__name__)
@@ -44,22 +43,16 @@ FILL_DEADLINE = 5.0
 # Keys per MGET when refreshing.
 REFRESH_BATCH = 500
 
+
 # KEYS[1] an assertion's key, KEYS[2] the history marker; ARGV[1] the marker vouched for,
 # ARGV[2] when to forget it. 1: first use; 0: seen before; -1: another history.
-_ONCE = """
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
-if redis.call('SET', KEYS[1], '1', 'NX', 'EXAT', ARGV[2]) then return 1 end
-return 0
-"""
-
-
 class CredentialCache:
     """The read path over the three layers, and the write path that keeps them coherent."""
 
     def __init__(
         self,
         pool: asyncpg.Pool,
-        fast: resp.Client,
+        redis: Redis,
         *,
         local: LocalCache,
         redis_ttl: int,
@@ -70,15 +63,15 @@ class CredentialCache:
         # Marking a published outbox row need not wait for the WAL flush: if a crash
         # forgets the mark, the invalidation is only published once more.
         self.lazy_pool = lazy_pool or pool
-        # Every command goes through the lean client (see introspect/resp.py), which
-        # identifies the server of each connection it opens (see introspect/history.py).
-        self.fast = fast
+        # Every Redis command goes through the port (introspect/redis/port.py), which names the
+        # server each one requires (see introspect/history.py).
+        self.redis = redis
         self.local = local
         self.redis_ttl = redis_ttl
         self.negative_ttl = negative_ttl
-        self.announcer = Announcer(fast, pool, self.lazy_pool)
+        self.announcer = Announcer(redis, pool, self.lazy_pool)
         self.health = Health(
-            fast,
+            redis,
             pool,
             self.lazy_pool,
             local=local,
@@ -87,9 +80,7 @@ class CredentialCache:
         )
         self.history = self.health.history
         self._gets: Coalescer[bytes, bytes] = Coalescer(self._mget)
-        self._fills: Coalescer[tuple[bytes, int, bytes, int, bytes], None] = Coalescer(
-            self._fill_many
-        )
+        self._fills: Coalescer[Write, None] = Coalescer(self._fill_many)
         self._refreshing: asyncio.Task[None] | None = None
         # Awaited between a read and the fills it leads to: tests force interleavings here.
         self.before_fill: Callable[[bytes], Awaitable[None]] | None = None
@@ -221,17 +212,11 @@ class CredentialCache:
         """The entries of `keys`, read with the history marker, from the vouched server only."""
         history = self.history
         marker, identity = history.value, history.identity
-        if marker is None:
+        if marker is None or identity is None:
             raise HistoryUnknown("no vouched redis history")
         METRICS.redis_calls.inc()
-        (values,) = checked(
-            await self.fast.execute(
-                ("MGET", MARKER, *[KEY_PREFIX + k for k in keys]), identity=identity
-            )
-        )
-        if values[0] != marker:
-            raise HistoryUnknown("redis lost its history marker")
-        return {k: v for k, v in zip(keys, values[1:], strict=True) if isinstance(v, bytes)}
+        values = await self.redis.lookup([KEY_PREFIX + k for k in keys], marker, identity)
+        return {k: v for k, v in zip(keys, values, strict=True) if v is not None}
 
     async def _redis_fill(self, key: bytes, entry: Entry, marker: bytes) -> None:
         now = store.now()
@@ -245,28 +230,20 @@ class CredentialCache:
     async def _fill_key(
         self, key: bytes, version: int, value: bytes, ttl: int, marker: bytes
     ) -> None:
-        """A reader's fill of `key` (through `_FILL`, batched), for `ttl` seconds."""
+        """A reader's versioned fill of `key` (batched), for `ttl` seconds."""
         try:
-            await self._fills.get((key, version, value, ttl * 1000, marker))
+            await self._fills.get(Write(KEY_PREFIX + key, version, value, ttl * 1000, marker))
         except (RedisError, OSError) as exc:
             self.health.failed(exc)
 
-    async def _fill_many(
-        self, fills: list[tuple[bytes, int, bytes, int, bytes]]
-    ) -> dict[Any, None]:
-        """Run the fills of one loop iteration through `_FILL` in one pipeline.
+    async def _fill_many(self, fills: list[Write]) -> dict[Write, None]:
+        """Run the fills of one loop iteration in one round trip.
 
         Each names the marker its lookup began under; the server must be the
-        vouched one, and a fill under another marker is refused by the script.
+        vouched one, and a fill under another marker is refused.
         """
         METRICS.redis_calls.inc()
-        results = checked(
-            await self.fast.execute(
-                *(fill_command(*fill) for fill in fills), identity=self.history.identity
-            )
-        )
-        if -1 in results:
-            raise HistoryUnknown("redis lost its history marker")
+        await self.redis.write(fills, self.history.identity)
         return {}
 
     # --- the cache's state, its upkeep and its write path -------------------------------------
@@ -294,25 +271,15 @@ class CredentialCache:
         Raises HistoryUnknown (a Redis error) when no history is vouched for:
         what is remembered must be kept where it is checked.
         """
-        marker = self.history.value
-        if not self.health.ok or marker is None:
+        marker, identity = self.history.value, self.history.identity
+        if not self.health.ok or marker is None or identity is None:
             raise HistoryUnknown("no vouched redis history")
         METRICS.redis_calls.inc()
         try:
-            (first,) = checked(
-                await self.fast.execute(
-                    ("EVAL", _ONCE, 2, key, MARKER, marker, until),
-                    identity=self.history.identity,
-                )
-            )
-        except (RedisError, OSError) as exc:
+            return await self.redis.remember_once(key, until, marker, identity)
+        except (RedisError, OSError) as exc:  # HistoryUnknown too: another history
             self.health.failed(exc)
             raise
-        if first == -1:
-            lost = HistoryUnknown("redis lost its history marker")
-            self.health.failed(lost)
-            raise lost
-        return bool(first == 1)
 
     async def announce(self, invalidation: Invalidation, outbox_id: int) -> Announced:
         """After a commit: tombstone Redis, publish, wait for acks, mark the outbox row published.

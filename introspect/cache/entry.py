@@ -55,9 +55,6 @@ class Entry:
         return max(0, min(cap, self.exp - now))
 
 
-INACTIVE = Entry(answer=None)
-
-
 def encode(entry: Entry) -> bytes:
     """The Redis value of an entry: `<version>|<answer JSON>` or `<version>|0`."""
     return b"%d|%s" % (
@@ -85,19 +82,19 @@ def shared(value: T) -> T:
     return found
 
 
-def decode(raw: bytes) -> Entry | None:
-    """An entry from its Redis value; None for a tombstone."""
-    version, _, payload = raw.partition(b"|")
-    if payload == TOMBSTONE:
-        return None
-    if payload == INACTIVE_PAYLOAD:
-        return Entry(answer=None, version=int(version))
-    body = orjson.loads(payload)
+def answered(answer: bytes, body: dict[str, Any], version: int) -> Entry:
+    """The entry of an active answer: `answer`, the JSON of `body`, is served as it is.
+
+    The one mapping from an answer to what serving it depends on, whether the
+    answer was just made from Postgres (rfc7662.entry_for) or read from Redis
+    (`decode`): its audiences, lifetime, owner and subject, and for an API key
+    its id (`kind` `api_key`: its `last_used_at` is kept).
+    """
     aud = body.get("aud")
     client_id, sub = body.get("client_id"), body.get("sub")
     return Entry(
-        answer=payload,
-        version=int(version),
+        answer=answer,
+        version=version,
         aud=shared(frozenset((aud,) if isinstance(aud, str) else (aud or ()))),
         exp=body.get("exp"),
         nbf=body.get("nbf", 0),
@@ -105,6 +102,16 @@ def decode(raw: bytes) -> Entry | None:
         sub=None if sub is None else shared(sub),
         key_id=body.get("jti") if body.get("kind") == "api_key" else None,
     )
+
+
+def decode(raw: bytes) -> Entry | None:
+    """An entry from its Redis value; None for a tombstone."""
+    version, _, payload = raw.partition(b"|")
+    if payload == TOMBSTONE:
+        return None
+    if payload == INACTIVE_PAYLOAD:
+        return Entry(answer=None, version=int(version))
+    return answered(payload, orjson.loads(payload), int(version))
 
 
 def client_key(client_id: str) -> bytes:

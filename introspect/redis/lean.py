@@ -132,7 +132,8 @@ class LeanRedis:
         (values,) = checked(await self.client.execute(("MGET", MARKER, *keys), identity=identity))
         if values[0] != marker:
             raise HistoryUnknown("redis lost its history marker")
-        return [v if isinstance(v, bytes) else None for v in values[1:]]
+        found: list[bytes | None] = values[1:]  # MGET: a value or nil for each key
+        return found
 
     async def write(self, writes: Sequence[Write], identity: bytes | None = None) -> None:
         results = checked(await self.client.execute(*map(fill_command, writes), identity=identity))

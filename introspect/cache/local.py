@@ -67,7 +67,7 @@ class LocalCache:
         return entry
 
     def put(self, key: bytes, entry: Entry, epoch: int, now: int) -> None:
-        """Store `entry` unless an invalidation arrived since `epoch` was read (see module doc).
+        """Store `entry` unless an invalidation arrived since `epoch` was read (package doc).
 
         An entry that lives its full in-process life (not cut short by its
         `exp`) comes due for a refresh at a random point late in it.

@@ -44,8 +44,6 @@ FILL_DEADLINE = 5.0
 REFRESH_BATCH = 500
 
 
-# KEYS[1] an assertion's key, KEYS[2] the history marker; ARGV[1] the marker vouched for,
-# ARGV[2] when to forget it. 1: first use; 0: seen before; -1: another history.
 class CredentialCache:
     """The read path over the three layers, and the write path that keeps them coherent."""
 
@@ -97,7 +95,7 @@ class CredentialCache:
         return entry
 
     async def _refresh(self) -> None:
-        """Read again from Redis the in-process entries that came due (see module doc).
+        """Read again from Redis the in-process entries that came due (see the package doc).
 
         Any that Redis no longer holds, or that an invalidation touched
         meanwhile (the epoch), are left to expire and be read through as usual.

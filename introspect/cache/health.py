@@ -51,7 +51,6 @@ class Health:
         window: int,
     ) -> None:
         self.redis = redis
-        self.pool = pool
         self.lazy_pool = lazy_pool
         self.local = local
         self.announcer = announcer

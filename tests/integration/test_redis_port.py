@@ -8,6 +8,7 @@ receivers counted, acknowledgement lists (see introspect/redis/port.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 from collections.abc import AsyncIterator
 
@@ -29,11 +30,8 @@ def unique(name: str) -> bytes:
 @pytest.fixture
 async def redis(migrated: Stores) -> AsyncIterator[LeanRedis]:
     """The port on the session's Valkey (its history vouched for by conftest), closed at the end."""
-    port = LeanRedis(migrated.redis_url)
-    try:
+    with contextlib.closing(LeanRedis(migrated.redis_url)) as port:
         yield port
-    finally:
-        port.close()
 
 
 async def vouched(redis: Redis) -> tuple[bytes, bytes]:

@@ -4,7 +4,7 @@ A change publishes its invalidation with a nonce and waits until every
 listener that received it acknowledged (or ACK_TIMEOUT passed). A nonce is
 `<process>:<change>`: the listeners push it onto the list of the publishing
 process (`introspect:acks:<process>`), and one task of that process pops
-them all with BLMPOP on one connection and hands each to the change that
+them all on one connection (`Redis.acknowledgements`) and hands each to the change that
 waits for it. However many changes run at once (a flood of revocations
 included), a process holds one blocking connection for them, not one each.
 """
@@ -18,9 +18,9 @@ import re
 import time
 from dataclasses import dataclass, field
 
-from introspect import resp
+from introspect.redis.port import Redis
 
-# How long one BLMPOP blocks while changes wait (s): a new acknowledgement ends it sooner.
+# How long one pop of acknowledgements blocks while changes wait (s): a new one ends it sooner.
 POLL = 0.5
 # Acknowledgements popped per round trip at most.
 BATCH = 1000
@@ -50,10 +50,10 @@ class _Waiter:
 class Collector:
     """Hands the acknowledgements of this process's changes to the changes waiting for them."""
 
-    def __init__(self, url: str, timeout: float) -> None:
+    def __init__(self, redis: Redis) -> None:
         self.process = os.urandom(8).hex()
         self.key = f"introspect:acks:{self.process}"
-        self._client = resp.Client(url, timeout=POLL + timeout)
+        self._redis = redis
         self._waiters: dict[str, _Waiter] = {}
         self._task: asyncio.Task[None] | None = None
         self._error: BaseException | None = None
@@ -92,12 +92,7 @@ class Collector:
     async def _route(self) -> None:
         try:
             while self._waiters:
-                got = await self._client.call(
-                    "BLMPOP", f"{POLL:.3f}", 1, self.key, "LEFT", "COUNT", BATCH
-                )
-                if got is None:
-                    continue
-                for raw in got[1]:
+                for raw in await self._redis.acknowledgements(self.key, POLL, BATCH):
                     waiter = self._waiters.get(raw.decode(errors="replace"))
                     if waiter is not None:  # else late: its change stopped waiting
                         waiter.count += 1
@@ -108,9 +103,8 @@ class Collector:
                 waiter.done.set()
 
     async def close(self) -> None:
-        """Stop collecting and close the connection."""
+        """Stop collecting (the connection is the port's, closed with it)."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        self._client.close()

@@ -13,7 +13,7 @@ may believe what a Redis server holds.
 A history is vouched for by a marker
 ------------------------------------
 Each worker trusts one *marker*: the value of the key `introspect:history`
-(`MARKER`), written once per history, after the replay described below. It
+(`introspect.redis.port.MARKER`), written once per history, after the replay described below. It
 names the server it was written on (its `run_id` and replication id: see
 `resp.Server`), when that history started, and a random nonce. A worker
 reads Redis, and fills it, only while:
@@ -103,11 +103,13 @@ from redis.exceptions import RedisError
 
 from introspect import resp, store
 from introspect.metrics import METRICS
+from introspect.redis.lean import LeanRedis
+from introspect.redis.port import EvictingRedis, HistoryUnknown, Redis
+
+__all__ = ["EvictingRedis", "History", "HistoryUnknown", "Marker", "refuse_eviction"]
 
 log = logging.getLogger(__name__)
 
-MARKER = b"introspect:history"
-LOCK = b"introspect:replaying"
 # A replayer that died lets the others try again after this (ms); a replay takes far less.
 LOCK_TTL_MS = 15_000
 # How often a waiting worker looks whether the replay it waits for is done (s).
@@ -115,29 +117,6 @@ WAIT_INTERVAL = 0.05
 _HEX = re.compile(rb"[0-9a-f]+")
 # The only eviction policy under which Redis never drops a key by itself.
 NO_EVICTION = "noeviction"
-
-# KEYS[1] the lock, KEYS[2] the marker; ARGV[1] the lock's owner, ARGV[2] the marker.
-_SEAL = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[2], ARGV[2])
-redis.call('DEL', KEYS[1])
-return 1
-"""
-
-
-# KEYS[1] the lock; ARGV[1] its owner.
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
-return 1
-"""
-
-
-class HistoryUnknown(resp.ServerChanged):
-    """The Redis server reached holds a history this worker cannot vouch for."""
-
-
-class EvictingRedis(HistoryUnknown):
-    """Redis may drop keys by itself under memory pressure: it can never be vouched for."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,13 +156,13 @@ def refuse_eviction(server: resp.Server) -> None:
 async def refuse_evicting(url: str) -> None:
     """At start: raise EvictingRedis if the Redis at `url` may evict keys (unreachable: pass,
     the server then answers from Postgres until it can vouch for one)."""
-    client = resp.Client(url, identify=True)
+    redis = LeanRedis(url)
     try:
-        server = await client.server()
+        server = await redis.server()
     except (RedisConnectionError, OSError, TimeoutError):
         return
     finally:
-        client.close()
+        redis.close()
     refuse_eviction(server)
 
 
@@ -192,12 +171,12 @@ class History:
 
     def __init__(
         self,
-        fast: resp.Client,
+        redis: Redis,
         pool: asyncpg.Pool,
         replay: Callable[[int, bytes], Awaitable[int]],
         window: int,
     ) -> None:
-        self.fast = fast
+        self.redis = redis
         self.pool = pool
         # Writes again the changes recorded since a time, on a server (identity); how many.
         self._replay = replay
@@ -226,35 +205,26 @@ class History:
         marker, value = self.marker, self.value
         if marker is None or value is None:
             raise HistoryUnknown("no vouched redis history")
-        replies = await self.fast.execute(
-            ("INFO", "server"), ("INFO", "replication"), ("INFO", "memory"), ("GET", MARKER)
-        )
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
-        server = resp.Server.from_info(*replies[:3])
+        server, held = await self.redis.watch()
         refuse_eviction(server)
         if server.identity != marker.identity:
             raise HistoryUnknown("redis restarted or failed over")
-        if replies[3] != value:
+        if held != value:
             raise HistoryUnknown("redis lost its history marker")
 
     async def vouch(self) -> None:
         """Vouch for the server reached now: adopt its marker, or replay and write one."""
         while True:
-            server = await self.fast.server()
+            server = await self.redis.server()
             refuse_eviction(server)
             identity = server.identity
-            (raw,) = await self.fast.execute(("GET", MARKER), identity=identity)
+            raw, _locked = await self.redis.history_state(identity)
             found = Marker.decode(raw)
             if found is not None and found.identity == identity:
                 self._adopt(found)
                 return
             owner = os.urandom(12).hex()
-            (locked,) = await self.fast.execute(
-                ("SET", LOCK, owner, "NX", "PX", LOCK_TTL_MS), identity=identity
-            )
-            if locked is None:
+            if not await self.redis.lock(owner, LOCK_TTL_MS, identity):
                 await self._wait(identity)
                 continue
             try:
@@ -271,10 +241,7 @@ class History:
         count = await self._replay(started - self.window, identity)
         earlier = await store.start_redis_history(self.pool, started)
         marker = Marker(identity, started if earlier else 0, owner)
-        (sealed,) = await self.fast.execute(
-            ("EVAL", _SEAL, 2, LOCK, MARKER, owner, marker.encode()), identity=identity
-        )
-        if sealed != 1:
+        if not await self.redis.seal(owner, marker.encode(), identity):
             log.warning("redis history replay took longer than its lock; starting again")
             return False
         if earlier:
@@ -291,15 +258,15 @@ class History:
     async def _release(self, owner: str, identity: bytes) -> None:
         """Let another worker replay at once rather than after the lock lapses (best effort)."""
         with contextlib.suppress(RedisError, OSError):
-            await self.fast.execute(("EVAL", _RELEASE, 1, LOCK, owner), identity=identity)
+            await self.redis.unlock(owner, identity)
 
     async def _wait(self, identity: bytes) -> None:
         """Wait until another worker's replay wrote its marker, or its lock lapsed."""
         while True:
             await asyncio.sleep(WAIT_INTERVAL)
-            raw, lock = await self.fast.execute(("GET", MARKER), ("GET", LOCK), identity=identity)
+            raw, locked = await self.redis.history_state(identity)
             found = Marker.decode(raw)
-            if (found is not None and found.identity == identity) or lock is None:
+            if (found is not None and found.identity == identity) or not locked:
                 return
 
     def _adopt(self, marker: Marker) -> None:

@@ -11,6 +11,9 @@ batches is the whole protocol), and replies are parsed by hiredis. One
 future per batch, no task, no per-command timer: a watchdog aborts the
 connection when the oldest batch waited longer than the timeout.
 
+It is the wire under the Redis port's one-server implementation
+(introspect/redis/lean.py), where every command the product sends is written.
+
 Errors are redis-py's exception classes, so callers handle both clients
 alike: `ConnectionError` and `TimeoutError` fail every batch in flight and
 the next call reconnects; an error reply is a `ResponseError` in its place

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from introspect.cache import Entry, shared
+from introspect.cache import Entry, answered
 from introspect.errors import InvalidRequest, UnauthorizedClient
 from introspect.store import Client, Credential, now
 
@@ -61,17 +61,8 @@ def entry_for(credential: Credential | None, issuer: str) -> Entry:
         # credential again costs no Postgres query.
         return Entry(answer=None, version=credential.version)
     body = active_answer(credential, issuer)
-    return Entry(
-        # A copy of exact size: orjson leaves its 4 KiB output buffer attached to the bytes.
-        answer=memoryview(orjson.dumps(body)).tobytes(),
-        version=credential.version,
-        aud=shared(frozenset(credential.audiences)),
-        exp=credential.exp,
-        nbf=credential.nbf,
-        client_id=None if credential.client_id is None else shared(credential.client_id),
-        sub=shared(credential.sub),
-        key_id=credential.id if credential.kind == "api_key" else None,
-    )
+    # A copy of exact size: orjson leaves its 4 KiB output buffer attached to the bytes.
+    return answered(memoryview(orjson.dumps(body)).tobytes(), body, credential.version)
 
 
 def require_introspection(client: Client) -> None:

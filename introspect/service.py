@@ -25,7 +25,6 @@ import orjson
 
 from introspect import (
     credentials,
-    resp,
     rfc6749,
     rfc7523,
     rfc7662,
@@ -47,6 +46,7 @@ from introspect.cache import (
 from introspect.config import Settings
 from introspect.credentials import Kind
 from introspect.metrics import METRICS
+from introspect.redis import LeanRedis, Redis
 from introspect.rfc6749 import Grant
 from introspect.store import Client
 
@@ -165,7 +165,7 @@ class Authority:
         self,
         settings: Settings,
         pool: asyncpg.Pool,
-        fast: resp.Client,
+        fast: Redis,
         lazy_pool: asyncpg.Pool | None = None,
     ) -> None:
         self.settings = settings
@@ -216,10 +216,10 @@ class Authority:
         """`iss` of everything issued."""
         return self.settings.issuer
 
-    async def listen(self, redis_url: str) -> None:
+    async def listen(self) -> None:
         """Subscribe to invalidations; the in-process cache is used only while subscribed."""
         await self.cache.start()
-        self.listener = Listener(redis_url, self.local, self.cache.fast)
+        self.listener = Listener(self.cache.redis, self.local)
         self.listener.start()
         self.cache.start_sweeper()
         self._usage_task = asyncio.get_running_loop().create_task(self._flush_usage_forever())
@@ -653,8 +653,8 @@ async def open_authority(
     lazy_pool = await store.create_pool(
         database_url, min_size=1, max_size=4, synchronous_commit=False
     )
-    # Every Redis command goes through the lean client (introspect/resp.py).
-    fast = resp.Client(redis_url, timeout=REDIS_TIMEOUT, identify=True)
+    # Every Redis command goes through the port (introspect/redis/port.py).
+    fast = LeanRedis(redis_url, timeout=REDIS_TIMEOUT)
     authority = Authority(settings, pool, fast, lazy_pool)
     probes = {
         "postgres": functools.partial(_pool_usage, pool),
@@ -663,7 +663,7 @@ async def open_authority(
     METRICS.pool_probes.update(probes)
     try:
         if listen:
-            await authority.listen(redis_url)
+            await authority.listen()
         yield authority
     finally:
         await authority.close()

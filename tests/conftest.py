@@ -18,10 +18,11 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from introspect import embedded, resp
+from introspect import embedded
 from introspect.config import Settings
 from introspect.history import History
 from introspect.migrate import migrate
+from introspect.redis import LeanRedis
 from introspect.service import Authority, open_authority
 from tests.helpers import Registered, Server, register, start_server
 from tests.valkey import Valkey, running
@@ -69,11 +70,11 @@ async def migrated(stores: Stores) -> Stores:
     finally:
         await conn.close()
     pool = await asyncpg.create_pool(stores.database_url, min_size=1, max_size=1)
-    fast = resp.Client(stores.redis_url, identify=True)
+    redis = LeanRedis(stores.redis_url)
     try:
-        await History(fast, pool, _nothing_to_replay, window=0).vouch()
+        await History(redis, pool, _nothing_to_replay, window=0).vouch()
     finally:
-        fast.close()
+        redis.close()
         await pool.close()
     return stores
 

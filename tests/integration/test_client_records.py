@@ -1,6 +1,6 @@
 """Client records in Redis: what they hold, and authentication from them.
 
-A client record read from Postgres is filled into Redis (introspect/cache.py),
+A client record read from Postgres is filled into Redis (introspect/cache/),
 so that authenticating its client needs no Postgres while it is there.
 """
 
@@ -18,7 +18,7 @@ GRANT = {"grant_type": "client_credentials"}
 
 async def _record(server: Server, client_id: str) -> bytes | None:
     """The raw Redis value of a client's record."""
-    raw = await server.authority.cache.fast.call("GET", KEY_PREFIX + client_key(client_id))
+    raw = await server.authority.cache.redis.client.call("GET", KEY_PREFIX + client_key(client_id))
     assert raw is None or isinstance(raw, bytes)
     return raw
 

@@ -3,7 +3,7 @@
 Each test stops a read-through between its read and its fills (the
 `before_fill` hook), revokes the credential meanwhile, then lets the fills
 run: they must be refused, in Redis by the version check and in-process by
-the epoch check (see introspect/cache.py). The same holds for a client
+the epoch check (see introspect/cache/). The same holds for a client
 record read through while the client is changed.
 """
 
@@ -67,7 +67,7 @@ async def test_postgres_read_before_revocation_is_not_cached(
     """A Postgres read that began before a revocation fills neither Redis nor the worker."""
     await race(server, app_client, resource_server, token)
     key = credentials.keyed_hash(server.authority.keys[0], token)
-    raw = await server.authority.cache.fast.call("GET", KEY_PREFIX + key)
+    raw = await server.authority.cache.redis.client.call("GET", KEY_PREFIX + key)
     assert raw is not None
     assert raw.split(b"|", 1)[1] == b"0"  # the revocation's own entry: inactive, for good
     resp = await server.post_form("/introspect", {"token": token}, headers=resource_server.auth)
@@ -121,7 +121,7 @@ async def test_client_record_read_before_a_change_is_not_cached(
     token = made.json()["access_token"]
     key = client_key(owner.client_id)
     # Its authentication cached the owner's record: forget it, so the next read goes to Postgres.
-    await server.authority.cache.fast.call("DEL", KEY_PREFIX + key)
+    await server.authority.cache.redis.client.call("DEL", KEY_PREFIX + key)
     server.authority.local.clear()
     gate = Gate(key)
     server.authority.cache.before_fill = gate
@@ -137,7 +137,7 @@ async def test_client_record_read_before_a_change_is_not_cached(
         server.authority.cache.before_fill = None
     # The read began before the change: it may report the old state, once.
     assert in_flight.json()["active"] is True
-    raw = await server.authority.cache.fast.call("GET", KEY_PREFIX + key)
+    raw = await server.authority.cache.redis.client.call("GET", KEY_PREFIX + key)
     assert raw is not None
     assert raw.split(b"|", 1)[1] == b"T"  # the change's tombstone, not the old record
     server.authority.local.clear()  # so the next answer reads the owner's record from Redis

@@ -37,7 +37,7 @@ async def test_killed_subscription_drops_the_in_process_cache(
     listener = server.authority.listener
     assert listener is not None
     before = listener.subscriptions
-    await server.authority.cache.fast.call("CLIENT", "KILL", "TYPE", "pubsub")
+    await server.authority.cache.redis.client.call("CLIENT", "KILL", "TYPE", "pubsub")
     # A revocation whose message this worker never sees: Postgres and Redis change, no PUBLISH.
     key = credentials.keyed_hash(server.authority.keys[0], token)
     await server.authority.pool.execute(
@@ -45,7 +45,7 @@ async def test_killed_subscription_drops_the_in_process_cache(
         " WHERE hash = $1",
         key,
     )
-    await server.authority.cache.fast.call("DEL", KEY_PREFIX + key)
+    await server.authority.cache.redis.client.call("DEL", KEY_PREFIX + key)
 
     async def resubscribed() -> bool:
         return listener.subscriptions > before

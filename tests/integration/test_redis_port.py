@@ -1,0 +1,112 @@
+"""The Redis port's contract, on its one-server implementation against a real Valkey.
+
+What the cache relies on from any implementation: versioned writes, lookups
+and fills under the history marker only, the replay memory, publishing with
+receivers counted, acknowledgement lists (see introspect/redis/port.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import AsyncIterator
+
+import pytest
+
+from introspect.redis import LeanRedis, Redis, Write
+from introspect.redis.port import MARKER, HistoryUnknown, ServerChanged
+from introspect.store import now
+from tests.conftest import Stores
+
+WAIT = 5.0  # an upper bound for things that should happen at once, never a measured duration
+
+
+def unique(name: str) -> bytes:
+    """A key no other test uses."""
+    return f"test-port:{name}:{secrets.token_hex(8)}".encode()
+
+
+@pytest.fixture
+async def redis(migrated: Stores) -> AsyncIterator[LeanRedis]:
+    """The port on the session's Valkey (its history vouched for by conftest), closed at the end."""
+    with contextlib.closing(LeanRedis(migrated.redis_url)) as port:
+        yield port
+
+
+async def vouched(redis: Redis) -> tuple[bytes, bytes]:
+    """The session Valkey's history marker and its server's identity."""
+    server, marker = await redis.watch()
+    assert marker is not None
+    return marker, server.identity
+
+
+async def test_a_versioned_write_never_replaces_a_newer_version(redis: LeanRedis) -> None:
+    """An older version is refused, a newer one wins, and a tombstone gives way to a fill of
+    its own version only."""
+    marker, identity = await vouched(redis)
+    key = unique("versions")
+    await redis.write([Write(key, 5, b"5|T", 60_000)])
+    await redis.write([Write(key, 4, b"4|old", 60_000, marker)], identity)
+    assert await redis.lookup([key], marker, identity) == [b"5|T"]
+    await redis.write([Write(key, 5, b"5|new", 60_000, marker)], identity)
+    await redis.write([Write(key, 5, b"5|again", 60_000, marker)], identity)
+    assert await redis.lookup([key], marker, identity) == [b"5|new"]
+    await redis.write([Write(key, 6, b"6|0", 60_000)])
+    assert await redis.lookup([key, unique("absent")], marker, identity) == [b"6|0", None]
+
+
+async def test_reads_and_fills_under_another_history_are_refused(redis: LeanRedis) -> None:
+    """A lookup or a reader's fill naming a marker Redis does not hold raises HistoryUnknown
+    and writes nothing; a batch naming another server is not sent at all."""
+    marker, identity = await vouched(redis)
+    key = unique("marker")
+    with pytest.raises(HistoryUnknown):
+        await redis.lookup([key], b"another history", identity)
+    with pytest.raises(HistoryUnknown):
+        await redis.write([Write(key, 1, b"1|x", 60_000, b"another history")], identity)
+    with pytest.raises(ServerChanged):
+        await redis.write([Write(key, 1, b"1|x", 60_000, marker)], b"another:server")
+    assert await redis.lookup([key], marker, identity) == [None]
+
+
+async def test_the_replay_memory_remembers_once_per_history(redis: LeanRedis) -> None:
+    """A key is remembered the first time only, and never under another marker."""
+    marker, identity = await vouched(redis)
+    key = unique("jti")
+    assert await redis.remember_once(key, now() + 60, marker, identity)
+    assert not await redis.remember_once(key, now() + 60, marker, identity)
+    with pytest.raises(HistoryUnknown):
+        await redis.remember_once(unique("jti"), now() + 60, b"another history", identity)
+
+
+async def test_a_publication_counts_its_receivers_and_acknowledgements_come_back(
+    redis: LeanRedis,
+) -> None:
+    """A subscriber receives what is published after the writes of the same round trip, and
+    the nonce it acknowledges is popped from the publisher's list."""
+    channel, inbox, key = unique("channel").decode(), unique("acks").decode(), unique("written")
+    received: asyncio.Queue[bytes] = asyncio.Queue()
+    subscription = redis.subscription()
+    await subscription.open([channel], lambda _channel, data: received.put_nowait(data))
+    try:
+        assert subscription.server is not None
+        assert subscription.server.identity == (await redis.server()).identity
+        count = await redis.publish(channel, b"hello", [Write(key, 1, b"1|T", 60_000)])
+        assert count == 1
+        assert await asyncio.wait_for(received.get(), WAIT) == b"hello"
+        marker, identity = await vouched(redis)
+        assert await redis.lookup([key], marker, identity) == [b"1|T"]
+    finally:
+        subscription.close()
+    await redis.acknowledge(inbox, "nonce-1", 10)
+    assert await redis.acknowledgements(inbox, 0.5, 10) == [b"nonce-1"]
+
+
+async def test_the_marker_is_the_one_the_history_keeps(redis: LeanRedis) -> None:
+    """`watch` reads the marker key the history protocol writes, with the server's identity."""
+    _marker, identity = await vouched(redis)
+    held, locked = await redis.history_state(identity)
+    assert held == (await redis.client.call("GET", MARKER))
+    assert not locked
+    await redis.ping()

@@ -21,8 +21,8 @@ import pytest
 from introspect import embedded, resp
 from introspect.config import Settings
 from introspect.history import History
-from introspect.migrate import migrate
 from introspect.service import Authority, open_authority
+from introspect.store.migrate import migrate
 from tests.helpers import Registered, Server, register, start_server
 from tests.valkey import Valkey, running
 

@@ -70,8 +70,8 @@ from introspect.store.pool import (
     DeadlinePool,
     create_pool,
 )
-from introspect.store.records import AdminKey, Client, Credential, now
-from introspect.store.revocations import audit_revoked, revoke_credentials, revoke_recorded
+from introspect.store.records import AdminKey, Client, Credential, Selection, now
+from introspect.store.revocations import revoke_recorded
 
 __all__ = [
     "ACCESS_TOKEN_COLUMNS",
@@ -89,10 +89,10 @@ __all__ = [
     "Client",
     "Credential",
     "DeadlinePool",
+    "Selection",
     "add_outbox",
     "admin_key_from_record",
     "audit",
-    "audit_revoked",
     "changes_since",
     "client_from_record",
     "copy_access_tokens",
@@ -121,7 +121,6 @@ __all__ = [
     "prune_changes",
     "rehash",
     "revoke_admin_key",
-    "revoke_credentials",
     "revoke_recorded",
     "rotate_client_secret",
     "scopes_in_use",

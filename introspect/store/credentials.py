@@ -14,6 +14,8 @@ CREDENTIAL_COLUMNS = (
     "id, kind, format, hash, client_id, sub, username, scopes, audiences,"
     " iat, nbf, exp, revoked_at, metadata, version, last_used_at"
 )
+# A credential neither revoked nor expired at the time bound to `{}`.
+LIVE = "(revoked_at IS NULL AND (exp IS NULL OR exp > {}))"
 # The columns an admin change may set; values are always bound parameters.
 CREDENTIAL_MUTABLE = frozenset({"scopes", "audiences", "exp", "metadata"})
 
@@ -174,7 +176,6 @@ async def list_credentials(
     after: str | None,
 ) -> list[Credential]:
     """Credentials in id order after `after`, filtered by each criterion given."""
-    live = "(revoked_at IS NULL AND (exp IS NULL OR exp > {}))"
     filters: list[tuple[str, Any]] = [
         (condition, value)
         for condition, value in (
@@ -186,7 +187,7 @@ async def list_credentials(
         if value is not None
     ]
     if active is not None:
-        filters.append((live if active else f"NOT {live}", now()))
+        filters.append((LIVE if active else f"NOT {LIVE}", now()))
     where, values = where_clause(filters)
     records = await conn.fetch(
         f"SELECT {CREDENTIAL_COLUMNS} FROM credentials{where} ORDER BY id LIMIT ${len(values) + 1}",

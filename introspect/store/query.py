@@ -29,10 +29,12 @@ def assignments(
     return ", ".join(parts), values
 
 
-def where_clause(filters: list[tuple[str, Any]]) -> tuple[str, list[Any]]:
-    """` WHERE a AND b` from (condition with `{}` for its one parameter, value) pairs."""
-    parts, values = [], []
+def where_clause(filters: list[tuple[str, Any]], first: int = 1) -> tuple[str, list[Any]]:
+    """` WHERE a AND b` from (condition with `{}` for its one parameter, value) pairs, the
+    parameters numbered from `first`."""
+    parts: list[str] = []
+    values: list[Any] = []
     for condition, value in filters:
+        parts.append(condition.format(f"${first + len(values)}"))
         values.append(value)
-        parts.append(condition.format(f"${len(values)}"))
     return (" WHERE " + " AND ".join(parts) if parts else ""), values

@@ -124,3 +124,26 @@ class AdminKey:
             "revoked_at": self.revoked_at,
             "active": self.live(now()),
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """Which credentials a revocation names: those matching every field given (at least one).
+
+    A selection of every credential of one client, or of one subject, is
+    invalidated by one message naming it (dropped in O(1) on every worker);
+    any other, key by key (see `dropped`).
+    """
+
+    # Stored under any of these keyed hashes (one per server secret) of a presented credential.
+    hashes: tuple[bytes, ...] | None = field(default=None, repr=False)
+    id: str | None = None
+    client_id: str | None = None
+    sub: str | None = None
+
+    def dropped(self) -> tuple[list[str], list[str]]:
+        """The clients and the subjects all of whose credentials this selection names."""
+        narrowed = self.hashes is not None or self.id is not None
+        clients = [self.client_id] if self.client_id and not (narrowed or self.sub) else []
+        subs = [self.sub] if self.sub and not (narrowed or self.client_id) else []
+        return clients, subs

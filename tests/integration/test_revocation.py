@@ -12,10 +12,11 @@ import orjson
 import pytest
 import redis.asyncio as redis
 
-from introspect import credentials, store
+from introspect import credentials, revocation, store
 from introspect.cache import CHANNEL, Invalidation
 from introspect.config import Settings
-from tests.helpers import AdminAPI, Registered, Server, admin_api
+from introspect.store import Selection
+from tests.helpers import AdminAPI, Registered, Server, admin_api, register
 from tests.integration.test_flow import issue
 
 
@@ -157,3 +158,78 @@ async def test_client_delete_without_credentials_still_records_its_invalidation(
         "c": [client_id],
         "x": True,
     }
+
+
+SHAPES = ["presented", "presented by its owner", "id", "client", "subject", "client and record"]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+async def test_the_recorded_invalidation_is_the_one_announced(server: Server, shape: str) -> None:
+    """For every shape of selection, the outbox row the revoking statement builds reads back
+    as the invalidation announced, and each revoked credential is audited with its kind."""
+    authority = server.authority
+    app = await register(authority)
+    token = (await issue(server, app))["access_token"]
+    key = credentials.keyed_hash(authority.keys[0], token)
+    token_id = await credential_id(server, token)
+    sub = "user-" + secrets.token_hex(6)
+    await store.insert_credential(
+        authority.pool,
+        credential_id=token_id + "-key",
+        kind="api_key",
+        hash_=secrets.token_bytes(32),
+        client_id=app.client_id,
+        sub=sub,
+        scopes=[],
+        audiences=[],
+        iat=store.now(),
+        exp=None,
+    )
+    selection, records = {
+        "presented": (Selection(hashes=(key, b"\0" * 32)), []),
+        "presented by its owner": (Selection(hashes=(key,), client_id=app.client_id), []),
+        "id": (Selection(id=token_id), []),
+        "client": (Selection(client_id=app.client_id), []),
+        "subject": (Selection(sub=sub), []),
+        "client and record": (Selection(client_id=app.client_id), [(app.client_id, 7)]),
+    }[shape]
+
+    recorded = await revocation.record(authority.pool, "test", selection, records)
+
+    assert recorded.outbox_id is not None
+    assert recorded.rows
+    raw = await authority.pool.fetchval(
+        "DELETE FROM invalidation_outbox WHERE id = $1 RETURNING message", recorded.outbox_id
+    )
+    assert Invalidation.loads(bytes(raw)) == recorded.invalidation
+    kinds = await authority.pool.fetch(
+        "SELECT target_id, target_kind FROM audit_log WHERE target_id = ANY($1::text[])"
+        " AND action = 'credential.revoke'",
+        [credential for credential, _key, _version in recorded.rows],
+    )
+    assert sorted(tuple(k.values()) for k in kinds) == sorted(
+        (credential, "api_key" if credential.endswith("-key") else "access_token")
+        for credential, _key, _version in recorded.rows
+    )
+
+
+async def test_a_revocation_naming_nothing_live_writes_nothing(server: Server) -> None:
+    """A selection matching no live credential writes no audit entry and no outbox row."""
+    authority = server.authority
+    outbox = await authority.pool.fetchval("SELECT coalesce(max(id), 0) FROM invalidation_outbox")
+    recorded = await revocation.record(
+        authority.pool, "test", Selection(id="tok_" + secrets.token_hex(11))
+    )
+    assert (recorded.outbox_id, recorded.rows) == (None, [])
+    assert (
+        await authority.pool.fetchval(
+            "SELECT count(*) FROM invalidation_outbox WHERE id > $1", outbox
+        )
+        == 0
+    )
+
+
+async def test_an_empty_selection_is_refused() -> None:
+    """A selection naming no field cannot revoke every credential: it is refused unsent."""
+    with pytest.raises(ValueError, match="must name"):
+        await store.revoke_recorded(None, "test", Selection())

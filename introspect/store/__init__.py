@@ -69,9 +69,23 @@ from introspect.store.pool import (
     RELEASE_TIMEOUT,
     DeadlinePool,
     create_pool,
+    ping,
 )
-from introspect.store.records import AdminKey, Client, Credential, Selection, now
+from introspect.store.records import (
+    AdminKey,
+    Client,
+    Credential,
+    Selection,
+    StoredSigningKey,
+    now,
+)
 from introspect.store.revocations import revoke_recorded
+from introspect.store.signing_keys import (
+    insert_first_signing_key,
+    insert_signing_key,
+    lease_signing_key,
+    load_signing_keys,
+)
 
 __all__ = [
     "ACCESS_TOKEN_COLUMNS",
@@ -90,6 +104,7 @@ __all__ = [
     "Credential",
     "DeadlinePool",
     "Selection",
+    "StoredSigningKey",
     "add_outbox",
     "admin_key_from_record",
     "audit",
@@ -107,10 +122,14 @@ __all__ = [
     "insert_admin_key",
     "insert_client",
     "insert_credential",
+    "insert_first_signing_key",
+    "insert_signing_key",
+    "lease_signing_key",
     "list_admin_keys",
     "list_audit",
     "list_clients",
     "list_credentials",
+    "load_signing_keys",
     "lock_admin_key",
     "lock_client",
     "lock_live_admins",
@@ -118,6 +137,7 @@ __all__ = [
     "new_client_version",
     "now",
     "pending_outbox",
+    "ping",
     "prune_changes",
     "rehash",
     "revoke_admin_key",

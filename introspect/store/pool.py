@@ -69,3 +69,9 @@ async def create_pool(
     )
     await pool
     return pool
+
+
+async def ping(pool: asyncpg.Pool) -> None:
+    """Return once Postgres answered a trivial statement (readiness); raise if it did not
+    within the deadlines."""
+    await pool.fetchval("SELECT 1", timeout=COMMAND_TIMEOUT)

@@ -147,3 +147,16 @@ class Selection:
         clients = [self.client_id] if self.client_id and not (narrowed or self.sub) else []
         subs = [self.sub] if self.sub and not (narrowed or self.client_id) else []
         return clients, subs
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSigningKey:
+    """A published signing key as stored: its private part sealed (see introspect/signing.py)."""
+
+    kid: str
+    seq: int
+    alg: str
+    public_jwk: str
+    private_key: bytes = field(repr=False)
+    activates_at: int
+    signed_until: int

@@ -7,12 +7,25 @@ takes a fresh `version` from the `change_version` sequence, which is what
 lets cache writers order their writes (see `introspect.cache`).
 
 One module per domain: `clients`, `credentials`, `revocations`, `changes`
-(the change log), `audit_log`, `admin_keys`; the records they return in
-`records`, the pool in `pool`. Every name is re-exported here.
+(the change log), `audit_log`, `admin_keys`, `signing_keys`; each
+implements its Protocol (`protocols`), and `POSTGRES` composes them into one
+`Store`. The records they return are in `records`, the pool in `pool`, the
+migration runner in `migrate` (the SQL files in `introspect/sql/`). Every
+statement the product sends to Postgres is in this package; every name is
+re-exported here.
 """
 
 from __future__ import annotations
 
+from introspect.store import (
+    admin_keys,
+    audit_log,
+    changes,
+    clients,
+    credentials,
+    revocations,
+    signing_keys,
+)
 from introspect.store.admin_keys import (
     ADMIN_KEY_COLUMNS,
     admin_key_from_record,
@@ -71,6 +84,7 @@ from introspect.store.pool import (
     create_pool,
     ping,
 )
+from introspect.store.protocols import Store
 from introspect.store.records import (
     AdminKey,
     Client,
@@ -87,6 +101,17 @@ from introspect.store.signing_keys import (
     load_signing_keys,
 )
 
+# The asyncpg implementation of every domain's Protocol (mypy checks each module against it).
+POSTGRES = Store(
+    clients=clients,
+    credentials=credentials,
+    revocations=revocations,
+    changes=changes,
+    audit=audit_log,
+    admin_keys=admin_keys,
+    signing_keys=signing_keys,
+)
+
 __all__ = [
     "ACCESS_TOKEN_COLUMNS",
     "ACQUIRE_TIMEOUT",
@@ -98,12 +123,14 @@ __all__ = [
     "CONNECT_TIMEOUT",
     "CREDENTIAL_COLUMNS",
     "CREDENTIAL_MUTABLE",
+    "POSTGRES",
     "RELEASE_TIMEOUT",
     "AdminKey",
     "Client",
     "Credential",
     "DeadlinePool",
     "Selection",
+    "Store",
     "StoredSigningKey",
     "add_outbox",
     "admin_key_from_record",

@@ -5,8 +5,10 @@ functions with the same JSON-shaped input (a body object, query parameters
 as strings), so both validate alike and strictly: a bad or unknown field is
 `Invalid` naming it, an unknown id `NotFound`, a change that the target's
 state forbids `Conflict`, and in each case nothing is written. Every write
-is one transaction through `Authority.change`, with its audit entries in
-that same transaction and its cache invalidation announced after the commit.
+is one transaction, through `Authority.change` or, for revocations (a
+client delete's included), the one revocation engine (`introspect/revocation.py`),
+with its audit entries in that same transaction and its cache invalidation
+announced after the commit.
 
 `actor` is who acts, as the audit log records it: an admin key id, `cli`,
 or `client:<id>`.
@@ -24,14 +26,15 @@ from typing import Any, TypeVar, cast
 import asyncpg
 import orjson
 
-from introspect import access_keys, credentials, jwks, rfc6749, rfc7523, store
+from introspect import access_keys, credentials, jwks, revocation, rfc6749, rfc7523, store
 from introspect.cache import Invalidation
 from introspect.credentials import Kind
 from introspect.errors import AdminError, Conflict, Invalid, InvalidClientMetadata, NotFound
 from introspect.metrics import METRICS
+from introspect.revocation import Revoked
 from introspect.rfc6749 import SCOPE_TOKEN
-from introspect.service import Authority, Revoked, new_id, revoke_in
-from introspect.store import AdminKey, Client, Credential
+from introspect.service import Authority, new_id
+from introspect.store import AdminKey, Client, Credential, Selection
 
 T = TypeVar("T")
 
@@ -567,32 +570,26 @@ async def delete_client(authority: Authority, actor: str, client_id: str) -> Rev
     """Disable a client, forget its secrets and its jwks, and revoke every credential it holds.
 
     Re-enabling it (PATCH) revives no way to authenticate: it needs a new
-    secret (rotation) or a new jwks or access key first.
+    secret (rotation) or a new jwks or access key first. Its credentials are
+    revoked by the one revocation engine in the same transaction, whose
+    invalidation also tombstones the client record (introspect/revocation.py).
     """
-
-    async def apply(conn: asyncpg.Connection) -> tuple[int, Invalidation]:
+    async with authority.pool.acquire() as conn, conn.transaction():
         await _locked_client(conn, client_id)
         deleted = await store.update_client(conn, client_id, {"disabled": True, "jwks": None})
         await store.delete_client_secrets(conn, client_id)
-        rows = await revoke_in(conn, actor, "client_id = $2", client_id)
+        recorded = await revocation.record(
+            conn, actor, Selection(client_id=client_id), records=[(client_id, deleted.version)]
+        )
         await store.audit(
             conn,
             actor=actor,
             action="client.delete",
             target_kind="client",
             target_id=client_id,
-            details={"revoked": len(rows)},
+            details={"revoked": len(recorded.rows)},
         )
-        tombstones = [(key, version) for _id, key, version in rows]
-        return len(rows), Invalidation(
-            tombstones=tombstones,
-            records=[(client_id, deleted.version)],
-            clients=[client_id],
-            revoked=True,
-        )
-
-    count, announced = await authority.change(apply)
-    return Revoked(count=count, announced=announced)
+    return await revocation.announce(authority.cache, recorded)
 
 
 async def rotate_client_secret(
@@ -900,10 +897,10 @@ async def revoke(authority: Authority, actor: str, body: object) -> Revoked:
     if selector == "token":
         return await authority.revoke_presented(value, actor=actor, owner=None)
     if selector == "client_id":
-        return await authority.revoke_where(actor, "client_id = $2", value, clients=[value])
+        return await authority.revoke(actor, Selection(client_id=value))
     if selector == "sub":
-        return await authority.revoke_where(actor, "sub = $2", value, subs=[value])
-    return await authority.revoke_where(actor, "id = $2", value)
+        return await authority.revoke(actor, Selection(sub=value))
+    return await authority.revoke(actor, Selection(id=value))
 
 
 async def list_tokens(authority: Authority, query: Mapping[str, str]) -> dict[str, Any]:

@@ -30,7 +30,7 @@ import asyncpg
 
 from introspect import history, logs, runtime
 from introspect.config import ConfigError, Settings
-from introspect.migrate import migrate
+from introspect.store.migrate import migrate
 from introspect.supervisor import Board, Supervisor, injected_start_failure
 
 if TYPE_CHECKING:

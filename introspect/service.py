@@ -16,7 +16,7 @@ import functools
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -25,7 +25,9 @@ import orjson
 
 from introspect import (
     credentials,
+    revocation,
     rfc6749,
+    rfc7009,
     rfc7523,
     rfc7662,
     rfc8414,
@@ -47,8 +49,9 @@ from introspect.config import Settings
 from introspect.credentials import Kind
 from introspect.metrics import METRICS
 from introspect.redis import LeanRedis, Redis
+from introspect.revocation import NOTHING_REVOKED, Revoked
 from introspect.rfc6749 import Grant
-from introspect.store import Client
+from introspect.store import Client, Selection
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -140,22 +143,12 @@ class Built:
     body: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class Revoked:
-    """The outcome of a revocation: how many credentials, and how it was announced."""
-
-    count: int
-    announced: Announced
-
-
 # The deadline of every Redis operation (seconds): a reply, a connection, a free pooled
 # connection. Redis answers in well under a millisecond; past this it is treated as down
 # (answers come from Postgres) until it answers again. Under a second, since a lookup that
 # misses Redis still has a Postgres read to make; not much less, since a worker whose event
 # loop stalls briefly must not take a slow reply for a dead server.
 REDIS_TIMEOUT = 0.5
-# A revocation that matched nothing changed nothing: it has nothing to announce either.
-NOTHING_REVOKED = Revoked(count=0, announced=Announced(listeners=0, pending=False))
 
 
 class Authority:
@@ -517,59 +510,24 @@ class Authority:
         await store.copy_access_tokens(self.lazy_pool, rows)
         return {}
 
-    async def revoke_where(
-        self,
-        actor: str,
-        where: str,
-        *args: Any,
-        clients: Sequence[str] = (),
-        subs: Sequence[str] = (),
-    ) -> Revoked:
-        """Revoke every live credential matching `where` (SQL over $2...), audited.
+    async def revoke(self, actor: str, selection: Selection) -> Revoked:
+        """Revoke every live credential `selection` names, audited, in one statement; then
+        announce it (see introspect/revocation.py).
 
-        `clients` or `subs` name whose credentials all match (by client or by
-        subject): the one message then drops them in O(1) instead of key by key.
         When nothing matched, nothing is written or published: a caller posting
         unknown credentials costs one read-only statement, not a broadcast.
         """
-
-        bulk = bool(clients or subs)
         METRICS.pg_queries.inc()
-        outbox_id, rows = await store.revoke_recorded(
-            self.pool,
-            actor,
-            where,
-            args,
-            evict_keys=not bulk,
-            clients=[*clients],
-            subs=[*subs],
-        )
-        if outbox_id is None:
-            return NOTHING_REVOKED
-        if bulk:
-            tombstones = [(key, version) for _id, key, version in rows]
-            invalidation = Invalidation(
-                tombstones=tombstones, clients=[*clients], subs=[*subs], revoked=True
-            )
-        else:
-            invalidation = Invalidation.for_credentials(rows, revoked=True)
-        announced = await self.cache.announce(invalidation, outbox_id)
-        return Revoked(count=len(rows), announced=announced)
+        recorded = await revocation.record(self.pool, actor, selection)
+        return await revocation.announce(self.cache, recorded)
 
     async def revoke_presented(self, token: str, actor: str, owner: str | None) -> Revoked:
         """Revoke a presented credential, opaque or JWT (owned by `owner` when given):
         RFC 7009 and admin."""
-        kind = credentials.parse(token)
-        if (kind is not Kind.ACCESS_TOKEN and kind is not Kind.API_KEY) and (
-            kind is not None or await self.jwt_claims(token) is None
-        ):
+        selection = await rfc7009.selection(token, self.keys, owner, self.jwt_claims)
+        if selection is None:
             return NOTHING_REVOKED
-        hashes = [credentials.keyed_hash(key, token) for key in self.keys]
-        if owner is None:
-            return await self.revoke_where(actor, "hash = ANY($2::bytea[])", hashes)
-        return await self.revoke_where(
-            actor, "hash = ANY($2::bytea[]) AND client_id = $3", hashes, owner
-        )
+        return await self.revoke(actor, selection)
 
     async def create_client(
         self,
@@ -627,15 +585,6 @@ class Authority:
         client, _ = await self.change(apply)
         self.unknown.forget(client_id)
         return client, secret
-
-
-async def revoke_in(
-    conn: asyncpg.Connection, actor: str, where: str, *args: Any
-) -> list[tuple[str, bytes, int]]:
-    """Revoke and audit the live credentials matching `where`, in the caller's transaction."""
-    rows = await store.revoke_credentials(conn, where, *args)
-    await store.audit_revoked(conn, actor, rows)
-    return rows
 
 
 def _pool_usage(pool: asyncpg.Pool) -> tuple[int, int]:

@@ -51,6 +51,7 @@ from jwt.algorithms import ECAlgorithm, OKPAlgorithm
 
 from introspect import store
 from introspect.metrics import METRICS
+from introspect.store import StoredSigningKey
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,6 @@ REFRESH = 30.0
 # A kid this worker does not know may be a key another worker just made the signer.
 UNKNOWN_KID_RELOAD = 1.0
 LEASE = 300
-_LOCK_KEY = 9068_7517  # any constant shared by every instance
 _HKDF_INFO = b"introspect signing-key encryption v1"
 _NONCE = 12
 _STORE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
@@ -135,44 +135,11 @@ class SigningKey:
     private: PrivateKey | None = field(repr=False)
 
 
-_LOAD = """
-WITH retired AS (
-    UPDATE signing_keys k SET retired_at = $1, private_key = NULL
-    WHERE k.retired_at IS NULL AND k.signed_until <= $1
-      AND EXISTS (SELECT 1 FROM signing_keys n
-                  WHERE n.retired_at IS NULL AND n.activates_at <= $1
-                    AND (n.activates_at, n.seq) > (k.activates_at, k.seq))
-    RETURNING k.kid
-)
-SELECT kid, seq, alg, public_jwk, private_key, activates_at, signed_until
-FROM signing_keys
-WHERE retired_at IS NULL AND kid NOT IN (SELECT kid FROM retired)
-ORDER BY activates_at, seq
-"""
-
-_LEASE = """
-UPDATE signing_keys SET signed_until = GREATEST(signed_until, $2)
-WHERE kid = $1 AND retired_at IS NULL
-RETURNING signed_until
-"""
-
-
-async def _insert(
-    conn: asyncpg.Connection | asyncpg.Pool, secret: bytes, alg: str, activates_at: int
-) -> str:
+def _new_key(secret: bytes, alg: str) -> tuple[str, str, bytes]:
+    """A new key for `alg`: its kid, its public JWK (JSON text) and its sealed private part."""
     private = generate(alg)
     kid = secrets.token_urlsafe(12)
-    await conn.execute(
-        "INSERT INTO signing_keys (kid, alg, public_jwk, private_key, created_at, activates_at)"
-        " VALUES ($1, $2, $3, $4, $5, $6)",
-        kid,
-        alg,
-        orjson.dumps(public_jwk(private, kid, alg)).decode(),
-        seal(secret, kid, private),
-        store.now(),
-        activates_at,
-    )
-    return kid
+    return kid, orjson.dumps(public_jwk(private, kid, alg)).decode(), seal(secret, kid, private)
 
 
 class Keyring:
@@ -210,7 +177,7 @@ class Keyring:
                 return
             try:
                 rows = await self._load()
-                if not any(r["activates_at"] <= store.now() for r in rows):
+                if not any(r.activates_at <= store.now() for r in rows):
                     await self._create_first()
                     rows = await self._load()
             except _STORE_ERRORS as exc:
@@ -221,49 +188,43 @@ class Keyring:
                 return
             self._install(rows)
 
-    async def _load(self) -> list[asyncpg.Record]:
+    async def _load(self) -> list[StoredSigningKey]:
         METRICS.pg_queries.inc()
-        rows: list[asyncpg.Record] = await self.pool.fetch(_LOAD, store.now())
-        return rows
+        return await store.load_signing_keys(self.pool, store.now())
 
     async def _create_first(self) -> None:
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
-            t = store.now()
-            active = await conn.fetchval(
-                "SELECT EXISTS (SELECT 1 FROM signing_keys"
-                " WHERE retired_at IS NULL AND activates_at <= $1)",
-                t,
-            )
-            if not active:
-                kid = await _insert(conn, self.secrets[0], DEFAULT_ALG, t)
-                log.info("created the first signing key %s", kid)
+        kid, jwk, sealed = _new_key(self.secrets[0], DEFAULT_ALG)
+        created = await store.insert_first_signing_key(
+            self.pool, kid=kid, alg=DEFAULT_ALG, public_jwk=jwk, sealed=sealed, at=store.now()
+        )
+        if created:
+            log.info("created the first signing key %s", kid)
 
-    def _install(self, rows: list[asyncpg.Record]) -> None:
+    def _install(self, rows: list[StoredSigningKey]) -> None:
         keys: dict[str, SigningKey] = {}
         signed_until: dict[str, int] = {}
         for row in rows:
-            kid = row["kid"]
+            kid = row.kid
             key = self._keys.get(kid)
             if key is None:
-                jwk = orjson.loads(row["public_jwk"])
-                private = unseal(self.secrets, kid, bytes(row["private_key"]))
+                jwk = orjson.loads(row.public_jwk)
+                private = unseal(self.secrets, kid, row.private_key)
                 if private is None:
                     log.warning("signing key %s cannot be read with the server secrets", kid)
                 key = SigningKey(
                     kid=kid,
-                    alg=row["alg"],
-                    seq=row["seq"],
-                    activates_at=row["activates_at"],
+                    alg=row.alg,
+                    seq=row.seq,
+                    activates_at=row.activates_at,
                     jwk=jwk,
-                    verifier=jwt.PyJWK(jwk, algorithm=row["alg"]),
+                    verifier=jwt.PyJWK(jwk, algorithm=row.alg),
                     private=private,
                 )
-            elif key.activates_at != row["activates_at"]:
+            elif key.activates_at != row.activates_at:
                 # An operator moved the activation (e.g. to make a published key sign now).
-                key = replace(key, activates_at=row["activates_at"])
+                key = replace(key, activates_at=row.activates_at)
             keys[kid] = key
-            signed_until[kid] = max(self._signed_until.get(kid, 0), row["signed_until"])
+            signed_until[kid] = max(self._signed_until.get(kid, 0), row.signed_until)
         self._keys = keys
         self._signed_until = signed_until
         self._order = list(keys.values())
@@ -316,7 +277,7 @@ class Keyring:
         if self._signed_until.get(kid, 0) >= valid_until:
             return True
         METRICS.pg_queries.inc()
-        until = await self.pool.fetchval(_LEASE, kid, valid_until + LEASE)
+        until = await store.lease_signing_key(self.pool, kid, valid_until + LEASE)
         if until is None:
             return False
         self._signed_until[kid] = max(self._signed_until.get(kid, 0), until)
@@ -330,6 +291,16 @@ class Keyring:
         """Publish a new key now; it becomes the signer `propagation_delay` seconds later."""
         await self.ready()
         METRICS.pg_queries.inc()
-        kid = await _insert(self.pool, self.secrets[0], alg, store.now() + propagation_delay)
+        kid, jwk, sealed = _new_key(self.secrets[0], alg)
+        t = store.now()
+        await store.insert_signing_key(
+            self.pool,
+            kid=kid,
+            alg=alg,
+            public_jwk=jwk,
+            sealed=sealed,
+            created_at=t,
+            activates_at=t + propagation_delay,
+        )
         await self.refresh()
         return self._keys[kid]

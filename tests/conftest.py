@@ -21,9 +21,9 @@ import pytest
 from introspect import embedded
 from introspect.config import Settings
 from introspect.history import History
-from introspect.migrate import migrate
 from introspect.redis import LeanRedis
 from introspect.service import Authority, open_authority
+from introspect.store.migrate import migrate
 from tests.helpers import Registered, Server, register, start_server
 from tests.valkey import Valkey, running
 

@@ -67,7 +67,7 @@ class Readiness:
 
 async def _postgres(authority: Authority) -> str:
     try:
-        await authority.pool.fetchval("SELECT 1", timeout=store.COMMAND_TIMEOUT)
+        await store.ping(authority.pool)
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError):
         return "unreachable"
     return "ok"

@@ -11,7 +11,7 @@ import logging
 from aiohttp import web
 from multidict import CIMultiDict
 
-from introspect import forms, metrics, rfc6749, rfc7662, rfc9701, signing
+from introspect import forms, metrics, rfc6749, rfc7009, rfc7662, rfc9701, signing
 from introspect.errors import InvalidRequest
 from introspect.service import Authority
 from introspect.store import Client
@@ -106,11 +106,11 @@ async def revoke(request: web.Request) -> web.Response:
     authority = request.app[AUTHORITY]
     params, _ = await read_form(request)
     client = await authenticated(authority, request, params)
-    presented = rfc7662.token_parameter(params)
+    presented = rfc7009.token_parameter(params)
     await authority.revoke_presented(
         presented, actor=f"client:{client.client_id}", owner=client.client_id
     )
-    return web.Response(status=200, headers=NO_STORE)
+    return web.Response(status=rfc7009.STATUS, headers=NO_STORE)
 
 
 @routes.get("/.well-known/oauth-authorization-server")

@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from introspect import access_keys
 from introspect.config import Settings
-from introspect.migrate import migrate, migration_files
 from introspect.rfc7523 import ASSERTION_TYPE
+from introspect.store.migrate import migrate, migration_files
 from tests.helpers import (
     AdminAPI,
     Answer,

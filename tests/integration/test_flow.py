@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from introspect import credentials, store
-from introspect.cache import KEY_PREFIX, Invalidation
+from introspect import credentials
+from introspect.cache import KEY_PREFIX
 from introspect.config import Settings
 from introspect.service import Authority
 from tests.helpers import Registered, Server, register, start_server
@@ -97,34 +97,3 @@ async def test_cache_layers_can_be_turned_off(settings: Settings) -> None:
     finally:
         await srv.http.close()
         await test_server.close()
-
-
-async def test_revocation_records_the_invalidation_it_announces(
-    server: Server, authority: Authority, app_client: Registered
-) -> None:
-    """The outbox row written with a revocation reads back as the invalidation announced."""
-    token = (await issue(server, app_client))["access_token"]
-    key = credentials.keyed_hash(authority.keys[0], token)
-    outbox_id, rows = await store.revoke_recorded(
-        authority.pool,
-        "test",
-        "hash = $2",
-        (key,),
-        evict_keys=True,
-        clients=["c1"],
-        subs=[],
-    )
-    raw = await authority.pool.fetchval(
-        "DELETE FROM invalidation_outbox WHERE id = $1 RETURNING message", outbox_id
-    )
-    recorded = Invalidation.loads(bytes(raw))
-    assert [(k, v) for k, v in recorded.tombstones] == [(key, rows[0][2])]
-    assert recorded.keys == [key]
-    assert recorded.clients == ["c1"]
-    assert recorded.subs == []
-    assert not recorded.everything
-    audit = await authority.pool.fetchval(
-        "SELECT target_kind FROM audit_log WHERE target_id = $1 AND action = 'credential.revoke'",
-        rows[0][0],
-    )
-    assert audit == "access_token"

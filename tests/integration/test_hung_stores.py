@@ -22,9 +22,9 @@ import pytest
 
 from introspect import admin, embedded
 from introspect.config import Settings
-from introspect.migrate import migrate
 from introspect.service import REDIS_TIMEOUT
 from introspect.store import ACQUIRE_TIMEOUT, COMMAND_TIMEOUT
+from introspect.store.migrate import migrate
 from tests.helpers import Server, eventually, register, start_server
 
 GRANT = {"grant_type": "client_credentials"}

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from introspect import credentials, store
 from introspect.metrics import METRICS
 from introspect.service import Authority
+from introspect.store import Selection
 from tests.helpers import Registered, Server, register
 
 AUDIENCE = "https://api.example.test"
@@ -134,7 +135,7 @@ async def test_jwt_revoked_by_jti_is_inactive(
     token = await issue(server, client)
     assert (await introspect(server, resource_server, token))["active"]
     jti = jwt.decode(token, options={"verify_signature": False})["jti"]
-    revoked = await authority.revoke_where("test", "id = $2", jti)
+    revoked = await authority.revoke("test", Selection(id=jti))
     assert revoked.count == 1
     assert await introspect(server, resource_server, token) == {"active": False}
 

@@ -15,8 +15,8 @@ import orjson
 
 from introspect import signing, store
 from introspect.config import Settings
-from introspect.migrate import migrate
 from introspect.service import Authority
+from introspect.store.migrate import migrate
 from tests.helpers import Registered, Server, cli_env
 from tests.integration.test_jwt import (
     AUDIENCE,

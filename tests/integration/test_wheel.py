@@ -27,7 +27,7 @@ import orjson
 import pytest
 
 from introspect.config import Settings
-from introspect.migrate import migration_files
+from introspect.store.migrate import migration_files
 from tests.helpers import cli_env, free_port
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,4 +1,4 @@
-"""Migrations: the plain SQL files in `sql/`, applied in name order.
+"""Migrations: the plain SQL files in `introspect/sql/`, applied in name order.
 
 Each missing file runs in its own transaction and is recorded in
 `schema_migrations`; a session-level advisory lock makes several workers
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import asyncpg
 
-SQL_DIR = Path(__file__).resolve().parent / "sql"
+SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
 _LOCK_KEY = 7_662_7009  # any constant shared by every instance
 
 

@@ -1,0 +1,66 @@
+"""The audit log (`audit_log`): append-only, written in the caller's transaction."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+import orjson
+
+from introspect.store.query import where_clause
+from introspect.store.records import now
+
+
+async def audit(
+    conn: asyncpg.Connection,
+    *,
+    actor: str,
+    action: str,
+    target_kind: str,
+    target_id: str,
+    details: dict[str, Any] | None = None,
+) -> None:
+    """Append one audit entry (in the caller's transaction)."""
+    await conn.execute(
+        "INSERT INTO audit_log (at, actor, action, target_kind, target_id, details)"
+        " VALUES ($1, $2, $3, $4, $5, $6)",
+        now(),
+        actor,
+        action,
+        target_kind,
+        target_id,
+        orjson.dumps(details or {}).decode(),
+    )
+
+
+AUDIT_COLUMNS = "id, at, actor, action, target_kind, target_id, details"
+
+
+async def list_audit(
+    conn: asyncpg.Pool | asyncpg.Connection,
+    *,
+    action: str | None,
+    target_id: str | None,
+    actor: str | None,
+    limit: int,
+    before: int | None,
+) -> list[dict[str, Any]]:
+    """Audit entries, newest first, older than the id `before`, filtered by each criterion."""
+    where, values = where_clause(
+        [
+            (condition, value)
+            for condition, value in (
+                ("action = {}", action),
+                ("target_id = {}", target_id),
+                ("actor = {}", actor),
+                ("id < {}", before),
+            )
+            if value is not None
+        ]
+    )
+    records = await conn.fetch(
+        f"SELECT {AUDIT_COLUMNS} FROM audit_log{where} ORDER BY id DESC LIMIT ${len(values) + 1}",
+        *values,
+        limit,
+    )
+    return [{**dict(r), "details": orjson.loads(r["details"])} for r in records]

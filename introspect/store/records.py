@@ -1,0 +1,162 @@
+"""The records the store returns: clients, credentials and admin keys, with no I/O.
+
+Every protocol module imports these; none of them touches a database.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def now() -> int:
+    """The current time in integer epoch seconds, as stored."""
+    return int(time.time())
+
+
+@dataclass(frozen=True, slots=True)
+class Client:
+    """A registered client, with the hashes of its live secrets and their expiry."""
+
+    client_id: str
+    name: str
+    scopes: tuple[str, ...]
+    audiences: tuple[str, ...]
+    can_introspect: bool
+    token_ttl: int
+    token_format: str
+    jwks: dict[str, Any] | None
+    disabled: bool
+    created_at: int
+    updated_at: int
+    # RFC 7591: client_secret_basic (also _post, and jwks if any) or private_key_jwt.
+    token_endpoint_auth_method: str = "client_secret_basic"
+    secrets: tuple[tuple[bytes, int | None], ...] = field(default=(), repr=False)
+    # From `change_version`, taken by every change to the client or to its secrets.
+    version: int = 0
+
+    def public(self) -> dict[str, Any]:
+        """Every registered field, never a secret or a hash (the admin API's read shape)."""
+        return {
+            "client_id": self.client_id,
+            "name": self.name,
+            "scopes": list(self.scopes),
+            "audiences": list(self.audiences),
+            "can_introspect": self.can_introspect,
+            "token_ttl": self.token_ttl,
+            "token_format": self.token_format,
+            "jwks": self.jwks,
+            "token_endpoint_auth_method": self.token_endpoint_auth_method,
+            "disabled": self.disabled,
+            "created_at": self.created_at,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """An access token or API key as stored: never its value, only its keyed hash."""
+
+    id: str
+    kind: str
+    format: str
+    hash: bytes = field(repr=False)
+    client_id: str | None
+    sub: str
+    username: str | None
+    scopes: tuple[str, ...]
+    audiences: tuple[str, ...]
+    iat: int
+    nbf: int
+    exp: int | None
+    revoked_at: int | None
+    metadata: dict[str, Any] | None
+    version: int
+    last_used_at: int | None
+
+    def public(self) -> dict[str, Any]:
+        """The admin listing shape: every field but the hash."""
+        t = now()
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "format": self.format,
+            "client_id": self.client_id,
+            "sub": self.sub,
+            "username": self.username,
+            "scopes": list(self.scopes),
+            "audiences": list(self.audiences),
+            "iat": self.iat,
+            "nbf": self.nbf,
+            "exp": self.exp,
+            "revoked_at": self.revoked_at,
+            "metadata": self.metadata,
+            "last_used_at": self.last_used_at,
+            "active": self.revoked_at is None and (self.exp is None or self.exp > t),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class AdminKey:
+    """A key for the admin API as stored (its keyed hash is never read back)."""
+
+    id: str
+    name: str
+    role: str
+    created_at: int
+    expires_at: int | None
+    last_used_at: int | None
+    revoked_at: int | None
+
+    def live(self, at: int) -> bool:
+        """Neither revoked nor expired at epoch second `at`."""
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > at)
+
+    def public(self) -> dict[str, Any]:
+        """The admin listing shape: every field, and whether the key works now."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "role": self.role,
+            "created_at": self.created_at,
+            "expires_at": self.expires_at,
+            "last_used_at": self.last_used_at,
+            "revoked_at": self.revoked_at,
+            "active": self.live(now()),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """Which credentials a revocation names: those matching every field given (at least one).
+
+    A selection of every credential of one client, or of one subject, is
+    invalidated by one message naming it (dropped in O(1) on every worker);
+    any other, key by key (see `dropped`).
+    """
+
+    # Stored under any of these keyed hashes (one per server secret) of a presented credential.
+    hashes: tuple[bytes, ...] | None = field(default=None, repr=False)
+    id: str | None = None
+    client_id: str | None = None
+    sub: str | None = None
+
+    def dropped(self) -> tuple[list[str], list[str]]:
+        """The clients and the subjects all of whose credentials this selection names."""
+        narrowed = self.hashes is not None or self.id is not None
+        clients = [self.client_id] if self.client_id and not (narrowed or self.sub) else []
+        subs = [self.sub] if self.sub and not (narrowed or self.client_id) else []
+        return clients, subs
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSigningKey:
+    """A published signing key as stored: its private part sealed (see introspect/signing.py)."""
+
+    kid: str
+    seq: int
+    alg: str
+    public_jwk: str
+    private_key: bytes = field(repr=False)
+    activates_at: int
+    signed_until: int

@@ -112,16 +112,3 @@ class ClientRecords:
         """The client records of several lookups (of one loop iteration), in one query."""
         METRICS.pg_queries.inc()
         return {c.client_id: c for c in await store.get_clients(self.pool, client_ids)}
-
-    def owner_disabled(self, client_id: str) -> bool | None:
-        """Whether the client holding a credential is disabled (or gone), when its record is
-        cached in-process; None when it is not (then `read_owner_disabled`)."""
-        found, client = self.local.get_client(client_id, time.monotonic())
-        if found:
-            return client is None or client.disabled
-        return None
-
-    async def read_owner_disabled(self, client_id: str) -> bool:
-        """Whether the client holding a credential is disabled (or gone), read if need be."""
-        client = await self.get(client_id)
-        return client is None or client.disabled

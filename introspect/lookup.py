@@ -7,7 +7,6 @@ locally before anything but the in-process cache is asked.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -18,8 +17,6 @@ from introspect.cache import Coalescer, CredentialCache, Entry
 from introspect.credentials import Kind
 from introspect.metrics import METRICS
 
-# How many presented credentials' hashes each worker remembers (see CredentialLookup.lookup).
-HASHED_MEMO_SIZE = 10_000
 _INACTIVE = Entry(answer=None, cacheable=False)
 
 
@@ -33,61 +30,54 @@ class CredentialLookup:
         server_secrets: tuple[bytes, ...],
         issuer: str,
         jwt_claims: Callable[[str], Awaitable[dict[str, Any] | None]],
+        *,
+        memo_size: int,
     ) -> None:
         self.pool = pool
         self.cache = cache
         self.server_secrets = server_secrets
         self.issuer = issuer
         self.jwt_claims = jwt_claims
-        # Presented credential -> its keyed hash, for well-formed ones recently seen: the
-        # hash is a pure function of the string, so this never needs invalidating, and a
-        # repeated presentation skips the format check and the HMAC.
-        self._hashed: dict[str, bytes] = {}
+        # Presented credential -> its keyed hash under the first server secret, for
+        # well-formed ones recently seen: the hash is a pure function of the string, so this
+        # never needs invalidating, and a repeated presentation skips the format check and
+        # the HMAC. It serves in-process hits only, so it holds as many credentials as the
+        # in-process cache holds entries; each costs its string (an opaque credential is
+        # about 60 bytes, a JWT we issue under 1 KiB).
+        self.hashed: dict[str, bytes] = {}
+        self.memo_size = memo_size
         # Postgres lookups of one event-loop iteration share one query.
         self._finds: Coalescer[tuple[bytes, ...], store.Credential] = Coalescer(
             self._find_many, flights=2
         )
 
-    def seen(self, token: str, mono: float) -> Entry | None:
-        """The in-process entry of a credential hashed before (see `_hashed`), if any."""
-        key = self._hashed.get(token)
-        return None if key is None else self.cache.cached(key, mono)
-
-    async def lookup(self, token: str) -> Entry:
+    async def lookup(self, token: str, key: bytes | None = None) -> Entry:
         """The cache entry for a presented credential, opaque or JWT; malformed ones cost no I/O.
 
-        A JWT is looked up like an opaque credential, by the keyed hash of the
-        whole string; before anything but the in-process cache is asked, it is
+        `key` is its keyed hash when the caller found it in `hashed`. A JWT is
+        looked up like an opaque credential, by the keyed hash of the whole
+        string; before anything but the in-process cache is asked, it is
         verified locally (RFC 9068 §4). An in-process entry was only ever stored
         after this worker verified that very string.
         """
-        hit = self.seen(token, time.monotonic())
-        if hit is not None:
-            return hit
         kind = credentials.parse(token)
         jwt = kind is not Kind.ACCESS_TOKEN and kind is not Kind.API_KEY
         if jwt and (kind is not None or not rfc9068.jwt_shaped(token)):
             return _INACTIVE
-        hashes = [credentials.keyed_hash(key, token) for key in self.server_secrets]
-        primary = hashes[0]
-        hit = self.cache.cached(primary, time.monotonic())
-        # A JWT is remembered only once verified (an in-process entry of one was stored after
-        # verifying it): up to 8 KiB of anyone's forged string must not be kept per entry.
-        if hit is not None or not jwt:
-            self._remember(token, primary)
-        if hit is not None:
-            return hit
+        secrets = self.server_secrets
+        primary = credentials.keyed_hash(secrets[0], token) if key is None else key
+        refused = False
         admit = None
         if jwt:
 
             async def admit() -> bool:
-                if await self.jwt_claims(token) is None:
-                    return False
-                self._remember(token, primary)
-                return True
+                nonlocal refused
+                refused = await self.jwt_claims(token) is None
+                return not refused
 
         async def load() -> Entry:
-            found = await self._finds.get(tuple(hashes))
+            hashes = (primary, *(credentials.keyed_hash(s, token) for s in secrets[1:]))
+            found = await self._finds.get(hashes)
             entry = rfc7662.entry_for(found, self.issuer)
             if found is not None and found.hash != primary:
                 # Stored under an older server secret: move it to the current one,
@@ -96,13 +86,22 @@ class CredentialLookup:
                 entry.cacheable = False
             return entry
 
-        return await self.cache.lookup(primary, load, admit)
+        entry = await self.cache.lookup(primary, load, admit)
+        # A JWT is remembered only once verified (an in-process entry of one was stored after
+        # verifying it): up to 8 KiB of anyone's forged string must not be kept per entry.
+        if key is None and not refused:
+            self._remember(token, primary)
+        return entry
 
     def _remember(self, token: str, key: bytes) -> None:
         """Memoize the keyed hash of a well-formed opaque credential or a verified JWT."""
-        if len(self._hashed) >= HASHED_MEMO_SIZE:
-            self._hashed.clear()
-        self._hashed[token] = key
+        hashed = self.hashed
+        if self.memo_size <= 0:
+            return
+        if len(hashed) >= self.memo_size:
+            # Oldest insertion first, as in the in-process cache: a dict keeps insertion order.
+            del hashed[next(iter(hashed))]
+        hashed[token] = key
 
     async def _find_many(
         self, wanted: list[tuple[bytes, ...]]

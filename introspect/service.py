@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -29,7 +28,6 @@ from introspect import (
     resp,
     rfc6749,
     rfc7523,
-    rfc7662,
     rfc8414,
     signing,
     store,
@@ -42,11 +40,11 @@ from introspect.cache import (
     Listener,
     LocalCache,
 )
-from introspect.client_records import UNKNOWN_CLIENT_TTL, ClientRecords, UnknownIds
+from introspect.client_records import ClientRecords
 from introspect.config import Settings
 from introspect.credentials import Kind
 from introspect.discovery import Discovery
-from introspect.ids import has_id_shape, new_id
+from introspect.ids import new_id
 from introspect.issuance import AccessTokens
 from introspect.jwts import Jwts
 from introspect.lookup import CredentialLookup
@@ -58,11 +56,8 @@ from introspect.usage import UsageLog
 
 # Importable here as before the split (admin.py, tests).
 __all__ = [
-    "UNKNOWN_CLIENT_TTL",
     "Authority",
     "Revoked",
-    "UnknownIds",
-    "has_id_shape",
     "new_id",
     "open_authority",
     "revoke_in",
@@ -106,7 +101,9 @@ class Authority:
         # crash fails closed go there: new access tokens (forgotten ones introspect
         # inactive) and deletes of published outbox rows (forgotten ones are replayed).
         self.lazy_pool = lazy_pool or pool
-        self.keys = settings.secrets
+        # The HMAC keys of stored credential hashes: the first hashes new credentials, the
+        # others still verify old ones (INTROSPECT_SECRET).
+        self.server_secrets = settings.secrets
         self.local = LocalCache(settings.local_cache_size, settings.local_cache_ttl)
         self.cache = CredentialCache(
             pool,
@@ -122,8 +119,15 @@ class Authority:
         self.usage = UsageLog(pool)
         self.jwts = Jwts(self.keyring, self.issuer)
         self.lookups = CredentialLookup(
-            pool, self.cache, settings.secrets, self.issuer, self.jwts.claims
+            pool,
+            self.cache,
+            settings.secrets,
+            self.issuer,
+            self.jwts.claims,
+            memo_size=settings.local_cache_size,
         )
+        # What rfc7662's decision reads from memory (see rfc7662.Memory).
+        self.hashed = self.lookups.hashed
         self.access_tokens = AccessTokens(
             self.lazy_pool, self.keyring, settings.secrets, self.issuer
         )
@@ -132,6 +136,11 @@ class Authority:
             audiences=frozenset([self.issuer, *rfc8414.endpoints(self.issuer).values()]),
             first_use=AssertionReplay(self.cache, settings.secrets).first_use,
         )
+
+    @property
+    def keys(self) -> tuple[bytes, ...]:
+        """The former name of `server_secrets`, still used by admin.py."""
+        return self.server_secrets
 
     @property
     def issuer(self) -> str:
@@ -155,10 +164,6 @@ class Authority:
 
     # --- the parts' operations, as the views and the CLI call them -------------------------
 
-    def note_use(self, entry: Entry) -> None:
-        """Remember that an API key was just answered active (see UsageLog)."""
-        self.usage.note_use(entry)
-
     def note_admin_use(self, key_id: str) -> None:
         """Remember that an admin key was just accepted (see UsageLog)."""
         self.usage.note_admin_use(key_id)
@@ -170,14 +175,6 @@ class Authority:
     async def get_client(self, client_id: str) -> Client | None:
         """A client record, through the cache layers (see ClientRecords.get)."""
         return await self.clients.get(client_id)
-
-    def owner_disabled(self, client_id: str) -> bool | None:
-        """Whether a credential's owner is disabled or gone, if known in-process, else None."""
-        return self.clients.owner_disabled(client_id)
-
-    async def read_owner_disabled(self, client_id: str) -> bool:
-        """Whether a credential's owner is disabled or gone, read if need be."""
-        return await self.clients.read_owner_disabled(client_id)
 
     async def metadata(self) -> bytes:
         """The RFC 8414 document (see Discovery)."""
@@ -195,33 +192,21 @@ class Authority:
         """A new access token for `client`, stored, and its lifetime (see AccessTokens)."""
         return await self.access_tokens.issue(client, grant)
 
-    async def lookup(self, token: str) -> Entry:
+    async def lookup(self, token: str, key: bytes | None = None) -> Entry:
         """The cache entry for a presented credential (see CredentialLookup)."""
-        return await self.lookups.lookup(token)
+        return await self.lookups.lookup(token, key)
 
-    def introspect_in_memory(
-        self, authorization: str | None, params: dict[str, str]
-    ) -> bytes | None:
-        """The introspection answer when all it needs is in this process's memory, else None.
-
-        The hot path of the product, with no await: a caller remembered by its
-        Authorization header (`rfc6749.remembered`), a credential seen before
-        whose entry is in the in-process cache, and its owner's record. Any
-        other case, including every error, is None, and the full path decides
-        (with the same answer where this one gives one).
-        """
-        mono = time.monotonic()
-        caller = rfc6749.remembered(authorization, params, self.local, mono)
-        if caller is None or not caller.can_introspect:
-            return None
-        token = params.get("token")
-        entry = None if token is None else self.lookups.seen(token, mono)
-        if entry is None:
-            return None
-        body = rfc7662.verdict(caller, entry, self.owner_disabled)
-        if body is not None and body is not rfc7662.INACTIVE:
-            self.note_use(entry)
-        return body
+    async def authenticate(self, authorization: str | None, params: dict[str, str]) -> Client:
+        """The client that authenticated a request (RFC 6749 §2.3): a remembered Basic header
+        (see LocalCache.recall), or any method `rfc6749.authenticate_client` accepts."""
+        return await rfc6749.authenticate_client(
+            authorization,
+            params,
+            self.get_client,
+            self.server_secrets,
+            self.assertions,
+            self.local,
+        )
 
     # --- changes -----------------------------------------------------------------------------
 
@@ -281,7 +266,7 @@ class Authority:
             kind is not None or await self.jwt_claims(token) is None
         ):
             return NOTHING_REVOKED
-        hashes = [credentials.keyed_hash(key, token) for key in self.keys]
+        hashes = [credentials.keyed_hash(key, token) for key in self.server_secrets]
         if owner is None:
             return await self.revoke_where(actor, "hash = ANY($2::bytea[])", hashes)
         return await self.revoke_where(
@@ -308,7 +293,9 @@ class Authority:
             if token_endpoint_auth_method == rfc7523.PRIVATE_KEY_JWT
             else credentials.generate(Kind.CLIENT_SECRET)
         )
-        secret_hash = None if secret is None else credentials.keyed_hash(self.keys[0], secret)
+        secret_hash = (
+            None if secret is None else credentials.keyed_hash(self.server_secrets[0], secret)
+        )
         client_id = new_id("client")
 
         async def apply(conn: asyncpg.Connection) -> tuple[Client, Invalidation]:

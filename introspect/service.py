@@ -202,7 +202,7 @@ class Authority:
         return await rfc6749.authenticate_client(
             authorization,
             params,
-            self.get_client,
+            self.clients.get,
             self.server_secrets,
             self.assertions,
             self.local,

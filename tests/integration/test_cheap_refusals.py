@@ -95,7 +95,7 @@ async def insert_unannounced(
         await conn.execute(
             "INSERT INTO client_secrets (client_id, secret_hash, created_at) VALUES ($1, $2, 0)",
             client_id,
-            credentials.keyed_hash(authority.keys[0], secret),
+            credentials.keyed_hash(authority.server_secrets[0], secret),
         )
 
 

@@ -104,7 +104,7 @@ async def test_revocation_records_the_invalidation_it_announces(
 ) -> None:
     """The outbox row written with a revocation reads back as the invalidation announced."""
     token = (await issue(server, app_client))["access_token"]
-    key = credentials.keyed_hash(authority.keys[0], token)
+    key = credentials.keyed_hash(authority.server_secrets[0], token)
     outbox_id, rows = await store.revoke_recorded(
         authority.pool,
         "test",

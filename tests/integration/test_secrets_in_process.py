@@ -28,7 +28,7 @@ async def test_record_reprs_print_no_hash_or_key(server: Server, app_client: Reg
     client = await store.get_client(authority.pool, app_client.client_id)
     assert client is not None
     [found] = await store.find_credentials(
-        authority.pool, [credentials.keyed_hash(authority.keys[0], token)]
+        authority.pool, [credentials.keyed_hash(authority.server_secrets[0], token)]
     )
     await authority.keyring.ready()
     signing_key, _private = authority.keyring.signer()

@@ -21,6 +21,7 @@ from introspect import rfc7662
 from introspect.cache import Entry
 from introspect.errors import InvalidClient, InvalidRequest, OAuth2Error, UnauthorizedClient
 from introspect.store import Client, Credential, now
+from tests.unit import test_rfc6749 as rfc6749_tests
 
 ISSUER = "https://issuer.example"
 AUTH = "Basic cmVzb3VyY2U6c2VjcmV0"
@@ -36,19 +37,12 @@ def a_client(
     can_introspect: bool = True,
     disabled: bool = False,
 ) -> Client:
-    """A registered client."""
-    return Client(
+    """A registered client (test_rfc6749's, renamed and changed)."""
+    return rfc6749_tests.a_client(
         client_id=client_id,
-        name=client_id,
-        scopes=("read",),
         audiences=audiences,
         can_introspect=can_introspect,
-        token_ttl=3600,
-        token_format="opaque",
-        jwks=None,
         disabled=disabled,
-        created_at=0,
-        updated_at=0,
     )
 
 

@@ -40,13 +40,14 @@ _DUMMY_HASH = b"\x00" * 32
 GetClient = rfc7523.GetClient
 
 
-def secret_matches(keys: tuple[bytes, ...], client: Client | None, secret: str) -> bool:
-    """Whether `secret` is a live secret of `client`, in time independent of which one."""
+def secret_matches(server_secrets: tuple[bytes, ...], client: Client | None, secret: str) -> bool:
+    """Whether `secret` is a live secret of `client`, in time independent of which one (its
+    keyed hash under each of the server secrets, against each live hash of the client)."""
     t = now()
     candidates = [h for h, exp in client.secrets if exp is None or exp > t] if client else []
     ok = False
-    for key in keys:
-        digest = credentials.keyed_hash(key, secret)
+    for server_secret in server_secrets:
+        digest = credentials.keyed_hash(server_secret, secret)
         for stored in candidates or [_DUMMY_HASH]:
             ok |= hmac.compare_digest(digest, stored)
     return ok and bool(candidates)
@@ -56,7 +57,7 @@ async def authenticate_client(
     authorization: str | None,
     params: dict[str, str],
     get_client: GetClient,
-    keys: tuple[bytes, ...],
+    server_secrets: tuple[bytes, ...],
     assertions: rfc7523.Assertions | None = None,
     memo: AuthMemo | None = None,
 ) -> Client:
@@ -96,7 +97,7 @@ async def authenticate_client(
         raise InvalidClient("client authentication failed")
     client = await get_client(client_id)
     if (
-        not secret_matches(keys, client, secret)
+        not secret_matches(server_secrets, client, secret)
         or client is None
         or client.disabled
         or client.token_endpoint_auth_method != CLIENT_SECRET_BASIC

@@ -1,19 +1,36 @@
 """RFC 7662: OAuth 2.0 token introspection (§2.1 request, §2.2 response).
 
-Pure protocol logic, the hot path of the product: the view parses the
-request and authenticates the caller; `introspect` decides the answer from
-a cache `Entry` and the caller, and returns the exact bytes to send. Every
-inactive case answers exactly `{"active": false}` (§2.2: no hint of why).
-`token_type_hint` is accepted and never changes the answer.
+The whole decision of `/introspect`, in two steps over the hooks of
+`Memory` and `Stores` (the Authority), with no aiohttp and no SQL; the view
+only parses the request and writes the answer bytes it gets:
+
+- `from_memory`, synchronous and the hot path of the product: a caller
+  remembered by its Authorization header (`rfc6749.remembered`), a
+  credential whose keyed hash and entry this process holds, and its owner's
+  record. It answers, or says what it found (`Pending`, or None when it
+  does not know the caller), and never awaits.
+- `complete`, the async tail: authenticates the caller memory did not know
+  (RFC 6749 §2.3), looks the credential up (Redis, then Postgres, see
+  lookup.py) and reads its owner's record, from where `from_memory` stopped.
+
+Both go through `_step`, the one place that checks the caller may introspect
+(SPEC: a client registered with `can_introspect`, else 403), that `token` is
+present (§2.1, else 400), decides what the caller may see (`_seen_by`) and
+notes an API key's use when it is answered active. Every inactive case
+answers exactly `{"active": false}` (§2.2: no hint of why). `token_type_hint`
+is accepted and never changes the answer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import orjson
 
+from introspect import rfc6749
 from introspect.cache import Entry, answered
 from introspect.errors import InvalidRequest, UnauthorizedClient
 from introspect.store import Client, Credential, now
@@ -65,10 +82,75 @@ def entry_for(credential: Credential | None, issuer: str) -> Entry:
     return answered(memoryview(orjson.dumps(body)).tobytes(), body, credential.version)
 
 
-def require_introspection(client: Client) -> None:
-    """SPEC: only clients registered with `can_introspect` may call /introspect."""
-    if not client.can_introspect:
-        raise UnauthorizedClient("this client may not introspect")
+class Owners(Protocol):
+    """Client records, as deciding on their credentials reads them."""
+
+    def get_client(self, client_id: str, mono: float) -> tuple[bool, Client | None]:
+        """(found, client) for a client record held at `mono`; a held None means unknown."""
+
+
+class InProcess(rfc6749.AuthMemo, Owners, Protocol):
+    """This process's memory of callers and client records (cache.LocalCache)."""
+
+
+class Entries(Protocol):
+    """This process's cache entries (cache.CredentialCache)."""
+
+    def cached(self, key: bytes, mono: float) -> Entry | None:
+        """The in-process entry for `key` at `mono` (time.monotonic()), if any."""
+
+
+class Usage(Protocol):
+    """Where an API key's last use is noted (usage.UsageLog)."""
+
+    def note_use(self, entry: Entry) -> None:
+        """Remember that `entry` was just answered active (a dict write, no I/O)."""
+
+
+class Memory(Protocol):
+    """What the synchronous step reads: this process's memory, never any I/O."""
+
+    @property
+    def local(self) -> InProcess:
+        """Remembered Authorization headers and client records."""
+
+    @property
+    def hashed(self) -> Mapping[str, bytes]:
+        """Presented credential -> its keyed hash, for those recently seen well-formed (an
+        opaque credential) or verified (a JWT)."""
+
+    @property
+    def cache(self) -> Entries:
+        """The in-process cache entries, by keyed hash."""
+
+    @property
+    def usage(self) -> Usage:
+        """Where API keys' uses are noted."""
+
+
+class Stores(Memory, Protocol):
+    """What the async tail adds: authentication, and reads through Redis and Postgres."""
+
+    async def authenticate(self, authorization: str | None, params: dict[str, str]) -> Client:
+        """The client that authenticated the request (RFC 6749 §2.3), or its error."""
+
+    async def lookup(self, token: str, key: bytes | None) -> Entry:
+        """The entry of a presented credential; `key` is its keyed hash, if memoized."""
+
+    async def get_client(self, client_id: str) -> Client | None:
+        """A client record, read if need be; None when there is none."""
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """Where the synchronous step stopped: a caller that may introspect and its `token`, with
+    the keyed hash memory held for it and, when only its owner's record was missing, its
+    in-process entry."""
+
+    caller: Client
+    token: str
+    key: bytes | None
+    entry: Entry | None
 
 
 def token_parameter(params: dict[str, str]) -> str:
@@ -79,11 +161,70 @@ def token_parameter(params: dict[str, str]) -> str:
     return token
 
 
-def verdict(
-    caller: Client, entry: Entry, owner_disabled: Callable[[str], bool | None]
-) -> bytes | None:
+def from_memory(
+    memory: Memory, authorization: str | None, params: dict[str, str]
+) -> bytes | Pending | None:
+    """The answer when all it needs is in this process's memory; else where it stopped
+    (`Pending`), or None when memory does not know the caller. Raises the error the full
+    path would for a remembered caller that may not introspect, or a missing `token`."""
+    mono = time.monotonic()
+    caller = rfc6749.remembered(authorization, params, memory.local, mono)
+    if caller is None:
+        return None
+    return _step(memory, caller, params, mono)
+
+
+async def complete(
+    stores: Stores,
+    authorization: str | None,
+    params: dict[str, str],
+    pending: Pending | None = None,
+) -> tuple[Client, bytes]:
+    """The caller and the answer, going on from where `from_memory` stopped (`pending`; None
+    when it did not know the caller, or was not asked)."""
+    if pending is None:
+        caller = await stores.authenticate(authorization, params)
+        step = _step(stores, caller, params, time.monotonic())
+        if isinstance(step, bytes):
+            return caller, step
+        pending = step
+    caller, entry = pending.caller, pending.entry
+    if entry is None:
+        entry = await stores.lookup(pending.token, pending.key)
+    answer = _seen_by(caller, entry, stores.local, time.monotonic())
+    if answer is None and entry.client_id is not None:
+        # Memory lacks the owner's record: read it, and decide with it.
+        owner = _Read(await stores.get_client(entry.client_id))
+        answer = _seen_by(caller, entry, owner, time.monotonic())
+    # (With the owner's record read, `_seen_by` always answers.)
+    return caller, _noted(stores, entry, answer or INACTIVE)
+
+
+def _step(memory: Memory, caller: Client, params: dict[str, str], mono: float) -> bytes | Pending:
+    """The decision for an authenticated caller, as far as memory takes it."""
+    if not caller.can_introspect:
+        raise UnauthorizedClient("this client may not introspect")
+    token = token_parameter(params)
+    key = memory.hashed.get(token)
+    entry = None if key is None else memory.cache.cached(key, mono)
+    if entry is None:
+        return Pending(caller, token, key, None)
+    answer = _seen_by(caller, entry, memory.local, mono)
+    if answer is None:
+        return Pending(caller, token, key, entry)
+    return _noted(memory, entry, answer)
+
+
+def _noted(memory: Memory, entry: Entry, answer: bytes) -> bytes:
+    """`answer`, after noting the use of an API key answered active."""
+    if answer is not INACTIVE:
+        memory.usage.note_use(entry)
+    return answer
+
+
+def _seen_by(caller: Client, entry: Entry, owners: Owners, mono: float) -> bytes | None:
     """The answer bytes for `entry` as `caller` may see it; None when that hangs on an owner
-    whose state `owner_disabled` does not know at once (then `decide` reads it)."""
+    whose record `owners` does not hold at `mono` (then `complete` reads it)."""
     answer = entry.answer
     if answer is None:
         return INACTIVE
@@ -93,22 +234,22 @@ def verdict(
     if caller.audiences and not entry.aud.intersection(caller.audiences):
         return INACTIVE
     if entry.client_id is not None:
-        disabled = owner_disabled(entry.client_id)
-        if disabled is None:
+        found, client = owners.get_client(entry.client_id, mono)
+        if not found:
             return None
-        if disabled:
+        if client is None or client.disabled:
+            # SPEC: a disabled client's credentials introspect inactive (a deleted one's too).
             return INACTIVE
     return answer
 
 
-async def decide(
-    caller: Client,
-    entry: Entry,
-    owner_disabled: Callable[[str], bool | None],
-    read_owner_disabled: Callable[[str], Awaitable[bool]],
-) -> bytes:
-    """The answer bytes for `entry` as `caller` may see it, reading the owner's state if needed."""
-    body = verdict(caller, entry, owner_disabled)
-    if body is None and entry.client_id is not None and entry.answer is not None:
-        body = INACTIVE if await read_owner_disabled(entry.client_id) else entry.answer
-    return body if body is not None else INACTIVE
+@dataclass(frozen=True, slots=True)
+class _Read:
+    """An owner's record as the async tail read it (None: there is none), held as memory
+    holds one."""
+
+    client: Client | None
+
+    def get_client(self, _client_id: str, _mono: float) -> tuple[bool, Client | None]:
+        """(True, the record read)."""
+        return True, self.client

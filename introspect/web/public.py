@@ -1,7 +1,7 @@
 """Public routes: the OAuth endpoints, discovery, health and metrics.
 
-Each view parses the request, calls the protocol module and the authority,
-and writes the answer; the decisions live in `introspect/rfc*.py`.
+Each view parses the request, calls the protocol module (the decisions live
+in `introspect/rfc*.py`) or the authority, and writes the answer.
 """
 
 from __future__ import annotations
@@ -52,14 +52,7 @@ async def authenticated(
     authority: Authority, request: web.Request, params: dict[str, str]
 ) -> Client:
     """The client that authenticated this request (RFC 6749 §2.3)."""
-    return await rfc6749.authenticate_client(
-        request.headers.get("Authorization"),
-        params,
-        authority.get_client,
-        authority.keys,
-        authority.assertions,
-        authority.local,
-    )
+    return await authority.authenticate(request.headers.get("Authorization"), params)
 
 
 @routes.post("/token")
@@ -77,27 +70,18 @@ async def token(request: web.Request) -> web.Response:
 
 @routes.post("/introspect")
 async def introspect(request: web.Request) -> web.Response:
-    """RFC 7662 §2: introspection, for clients allowed to introspect."""
+    """RFC 7662 §2: introspection, decided by `rfc7662` (from memory when it can)."""
     authority = request.app[AUTHORITY]
     params, _ = await read_form(request)
-    signed = rfc9701.wants_jwt(request.headers.get("Accept"))
-    if not signed:
-        body = authority.introspect_in_memory(request.headers.get("Authorization"), params)
-        if body is not None:
-            return web.Response(body=body, headers=JSON_NO_STORE)
-    caller = await authenticated(authority, request, params)
-    rfc7662.require_introspection(caller)
-    presented = rfc7662.token_parameter(params)
-    entry = await authority.lookup(presented)
-    body = await rfc7662.decide(
-        caller, entry, authority.owner_disabled, authority.read_owner_disabled
-    )
-    if body is not rfc7662.INACTIVE:
-        authority.note_use(entry)
-    if signed:
+    authorization = request.headers.get("Authorization")
+    if rfc9701.wants_jwt(request.headers.get("Accept")):
+        caller, body = await rfc7662.complete(authority, authorization, params)
         jwt = await authority.sign_introspection(caller, body)
         return web.Response(body=jwt, content_type=rfc9701.MEDIA_TYPE, headers=NO_STORE)
-    return web.Response(body=body, headers=JSON_NO_STORE)
+    answer = rfc7662.from_memory(authority, authorization, params)
+    if not isinstance(answer, bytes):
+        _caller, answer = await rfc7662.complete(authority, authorization, params, answer)
+    return web.Response(body=answer, headers=JSON_NO_STORE)
 
 
 @routes.post("/revoke")

@@ -8,10 +8,11 @@ import secrets
 
 import pytest
 
-from introspect import cache, credentials
+from introspect import cache, credentials, rfc7662
+from introspect.client_records import UNKNOWN_CLIENT_TTL
 from introspect.credentials import Kind
 from introspect.metrics import METRICS
-from introspect.service import UNKNOWN_CLIENT_TTL, Authority
+from introspect.service import Authority
 from tests.helpers import Registered, Server, admin_api, basic, eventually, register
 from tests.integration.test_hostile import row_counts
 
@@ -94,7 +95,7 @@ async def insert_unannounced(
         await conn.execute(
             "INSERT INTO client_secrets (client_id, secret_hash, created_at) VALUES ($1, $2, 0)",
             client_id,
-            credentials.keyed_hash(authority.keys[0], secret),
+            credentials.keyed_hash(authority.server_secrets[0], secret),
         )
 
 
@@ -157,7 +158,7 @@ async def test_unknown_client_ids_cannot_push_known_clients_out_of_memory(
         assert answer.json()["active"]
     authority = server.authority
     header = resource_server.auth["Authorization"]
-    assert authority.introspect_in_memory(header, ask) is not None
+    assert isinstance(rfc7662.from_memory(authority, header, ask), bytes)
     for _ in range(3 * cache.CLIENT_CACHE_SIZE):
         refused = await server.post_form(
             "/token",
@@ -165,7 +166,7 @@ async def test_unknown_client_ids_cannot_push_known_clients_out_of_memory(
             headers=basic(random_client_id(), credentials.generate(Kind.CLIENT_SECRET)),
         )
         assert refused.status == 401
-    assert authority.introspect_in_memory(header, ask) is not None
+    assert isinstance(rfc7662.from_memory(authority, header, ask), bytes)
 
 
 async def test_an_unknown_client_id_costs_one_query_while_remembered(server: Server) -> None:

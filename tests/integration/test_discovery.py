@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 
-from introspect import service
+from introspect import discovery, service
 from introspect.metrics import METRICS
 from introspect.service import Authority
 from tests.helpers import Server, eventually, register
@@ -68,7 +68,7 @@ async def test_discovery_is_built_once_per_change_or_few_seconds(
     async def shown() -> bool:
         return hidden in await scopes_supported(server)
 
-    await eventually(shown, within=service.METADATA_TTL + 3)
+    await eventually(shown, within=discovery.METADATA_TTL + 3)
     announced = "announced:" + secrets.token_hex(4)
     await register(authority, scopes=(announced,))
     queries = METRICS.pg_queries.value()

@@ -1,7 +1,7 @@
-"""The in-memory path of /introspect (Authority.introspect_in_memory) against the full one.
+"""The synchronous step of /introspect (rfc7662.from_memory) against the full decision.
 
-The hot path answers from memory alone or says it cannot (None); wherever it
-answers, the answer must be the one the full path gives over HTTP.
+The hot path answers from memory alone or says where it stopped; wherever it
+answers, or refuses, it does as the full path does over HTTP.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from introspect import rfc6749, rfc7662
+from introspect.errors import InvalidRequest, OAuth2Error, UnauthorizedClient
 from introspect.service import Authority
 from tests.helpers import Registered, Server, register
 
@@ -23,6 +24,14 @@ async def token_for(server: Server, client: Registered, **form: str) -> str:
     return resp.json()["access_token"]
 
 
+def from_memory(
+    authority: Authority, authorization: str | None, params: dict[str, Any]
+) -> bytes | None:
+    """The answer of the synchronous step alone, None when it leaves the rest to the tail."""
+    answer = rfc7662.from_memory(authority, authorization, params)
+    return answer if isinstance(answer, bytes) else None
+
+
 async def both(
     server: Server, caller: Registered, params: dict[str, Any]
 ) -> tuple[bytes | None, int, bytes]:
@@ -32,7 +41,7 @@ async def both(
     """
     for _ in range(2):
         resp = await server.post_form("/introspect", params, headers=caller.auth)
-    memory = server.authority.introspect_in_memory(caller.auth["Authorization"], params)
+    memory = from_memory(server.authority, caller.auth["Authorization"], params)
     return memory, resp.status, resp.body
 
 
@@ -63,19 +72,18 @@ async def test_audience_mismatch_is_inactive_in_memory_too(
 async def test_a_revoked_credential_is_inactive_in_memory(
     server: Server, resource_server: Registered, app_client: Registered
 ) -> None:
-    """Once /revoke returns, memory answers inactive (or nothing), never the old answer."""
+    """Once /revoke returns, memory answers inactive at once (a revocation is cached as
+    inactive on every listening worker), never the old answer."""
     token = await token_for(server, app_client)
     memory, _, body = await both(server, resource_server, {"token": token})
     assert memory == body
     revoked = await server.post_form("/revoke", {"token": token}, headers=app_client.auth)
     assert revoked.status == 200
-    after = server.authority.introspect_in_memory(
-        resource_server.auth["Authorization"], {"token": token}
-    )
-    assert after in (None, rfc7662.INACTIVE)
+    after = from_memory(server.authority, resource_server.auth["Authorization"], {"token": token})
+    assert after == rfc7662.INACTIVE
     memory, status, body = await both(server, resource_server, {"token": token})
     assert (status, body) == (200, rfc7662.INACTIVE)
-    assert memory in (None, body)
+    assert memory == body
 
 
 @pytest.mark.parametrize(
@@ -102,19 +110,42 @@ async def test_anything_but_a_clean_request_takes_the_full_path(
     assert got == status, body
 
 
-async def test_missing_token_and_unknown_callers_take_the_full_path(
+async def refusal(
+    server: Server, caller: Registered, params: dict[str, Any]
+) -> tuple[type[OAuth2Error], int, dict[str, Any], int, dict[str, Any]]:
+    """The error memory raises (its class, status and body) and the HTTP answer (status and
+    body) to the same request."""
+    for _ in range(2):
+        resp = await server.post_form("/introspect", params, headers=caller.auth)
+    with pytest.raises(OAuth2Error) as raised:
+        rfc7662.from_memory(server.authority, caller.auth["Authorization"], params)
+    error = raised.value
+    return type(error), error.status_code, error.body(), resp.status, resp.json()
+
+
+async def test_a_remembered_caller_is_refused_from_memory_as_over_http(
     server: Server, resource_server: Registered, app_client: Registered
 ) -> None:
-    """No token, or a caller memory does not know or may not introspect: None from memory."""
+    """No token, or a remembered caller that may not introspect: memory raises the very error
+    the full path answers."""
     token = await token_for(server, app_client)
-    memory, status, _ = await both(server, resource_server, {"token_type_hint": "access_token"})
-    assert (memory, status) == (None, 400)
+    kind, status, body, http_status, http_body = await refusal(
+        server, resource_server, {"token_type_hint": "access_token"}
+    )
+    assert (kind, status, body) == (InvalidRequest, http_status, http_body)
     # app_client authenticates (and is remembered) but may not introspect.
-    memory, status, _ = await both(server, app_client, {"token": token})
-    assert (memory, status) == (None, 403)
+    kind, status, body, http_status, http_body = await refusal(server, app_client, {"token": token})
+    assert (kind, status, body) == (UnauthorizedClient, http_status, http_body)
+
+
+async def test_unknown_callers_take_the_full_path(
+    server: Server, resource_server: Registered, app_client: Registered
+) -> None:
+    """A caller memory does not know, or no Authorization header: memory leaves it to the tail."""
+    token = await token_for(server, app_client)
     stranger = "Basic " + "c3RyYW5nZXI6c2VjcmV0"  # stranger:secret
-    assert server.authority.introspect_in_memory(stranger, {"token": token}) is None
-    assert server.authority.introspect_in_memory(None, {"token": token}) is None
+    assert rfc7662.from_memory(server.authority, stranger, {"token": token}) is None
+    assert rfc7662.from_memory(server.authority, None, {"token": token}) is None
 
 
 async def test_only_the_canonical_basic_spelling_is_remembered(
@@ -131,7 +162,7 @@ async def test_only_the_canonical_basic_spelling_is_remembered(
         for _ in range(2):
             resp = await server.post_form("/introspect", params, headers={"Authorization": variant})
             assert resp.json()["active"] is True
-        assert server.authority.introspect_in_memory(variant, params) is None
+        assert rfc7662.from_memory(server.authority, variant, params) is None
     for _ in range(2):
         await server.post_form("/introspect", params, headers={"Authorization": canonical})
-    assert server.authority.introspect_in_memory(canonical, params) is not None
+    assert from_memory(server.authority, canonical, params) is not None

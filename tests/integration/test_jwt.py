@@ -111,7 +111,7 @@ async def test_jwt_is_stored_by_hash_with_its_jti(server: Server, authority: Aut
     jti = jwt.decode(token, options={"verify_signature": False})["jti"]
     row = await authority.pool.fetchrow("SELECT format, hash FROM credentials WHERE id = $1", jti)
     assert row["format"] == "jwt"
-    assert bytes(row["hash"]) == credentials.keyed_hash(authority.keys[0], token)
+    assert bytes(row["hash"]) == credentials.keyed_hash(authority.server_secrets[0], token)
 
 
 async def test_revoked_jwt_is_inactive_at_once(
@@ -184,7 +184,7 @@ async def store_live(authority: Authority, client: Registered, token: str) -> No
         authority.pool,
         credential_id="tok_" + b64(os.urandom(12)),
         kind="access_token",
-        hash_=credentials.keyed_hash(authority.keys[0], token),
+        hash_=credentials.keyed_hash(authority.server_secrets[0], token),
         client_id=client.client_id,
         sub=client.client_id,
         scopes=["read"],

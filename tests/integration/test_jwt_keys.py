@@ -51,9 +51,9 @@ async def test_private_keys_are_stored_encrypted(authority: Authority) -> None:
     sealed = await authority.pool.fetchval(
         "SELECT private_key FROM signing_keys WHERE kid = $1", key.kid
     )
-    assert signing.unseal(authority.keys, key.kid, sealed) is not None
+    assert signing.unseal(authority.server_secrets, key.kid, sealed) is not None
     assert signing.unseal((b"another-secret-of-16+",), key.kid, sealed) is None
-    assert signing.unseal(authority.keys, "another-kid", sealed) is None
+    assert signing.unseal(authority.server_secrets, "another-kid", sealed) is None
 
 
 async def test_new_key_is_published_before_it_signs(

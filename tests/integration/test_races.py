@@ -47,7 +47,7 @@ async def token(server: Server, app_client: Registered) -> AsyncIterator[str]:
 
 async def race(server: Server, app_client: Registered, rs: Registered, token: str) -> None:
     """Start an introspection, revoke while it waits at its fill point, then let it finish."""
-    key = credentials.keyed_hash(server.authority.keys[0], token)
+    key = credentials.keyed_hash(server.authority.server_secrets[0], token)
     gate = Gate(key)
     server.authority.cache.before_fill = gate
     reader = asyncio.create_task(server.post_form("/introspect", {"token": token}, headers=rs.auth))
@@ -66,7 +66,7 @@ async def test_postgres_read_before_revocation_is_not_cached(
 ) -> None:
     """A Postgres read that began before a revocation fills neither Redis nor the worker."""
     await race(server, app_client, resource_server, token)
-    key = credentials.keyed_hash(server.authority.keys[0], token)
+    key = credentials.keyed_hash(server.authority.server_secrets[0], token)
     raw = await server.authority.cache.redis.client.call("GET", KEY_PREFIX + key)
     assert raw is not None
     assert raw.split(b"|", 1)[1] == b"0"  # the revocation's own entry: inactive, for good
@@ -93,7 +93,7 @@ async def test_refresh_read_before_revocation_is_not_cached_in_process(
     first = await server.post_form("/introspect", {"token": token}, headers=resource_server.auth)
     assert first.json()["active"] is True
     cache = server.authority.cache
-    key = credentials.keyed_hash(server.authority.keys[0], token)
+    key = credentials.keyed_hash(server.authority.server_secrets[0], token)
     entry = cache.cached(key, time.monotonic())
     assert entry is not None
     entry.refresh_at = 0.0  # due now: the next hit starts a refresh

@@ -39,7 +39,7 @@ async def test_killed_subscription_drops_the_in_process_cache(
     before = listener.subscriptions
     await server.authority.cache.redis.client.call("CLIENT", "KILL", "TYPE", "pubsub")
     # A revocation whose message this worker never sees: Postgres and Redis change, no PUBLISH.
-    key = credentials.keyed_hash(server.authority.keys[0], token)
+    key = credentials.keyed_hash(server.authority.server_secrets[0], token)
     await server.authority.pool.execute(
         "UPDATE credentials SET revoked_at = 1, version = nextval('change_version')"
         " WHERE hash = $1",

@@ -61,7 +61,7 @@ async def message_naming(pubsub: redis.client.PubSub, client_id: str) -> dict[st
 
 async def credential_id(server: Server, presented: str) -> str:
     """The id of a presented credential, found by its keyed hash."""
-    key = credentials.keyed_hash(server.authority.keys[0], presented)
+    key = credentials.keyed_hash(server.authority.server_secrets[0], presented)
     found: str = await server.authority.pool.fetchval(
         "SELECT id FROM credentials WHERE hash = $1", key
     )
@@ -170,7 +170,7 @@ async def test_the_recorded_invalidation_is_the_one_announced(server: Server, sh
     authority = server.authority
     app = await register(authority)
     token = (await issue(server, app))["access_token"]
-    key = credentials.keyed_hash(authority.keys[0], token)
+    key = credentials.keyed_hash(authority.server_secrets[0], token)
     token_id = await credential_id(server, token)
     sub = "user-" + secrets.token_hex(6)
     await store.insert_credential(

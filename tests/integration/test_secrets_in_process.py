@@ -28,7 +28,7 @@ async def test_record_reprs_print_no_hash_or_key(server: Server, app_client: Reg
     client = await store.get_client(authority.pool, app_client.client_id)
     assert client is not None
     [found] = await store.find_credentials(
-        authority.pool, [credentials.keyed_hash(authority.keys[0], token)]
+        authority.pool, [credentials.keyed_hash(authority.server_secrets[0], token)]
     )
     await authority.keyring.ready()
     signing_key, _private = authority.keyring.signer()
@@ -58,7 +58,7 @@ async def test_unverified_jwts_are_not_memoized(
     for token in forged:
         assert (await authority.lookup(token)).answer is None
         assert (await authority.lookup(token)).answer is None
-    assert not set(forged) & set(authority._hashed)
+    assert not set(forged) & set(authority.hashed)
 
     client = await register(authority, audiences=("https://api.test",), token_format="jwt")
     issued = await server.post_form(
@@ -67,7 +67,7 @@ async def test_unverified_jwts_are_not_memoized(
     assert issued.status == 200, issued.body
     token = issued.json()["access_token"]
     assert (await authority.lookup(token)).answer is not None
-    assert token in authority._hashed
+    assert token in authority.hashed
 
 
 async def run_cli(env: dict[str, str], *args: str, stdin: str = "") -> tuple[int, str, str]:

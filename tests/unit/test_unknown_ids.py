@@ -6,7 +6,8 @@ import math
 import time
 
 from introspect.cache import LocalCache
-from introspect.service import UnknownIds, has_id_shape, new_id
+from introspect.client_records import UnknownIds
+from introspect.ids import has_id_shape, new_id
 from introspect.store import Client
 
 

@@ -1,0 +1,36 @@
+"""Revocation by one selector, and how its answer reads."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from introspect.admin.validation import MAX_TEXT, _fields, _text
+from introspect.errors import Invalid
+from introspect.service import Authority, Revoked
+
+MAX_TOKEN = 8192
+SELECTORS = ("token", "id", "jti", "client_id", "sub")
+
+
+def revoked_answer(revoked: Revoked) -> dict[str, Any]:
+    """{"revoked": N, "listeners": M}, and "invalidation": "pending" when Redis was down."""
+    out: dict[str, Any] = {"revoked": revoked.count, "listeners": revoked.announced.listeners}
+    if revoked.announced.pending:
+        out["invalidation"] = "pending"
+    return out
+
+
+async def revoke(authority: Authority, actor: str, body: object) -> Revoked:
+    """Revoke by exactly one of token, id, jti, client_id (all it holds) or sub."""
+    fields = _fields(body, SELECTORS)
+    if len(fields) != 1:
+        raise Invalid(f"send exactly one of {', '.join(SELECTORS)}")
+    ((selector, raw),) = fields.items()
+    value = _text(raw, selector, MAX_TOKEN if selector == "token" else MAX_TEXT)
+    if selector == "token":
+        return await authority.revoke_presented(value, actor=actor, owner=None)
+    if selector == "client_id":
+        return await authority.revoke_where(actor, "client_id = $2", value, clients=[value])
+    if selector == "sub":
+        return await authority.revoke_where(actor, "sub = $2", value, subs=[value])
+    return await authority.revoke_where(actor, "id = $2", value)

@@ -23,7 +23,7 @@ from introspect.config import Settings
 from introspect.history import History
 from introspect.migrate import migrate
 from introspect.service import Authority, open_authority
-from tests.helpers import Registered, Server, register, start_server
+from tests.helpers import AdminAPI, Registered, Server, admin_api, register, start_server
 from tests.valkey import Valkey, running
 
 
@@ -126,6 +126,12 @@ async def resource_server(authority: Authority) -> Registered:
 async def app_client(authority: Authority) -> Registered:
     """An ordinary client with scopes read and write and no audiences."""
     return await register(authority)
+
+
+@pytest.fixture
+async def api(server: Server) -> AdminAPI:
+    """The session server's admin API with a fresh admin key."""
+    return await admin_api(server)
 
 
 @pytest.fixture

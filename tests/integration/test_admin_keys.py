@@ -20,8 +20,8 @@ from introspect.credentials import Kind
 from introspect.errors import Conflict
 from introspect.migrate import migrate
 from introspect.service import Authority, open_authority
+from tests.admin_helpers import error_of, unique, walk
 from tests.helpers import AdminAPI, Server, admin_api, eventually, serve_subprocess, start_server
-from tests.integration.test_admin import error_of, unique, walk
 from tests.integration.test_cli import cli, env  # noqa: F401 (env is a fixture used here)
 from tests.integration.test_metrics import _value
 

@@ -18,6 +18,7 @@ from introspect import access_keys
 from introspect.config import Settings
 from introspect.migrate import migrate, migration_files
 from introspect.rfc7523 import ASSERTION_TYPE
+from tests.admin_helpers import created_client, token_works, unique
 from tests.helpers import (
     AdminAPI,
     Answer,
@@ -28,7 +29,6 @@ from tests.helpers import (
     cli_env,
     start_server,
 )
-from tests.integration.test_admin import created_client, token_works, unique
 from tests.integration.test_cli import cli
 from tests.integration.test_private_key_jwt import ISSUER, KeyClient, public_jwk, token
 

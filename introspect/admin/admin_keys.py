@@ -9,8 +9,7 @@ from typing import Any
 import asyncpg
 
 from introspect import credentials, store
-from introspect.admin.cursors import _in_creation_order
-from introspect.admin.validation import MAX_LIFETIME, _fields, _integer, _known, _required, _text
+from introspect.admin import cursors, validation
 from introspect.cache import Invalidation
 from introspect.credentials import Kind
 from introspect.errors import Conflict, Invalid, NotFound
@@ -68,11 +67,15 @@ def _role(value: object, field: str) -> str:
 
 async def create_admin_key(authority: Authority, actor: str, body: object) -> dict[str, Any]:
     """Mint an admin key: its record and `key` (shown once)."""
-    fields = _fields(body, ("name", "role", "expires_in"))
-    name = _text(_required(fields, "name"), "name")
+    fields = validation.fields(body, ("name", "role", "expires_in"))
+    name = validation.text(validation.required(fields, "name"), "name")
     role = _role(fields.get("role", "admin"), "role")
     expires_in = fields.get("expires_in")
-    lifetime = None if expires_in is None else _integer(expires_in, "expires_in", 1, MAX_LIFETIME)
+    lifetime = (
+        None
+        if expires_in is None
+        else validation.integer(expires_in, "expires_in", 1, validation.MAX_LIFETIME)
+    )
     key = credentials.generate(Kind.ADMIN_KEY)
     key_id = new_id("adm")
 
@@ -103,7 +106,7 @@ async def create_admin_key(authority: Authority, actor: str, body: object) -> di
 
 async def list_admin_keys(authority: Authority, query: Mapping[str, str]) -> dict[str, Any]:
     """A page of admin keys in creation order (never a key or its hash)."""
-    return await _in_creation_order(
+    return await cursors.in_creation_order(
         query,
         authority.pool,
         store.list_admin_keys,
@@ -120,7 +123,7 @@ async def revoke_admin_key(authority: Authority, actor: str, key_id: str) -> dic
     order, so concurrent revocations cannot together revoke them all.
     Revoking a revoked key changes nothing.
     """
-    _known(key_id, "adm", "admin key")
+    validation.known_id(key_id, "adm", "admin key")
 
     async def apply(conn: asyncpg.Connection) -> tuple[AdminKey, Invalidation]:
         t = store.now()

@@ -8,19 +8,7 @@ from typing import Any
 import asyncpg
 
 from introspect import credentials, store
-from introspect.admin.validation import (
-    MAX_LIFETIME,
-    _audiences,
-    _fields,
-    _grace,
-    _integer,
-    _known,
-    _metadata,
-    _required,
-    _scopes,
-    _text,
-    _within,
-)
+from introspect.admin import validation
 from introspect.cache import Invalidation
 from introspect.credentials import Kind
 from introspect.errors import AdminError, Conflict, Invalid, NotFound
@@ -32,18 +20,26 @@ MAX_EPOCH = 253_402_300_799  # 9999-12-31T23:59:59Z
 
 async def create_api_key(authority: Authority, actor: str, body: object) -> dict[str, Any]:
     """Issue an API key for a client and/or subject: its public record and `key` (shown once)."""
-    fields = _fields(body, ("client_id", "sub", "scopes", "audiences", "expires_in", "metadata"))
+    fields = validation.fields(
+        body, ("client_id", "sub", "scopes", "audiences", "expires_in", "metadata")
+    )
     client_id = fields.get("client_id")
     sub = fields.get("sub")
     if client_id is None and sub is None:
         raise Invalid("client_id, sub: at least one is required")
-    client_id = None if client_id is None else _text(client_id, "client_id")
-    subject = _text(sub, "sub") if sub is not None else _text(client_id, "client_id")
-    scopes = _scopes(_required(fields, "scopes"), "scopes")
-    audiences = _audiences(fields.get("audiences", []), "audiences")
+    client_id = None if client_id is None else validation.text(client_id, "client_id")
+    subject = (
+        validation.text(sub, "sub") if sub is not None else validation.text(client_id, "client_id")
+    )
+    scopes = validation.scopes(validation.required(fields, "scopes"), "scopes")
+    audiences = validation.audiences(fields.get("audiences", []), "audiences")
     expires_in = fields.get("expires_in")
-    lifetime = None if expires_in is None else _integer(expires_in, "expires_in", 1, MAX_LIFETIME)
-    metadata = _metadata(fields.get("metadata"), "metadata")
+    lifetime = (
+        None
+        if expires_in is None
+        else validation.integer(expires_in, "expires_in", 1, validation.MAX_LIFETIME)
+    )
+    metadata = validation.metadata(fields.get("metadata"), "metadata")
     key = credentials.generate(Kind.API_KEY)
     key_id = new_id("key")
 
@@ -54,7 +50,7 @@ async def create_api_key(authority: Authority, actor: str, body: object) -> dict
                 raise AdminError(404, "not_found", "client_id: no such client")
             if client.disabled:
                 raise Conflict("client_id: the client is disabled")
-            _within(scopes, client)
+            validation.within(scopes, client)
         iat = store.now()
         await store.insert_credential(
             conn,
@@ -97,7 +93,7 @@ async def _credential(conn: asyncpg.Connection, credential_id: str) -> Credentia
 
 async def _live_key(conn: asyncpg.Connection, key_id: str) -> Credential:
     """The API key `key_id`, locked; 404 when unknown, 409 when revoked or expired."""
-    key = await store.get_credential(conn, _known(key_id, "key", "API key"), lock=True)
+    key = await store.get_credential(conn, validation.known_id(key_id, "key", "API key"), lock=True)
     if key is None or key.kind != Kind.API_KEY.value:
         raise NotFound("API key")
     if key.revoked_at is not None:
@@ -111,29 +107,35 @@ def _expiry(fields: Mapping[str, Any], now: int) -> int | None:
     """The new `exp` from `expires_in` or `expires_at` (null: never)."""
     if "expires_in" in fields:
         value = fields["expires_in"]
-        return None if value is None else now + _integer(value, "expires_in", 1, MAX_LIFETIME)
+        return (
+            None
+            if value is None
+            else now + validation.integer(value, "expires_in", 1, validation.MAX_LIFETIME)
+        )
     value = fields["expires_at"]
-    return None if value is None else _integer(value, "expires_at", now + 1, MAX_EPOCH)
+    return None if value is None else validation.integer(value, "expires_at", now + 1, MAX_EPOCH)
 
 
 async def update_api_key(
     authority: Authority, actor: str, key_id: str, body: object
 ) -> dict[str, Any]:
     """Change a live key's scopes, audiences, expiry or metadata: visible at once everywhere."""
-    fields = _fields(body, ("scopes", "audiences", "expires_in", "expires_at", "metadata"))
+    fields = validation.fields(
+        body, ("scopes", "audiences", "expires_in", "expires_at", "metadata")
+    )
     if not fields:
         raise Invalid("the body names no field to change")
     if "expires_in" in fields and "expires_at" in fields:
         raise Invalid("expires_in, expires_at: send one, not both")
     changes: dict[str, Any] = {}
     if "scopes" in fields:
-        changes["scopes"] = _scopes(fields["scopes"], "scopes")
+        changes["scopes"] = validation.scopes(fields["scopes"], "scopes")
     if "audiences" in fields:
-        changes["audiences"] = _audiences(fields["audiences"], "audiences")
+        changes["audiences"] = validation.audiences(fields["audiences"], "audiences")
     if "expires_in" in fields or "expires_at" in fields:
         changes["exp"] = _expiry(fields, store.now())
     if "metadata" in fields:
-        changes["metadata"] = _metadata(fields["metadata"], "metadata")
+        changes["metadata"] = validation.metadata(fields["metadata"], "metadata")
 
     async def apply(conn: asyncpg.Connection) -> tuple[Credential, Invalidation]:
         key = await _live_key(conn, key_id)
@@ -141,7 +143,7 @@ async def update_api_key(
             # The foreign key guarantees the client; its scopes bound the key's.
             client = await store.get_client(conn, key.client_id)
             if client is not None:
-                _within(changes["scopes"], client)
+                validation.within(changes["scopes"], client)
         changed = await store.update_credential(conn, key_id, changes)
         await store.audit(
             conn,
@@ -165,7 +167,7 @@ async def rotate_api_key(
     The grace period never extends the old key's own expiry, and the new key
     expires when the old one would have.
     """
-    grace = _grace(body)
+    grace = validation.grace(body)
     key = credentials.generate(Kind.API_KEY)
     new_key_id = new_id("key")
 

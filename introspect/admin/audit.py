@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from introspect import store
-from introspect.admin.cursors import _decode_cursor, _page, _query
+from introspect.admin import cursors
 from introspect.errors import Invalid
 from introspect.service import Authority
 
@@ -28,7 +28,7 @@ ACTIONS = frozenset(
 
 async def list_audit(authority: Authority, query: Mapping[str, str]) -> dict[str, Any]:
     """A page of audit entries, newest first."""
-    limit, filters = _query(query, ("action", "target_id", "actor"))
+    limit, filters = cursors.page_request(query, ("action", "target_id", "actor"))
     action = filters.get("action")
     if action is not None and action not in ACTIONS:
         raise Invalid(f"action: must be one of {', '.join(sorted(ACTIONS))}")
@@ -39,6 +39,6 @@ async def list_audit(authority: Authority, query: Mapping[str, str]) -> dict[str
         target_id=filters.get("target_id"),
         actor=filters.get("actor"),
         limit=limit + 1,
-        before=None if before is None else _decode_cursor(before, (int,))[0],
+        before=None if before is None else cursors.decode(before, (int,))[0],
     )
-    return _page(rows, limit, dict, lambda e: [e["id"]])
+    return cursors.page(rows, limit, dict, lambda e: [e["id"]])

@@ -7,8 +7,8 @@ from typing import Any
 import asyncpg
 
 from introspect import access_keys, jwks
-from introspect.admin.clients import _changed_client, _locked_client
-from introspect.admin.validation import _fields, _known
+from introspect.admin import validation
+from introspect.admin.clients import changed_client, locked_client
 from introspect.cache import Invalidation
 from introspect.errors import Conflict, NotFound
 from introspect.service import Authority, new_id
@@ -32,11 +32,11 @@ async def create_access_key(
     holds the private key, shown once and never stored. A disabled client,
     or one whose jwks holds `jwks.MAX_KEYS` keys already, is a `Conflict`.
     """
-    _fields(body, ())
-    key = access_keys.generate(_known(client_id, "client", "client"), new_id("ak"))
+    validation.fields(body, ())
+    key = access_keys.generate(validation.known_id(client_id, "client", "client"), new_id("ak"))
 
     async def apply(conn: asyncpg.Connection) -> tuple[Client, Invalidation]:
-        client = await _locked_client(conn, client_id)
+        client = await locked_client(conn, client_id)
         if client.disabled:
             raise Conflict("the client is disabled")
         listed = _listed_keys(client)
@@ -48,7 +48,7 @@ async def create_access_key(
         except jwks.InvalidKeySet as exc:
             raise Conflict(f"the client's jwks takes no more keys until fixed ({exc})") from None
         details = {"access_key_created": key.kid}
-        return await _changed_client(conn, actor, client_id, {"jwks": key_set}, details)
+        return await changed_client(conn, actor, client_id, {"jwks": key_set}, details)
 
     await authority.change(apply)
     return {"kid": key.kid, "access_key": key.encode()}
@@ -61,13 +61,13 @@ async def delete_access_key(authority: Authority, actor: str, client_id: str, ki
     """
 
     async def apply(conn: asyncpg.Connection) -> tuple[Client, Invalidation]:
-        client = await _locked_client(conn, client_id)
+        client = await locked_client(conn, client_id)
         listed = _listed_keys(client)
         kept = [k for k in listed if not (isinstance(k, dict) and k.get("kid") == kid)]
         if len(kept) == len(listed):
             raise NotFound("key")
         key_set = {**(client.jwks or {}), "keys": kept} if kept else None
         details = {"access_key_deleted": kid}
-        return await _changed_client(conn, actor, client_id, {"jwks": key_set}, details)
+        return await changed_client(conn, actor, client_id, {"jwks": key_set}, details)
 
     await authority.change(apply)

@@ -8,23 +8,7 @@ from typing import Any
 import asyncpg
 
 from introspect import credentials, rfc6749, rfc7523, store
-from introspect.admin.cursors import _in_creation_order
-from introspect.admin.validation import (
-    _audiences,
-    _auth_method,
-    _check_auth_method,
-    _check_format,
-    _fields,
-    _flag,
-    _grace,
-    _jwks,
-    _known,
-    _required,
-    _scopes,
-    _text,
-    _token_format,
-    _token_ttl,
-)
+from introspect.admin import cursors, validation
 from introspect.cache import Invalidation
 from introspect.credentials import Kind
 from introspect.errors import Conflict, Invalid, NotFound
@@ -36,33 +20,33 @@ KEEP_IN_GRACE = 2
 
 
 _CLIENT_FIELDS: dict[str, Callable[[object, str], Any]] = {
-    "name": _text,
-    "scopes": _scopes,
-    "audiences": _audiences,
-    "can_introspect": _flag,
-    "token_ttl": _token_ttl,
-    "token_format": _token_format,
-    "jwks": _jwks,
-    "token_endpoint_auth_method": _auth_method,
-    "disabled": _flag,
+    "name": validation.text,
+    "scopes": validation.scopes,
+    "audiences": validation.audiences,
+    "can_introspect": validation.flag,
+    "token_ttl": validation.token_ttl,
+    "token_format": validation.token_format,
+    "jwks": validation.jwk_set,
+    "token_endpoint_auth_method": validation.auth_method,
+    "disabled": validation.flag,
 }
 _CLIENT_CREATE = tuple(f for f in _CLIENT_FIELDS if f != "disabled")
 
 
 def _client_fields(body: object, allowed: Iterable[str]) -> dict[str, Any]:
-    return {f: _CLIENT_FIELDS[f](v, f) for f, v in _fields(body, allowed).items()}
+    return {f: _CLIENT_FIELDS[f](v, f) for f, v in validation.fields(body, allowed).items()}
 
 
 async def create_client(authority: Authority, actor: str, body: object) -> dict[str, Any]:
     """Register a client: its public record and `client_secret` (shown once), which a
     private_key_jwt client does not get."""
     fields = _client_fields(body, _CLIENT_CREATE)
-    name = _required(fields, "name")
+    name = validation.required(fields, "name")
     audiences = fields.get("audiences", [])
     token_format = fields.get("token_format", "opaque")
-    _check_format(token_format, audiences)
+    validation.check_format(token_format, audiences)
     method = fields.get("token_endpoint_auth_method", rfc6749.CLIENT_SECRET_BASIC)
-    _check_auth_method(method, fields.get("jwks"))
+    validation.check_auth_method(method, fields.get("jwks"))
     client, secret = await authority.create_client(
         actor=actor,
         name=name,
@@ -79,7 +63,7 @@ async def create_client(authority: Authority, actor: str, body: object) -> dict[
 
 async def list_clients(authority: Authority, query: Mapping[str, str]) -> dict[str, Any]:
     """A page of clients in registration order."""
-    return await _in_creation_order(
+    return await cursors.in_creation_order(
         query,
         authority.pool,
         store.list_clients,
@@ -90,20 +74,23 @@ async def list_clients(authority: Authority, query: Mapping[str, str]) -> dict[s
 
 async def read_client(authority: Authority, client_id: str) -> dict[str, Any]:
     """A client's public record."""
-    client = await store.get_client(authority.pool, _known(client_id, "client", "client"))
+    client = await store.get_client(
+        authority.pool, validation.known_id(client_id, "client", "client")
+    )
     if client is None:
         raise NotFound("client")
     return client.public()
 
 
-async def _locked_client(conn: asyncpg.Connection, client_id: str) -> Client:
-    client = await store.lock_client(conn, _known(client_id, "client", "client"))
+async def locked_client(conn: asyncpg.Connection, client_id: str) -> Client:
+    """The client `client_id`, locked until the transaction ends; `NotFound` if none."""
+    client = await store.lock_client(conn, validation.known_id(client_id, "client", "client"))
     if client is None:
         raise NotFound("client")
     return client
 
 
-async def _changed_client(
+async def changed_client(
     conn: asyncpg.Connection,
     actor: str,
     client_id: str,
@@ -137,20 +124,20 @@ async def update_client(
         raise Invalid("the body names no field to change")
 
     async def apply(conn: asyncpg.Connection) -> tuple[Client, Invalidation]:
-        current = await _locked_client(conn, client_id)
-        _check_format(
+        current = await locked_client(conn, client_id)
+        validation.check_format(
             changes.get("token_format", current.token_format),
             changes.get("audiences", current.audiences),
         )
         method = changes.get("token_endpoint_auth_method", current.token_endpoint_auth_method)
         if "token_endpoint_auth_method" in changes or "jwks" in changes:
-            _check_auth_method(method, changes.get("jwks", current.jwks))
+            validation.check_auth_method(method, changes.get("jwks", current.jwks))
         if (
             method == rfc7523.PRIVATE_KEY_JWT
             and current.token_endpoint_auth_method == rfc6749.CLIENT_SECRET_BASIC
         ):
             await store.delete_client_secrets(conn, client_id)
-        return await _changed_client(conn, actor, client_id, changes, changes)
+        return await changed_client(conn, actor, client_id, changes, changes)
 
     client, _ = await authority.change(apply)
     return client.public()
@@ -164,7 +151,7 @@ async def delete_client(authority: Authority, actor: str, client_id: str) -> Rev
     """
 
     async def apply(conn: asyncpg.Connection) -> tuple[int, Invalidation]:
-        await _locked_client(conn, client_id)
+        await locked_client(conn, client_id)
         deleted = await store.update_client(conn, client_id, {"disabled": True, "jwks": None})
         await store.delete_client_secrets(conn, client_id)
         rows = await revoke_in(conn, actor, "client_id = $2", client_id)
@@ -196,11 +183,11 @@ async def rotate_client_secret(
     At most KEEP_IN_GRACE rotated-out secrets stay alive: rotating again
     retires the oldest at once.
     """
-    grace = _grace(body)
+    grace = validation.grace(body)
     secret = credentials.generate(Kind.CLIENT_SECRET)
 
     async def apply(conn: asyncpg.Connection) -> tuple[None, Invalidation]:
-        client = await _locked_client(conn, client_id)
+        client = await locked_client(conn, client_id)
         if client.token_endpoint_auth_method != rfc6749.CLIENT_SECRET_BASIC:
             raise Conflict(
                 "the client authenticates with private_key_jwt and has no secret; set its"

@@ -10,7 +10,7 @@ from typing import Any, TypeVar, cast
 import asyncpg
 import orjson
 
-from introspect.admin.validation import MAX_TEXT, _text
+from introspect.admin import validation
 from introspect.errors import Invalid
 
 T = TypeVar("T")
@@ -32,7 +32,7 @@ def _cursor_part(value: object, kind: type) -> bool:
     return isinstance(value, str) and _printable(value)
 
 
-def _decode_cursor(raw: str, shape: tuple[type, ...]) -> list[Any]:
+def decode(raw: str, shape: tuple[type, ...]) -> list[Any]:
     """The position a cursor of this list encodes; anything else is `Invalid`."""
     try:
         position = orjson.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
@@ -49,10 +49,10 @@ def _decode_cursor(raw: str, shape: tuple[type, ...]) -> list[Any]:
 
 
 def _printable(value: str) -> bool:
-    return 0 < len(value) <= MAX_TEXT and value.isprintable()
+    return 0 < len(value) <= validation.MAX_TEXT and value.isprintable()
 
 
-def _query(query: Mapping[str, str], filters: Sequence[str]) -> tuple[int, dict[str, str]]:
+def page_request(query: Mapping[str, str], filters: Sequence[str]) -> tuple[int, dict[str, str]]:
     """(limit, filters) of a list request; unknown parameters are `Invalid`."""
     for name in query:
         if name not in filters and name not in ("limit", "cursor"):
@@ -63,10 +63,10 @@ def _query(query: Mapping[str, str], filters: Sequence[str]) -> tuple[int, dict[
         if not (len(raw) <= 3 and raw.isascii() and raw.isdigit() and 1 <= int(raw) <= MAX_PAGE):
             raise Invalid(f"limit: must be an integer from 1 to {MAX_PAGE}")
         limit = int(raw)
-    return limit, {name: _text(query[name], name) for name in filters if name in query}
+    return limit, {name: validation.text(query[name], name) for name in filters if name in query}
 
 
-def _page(
+def page(
     rows: Sequence[T],
     limit: int,
     render: Callable[[T], dict[str, Any]],
@@ -81,7 +81,7 @@ def _page(
     }
 
 
-async def _in_creation_order(
+async def in_creation_order(
     query: Mapping[str, str],
     pool: asyncpg.Pool,
     fetch: Callable[..., Awaitable[list[T]]],
@@ -89,8 +89,8 @@ async def _in_creation_order(
     position_of: Callable[[T], list[Any]],
 ) -> dict[str, Any]:
     """A page of records listed by (created_at, id), `?cursor=` naming the last one seen."""
-    limit, _ = _query(query, ())
+    limit, _ = page_request(query, ())
     after = query.get("cursor")
-    position = None if after is None else tuple(_decode_cursor(after, (int, str)))
+    position = None if after is None else tuple(decode(after, (int, str)))
     rows = await fetch(pool, limit=limit + 1, after=position)
-    return _page(rows, limit, public, position_of)
+    return page(rows, limit, public, position_of)

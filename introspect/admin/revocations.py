@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from introspect.admin.validation import MAX_TEXT, _fields, _text
+from introspect.admin import validation
 from introspect.errors import Invalid
 from introspect.service import Authority, Revoked
 
@@ -22,11 +22,13 @@ def revoked_answer(revoked: Revoked) -> dict[str, Any]:
 
 async def revoke(authority: Authority, actor: str, body: object) -> Revoked:
     """Revoke by exactly one of token, id, jti, client_id (all it holds) or sub."""
-    fields = _fields(body, SELECTORS)
+    fields = validation.fields(body, SELECTORS)
     if len(fields) != 1:
         raise Invalid(f"send exactly one of {', '.join(SELECTORS)}")
     ((selector, raw),) = fields.items()
-    value = _text(raw, selector, MAX_TOKEN if selector == "token" else MAX_TEXT)
+    value = validation.text(
+        raw, selector, MAX_TOKEN if selector == "token" else validation.MAX_TEXT
+    )
     if selector == "token":
         return await authority.revoke_presented(value, actor=actor, owner=None)
     if selector == "client_id":

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from introspect import store
-from introspect.admin.cursors import _decode_cursor, _page, _query
+from introspect.admin import cursors
 from introspect.credentials import Kind
 from introspect.errors import Invalid
 from introspect.service import Authority
@@ -15,7 +15,7 @@ from introspect.store import Credential
 
 async def list_tokens(authority: Authority, query: Mapping[str, str]) -> dict[str, Any]:
     """A page of credentials (never their values or hashes), in id order."""
-    limit, filters = _query(query, ("client_id", "sub", "kind", "active"))
+    limit, filters = cursors.page_request(query, ("client_id", "sub", "kind", "active"))
     kind = filters.get("kind")
     if kind is not None and kind not in (Kind.ACCESS_TOKEN, Kind.API_KEY):
         raise Invalid("kind: must be access_token or api_key")
@@ -30,6 +30,6 @@ async def list_tokens(authority: Authority, query: Mapping[str, str]) -> dict[st
         kind=kind,
         active=None if active is None else active == "true",
         limit=limit + 1,
-        after=None if after is None else _decode_cursor(after, (str,))[0],
+        after=None if after is None else cursors.decode(after, (str,))[0],
     )
-    return _page(rows, limit, Credential.public, lambda c: [c.id])
+    return cursors.page(rows, limit, Credential.public, lambda c: [c.id])

@@ -1,4 +1,10 @@
-"""Validation of the admin operations' JSON input: each bad field is `Invalid` naming it."""
+"""Validation of the admin operations' JSON input, shared by every resource.
+
+Each check takes a value and the field it came from and returns the value as
+the operation uses it, or raises `Invalid` naming that field
+(`InvalidClientMetadata` for a client's jwks and authentication method, and
+`NotFound` for a path id that cannot name anything).
+"""
 
 from __future__ import annotations
 
@@ -26,7 +32,7 @@ MAX_GRACE = 30 * 86_400
 _ID_BODY = re.compile(r"[0-9A-Za-z]{22}")
 
 
-def _fields(body: object, allowed: Iterable[str]) -> dict[str, Any]:
+def fields(body: object, allowed: Iterable[str]) -> dict[str, Any]:
     """`body` as a JSON object holding only `allowed` fields."""
     if not isinstance(body, dict):
         raise Invalid("the body must be a JSON object")
@@ -37,13 +43,13 @@ def _fields(body: object, allowed: Iterable[str]) -> dict[str, Any]:
     return body
 
 
-def _required(body: Mapping[str, Any], field: str) -> Any:
+def required(body: Mapping[str, Any], field: str) -> Any:
     if field not in body:
         raise Invalid(f"{field}: is required")
     return body[field]
 
 
-def _text(value: object, field: str, max_length: int = MAX_TEXT) -> str:
+def text(value: object, field: str, max_length: int = MAX_TEXT) -> str:
     """A non-empty printable string of at most `max_length` characters."""
     if not isinstance(value, str) or not value:
         raise Invalid(f"{field}: must be a non-empty string")
@@ -54,13 +60,13 @@ def _text(value: object, field: str, max_length: int = MAX_TEXT) -> str:
     return value
 
 
-def _integer(value: object, field: str, minimum: int, maximum: int) -> int:
+def integer(value: object, field: str, minimum: int, maximum: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= maximum:
         raise Invalid(f"{field}: must be an integer from {minimum} to {maximum}")
     return value
 
 
-def _flag(value: object, field: str) -> bool:
+def flag(value: object, field: str) -> bool:
     if not isinstance(value, bool):
         raise Invalid(f"{field}: must be true or false")
     return value
@@ -81,19 +87,19 @@ def _scope(value: object, field: str) -> str:
     return value
 
 
-def _scopes(value: object, field: str) -> list[str]:
+def scopes(value: object, field: str) -> list[str]:
     return _list(value, field, _scope)
 
 
-def _audiences(value: object, field: str) -> list[str]:
-    return _list(value, field, _text)
+def audiences(value: object, field: str) -> list[str]:
+    return _list(value, field, text)
 
 
-def _token_ttl(value: object, field: str) -> int:
-    return _integer(value, field, 1, MAX_TOKEN_TTL)
+def token_ttl(value: object, field: str) -> int:
+    return integer(value, field, 1, MAX_TOKEN_TTL)
 
 
-def _token_format(value: object, field: str) -> str:
+def token_format(value: object, field: str) -> str:
     if value not in ("opaque", "jwt"):
         raise Invalid(f"{field}: must be opaque or jwt")
     return str(value)
@@ -128,11 +134,11 @@ def _json_object(value: object, field: str, max_bytes: int) -> dict[str, Any] | 
     return value
 
 
-def _metadata(value: object, field: str) -> dict[str, Any] | None:
+def metadata(value: object, field: str) -> dict[str, Any] | None:
     return _json_object(value, field, MAX_METADATA)
 
 
-def _jwks(value: object, field: str) -> dict[str, Any] | None:
+def jwk_set(value: object, field: str) -> dict[str, Any] | None:
     """A JWK Set we can verify client assertions with (see `introspect.jwks`), or null."""
     try:
         key_set = _json_object(value, field, MAX_JWKS)
@@ -143,27 +149,27 @@ def _jwks(value: object, field: str) -> dict[str, Any] | None:
     return key_set
 
 
-def _auth_method(value: object, field: str) -> str:
+def auth_method(value: object, field: str) -> str:
     methods = rfc6749.REGISTRABLE_AUTH_METHODS
     if value not in methods:
         raise InvalidClientMetadata(f"{field}: must be one of {', '.join(methods)}")
     return str(value)
 
 
-def _check_auth_method(method: str, key_set: dict[str, Any] | None) -> None:
+def check_auth_method(method: str, key_set: dict[str, Any] | None) -> None:
     if method == rfc7523.PRIVATE_KEY_JWT and key_set is None:
         raise InvalidClientMetadata(
             "token_endpoint_auth_method: private_key_jwt needs a jwks to verify assertions with"
         )
 
 
-def _grace(body: object) -> int:
+def grace(body: object) -> int:
     """The `grace_period` of a rotation: seconds, default and null 0."""
-    value = _fields(body, ("grace_period",)).get("grace_period")
-    return 0 if value is None else _integer(value, "grace_period", 0, MAX_GRACE)
+    value = fields(body, ("grace_period",)).get("grace_period")
+    return 0 if value is None else integer(value, "grace_period", 0, MAX_GRACE)
 
 
-def _known(value: str, prefix: str, what: str) -> str:
+def known_id(value: str, prefix: str, what: str) -> str:
     """A path id, which names nothing unless it has the shape `new_id(prefix)` gives."""
     head, sep, tail = value.partition("_")
     if head != prefix or not sep or not _ID_BODY.fullmatch(tail):
@@ -171,12 +177,12 @@ def _known(value: str, prefix: str, what: str) -> str:
     return value
 
 
-def _check_format(token_format: str, audiences: Sequence[str]) -> None:
+def check_format(token_format: str, audiences: Sequence[str]) -> None:
     if token_format == "jwt" and not audiences:
         raise Invalid("token_format: jwt needs at least one audience (RFC 9068 requires aud)")
 
 
-def _within(scopes: Sequence[str], client: Client) -> None:
+def within(scopes: Sequence[str], client: Client) -> None:
     outside = [s for s in scopes if s not in client.scopes]
     if outside:
         raise Invalid(f"scopes: outside the client's scopes: {' '.join(outside)[:200]}")

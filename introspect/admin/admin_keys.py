@@ -70,12 +70,7 @@ async def create_admin_key(authority: Authority, actor: str, body: object) -> di
     fields = validation.fields(body, ("name", "role", "expires_in"))
     name = validation.text(validation.required(fields, "name"), "name")
     role = _role(fields.get("role", "admin"), "role")
-    expires_in = fields.get("expires_in")
-    lifetime = (
-        None
-        if expires_in is None
-        else validation.integer(expires_in, "expires_in", 1, validation.MAX_LIFETIME)
-    )
+    lifetime = validation.lifetime(fields.get("expires_in"), "expires_in")
     key = credentials.generate(Kind.ADMIN_KEY)
     key_id = new_id("adm")
 

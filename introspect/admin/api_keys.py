@@ -33,12 +33,7 @@ async def create_api_key(authority: Authority, actor: str, body: object) -> dict
     )
     scopes = validation.scopes(validation.required(fields, "scopes"), "scopes")
     audiences = validation.audiences(fields.get("audiences", []), "audiences")
-    expires_in = fields.get("expires_in")
-    lifetime = (
-        None
-        if expires_in is None
-        else validation.integer(expires_in, "expires_in", 1, validation.MAX_LIFETIME)
-    )
+    lifetime = validation.lifetime(fields.get("expires_in"), "expires_in")
     metadata = validation.metadata(fields.get("metadata"), "metadata")
     key = credentials.generate(Kind.API_KEY)
     key_id = new_id("key")
@@ -106,12 +101,8 @@ async def _live_key(conn: asyncpg.Connection, key_id: str) -> Credential:
 def _expiry(fields: Mapping[str, Any], now: int) -> int | None:
     """The new `exp` from `expires_in` or `expires_at` (null: never)."""
     if "expires_in" in fields:
-        value = fields["expires_in"]
-        return (
-            None
-            if value is None
-            else now + validation.integer(value, "expires_in", 1, validation.MAX_LIFETIME)
-        )
+        seconds = validation.lifetime(fields["expires_in"], "expires_in")
+        return None if seconds is None else now + seconds
     value = fields["expires_at"]
     return None if value is None else validation.integer(value, "expires_at", now + 1, MAX_EPOCH)
 

@@ -66,6 +66,11 @@ def integer(value: object, field: str, minimum: int, maximum: int) -> int:
     return value
 
 
+def lifetime(value: object, field: str) -> int | None:
+    """A lifetime in seconds, at most MAX_LIFETIME; null is none (never expires)."""
+    return None if value is None else integer(value, field, 1, MAX_LIFETIME)
+
+
 def flag(value: object, field: str) -> bool:
     if not isinstance(value, bool):
         raise Invalid(f"{field}: must be true or false")

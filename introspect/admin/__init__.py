@@ -10,6 +10,12 @@ that same transaction and its cache invalidation announced after the commit.
 
 `actor` is who acts, as the audit log records it: an admin key id, `cli`,
 or `client:<id>`.
+
+One module per resource: `clients` (with `client_keys`, a service client's
+access keys), `api_keys`, `admin_keys` (with the admin API's authentication),
+`revocations`, `tokens` (the credential listing) and `audit`. The input
+checks they share are in `validation`, the pagination in `cursors`. This
+package re-exports the operations, so callers import `introspect.admin`.
 """
 
 from __future__ import annotations

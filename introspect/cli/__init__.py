@@ -7,6 +7,9 @@ same audit entries (actor `cli`) and the same invalidations. `--json` prints
 one JSON object on stdout and nothing else there; otherwise a readable table
 or a few lines. Failures exit non-zero with a one-line error on stderr; logs
 go to stderr too, at WARNING, except for `serve`.
+
+`parser` declares every subcommand and the handler it runs, `commands` holds
+the handlers, `output` the printing; `main` here ties them together.
 """
 
 from __future__ import annotations

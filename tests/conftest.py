@@ -130,7 +130,7 @@ async def app_client(authority: Authority) -> Registered:
 
 @pytest.fixture
 async def api(server: Server) -> AdminAPI:
-    """The session server's admin API with a fresh admin key."""
+    """The session server's admin API with a fresh admin-role key."""
     return await admin_api(server)
 
 

@@ -28,12 +28,6 @@ from tests.integration.test_metrics import _value
 REFUSED = 'introspect_admin_auth_failures_total{reason="%s"}'
 
 
-@pytest.fixture
-async def api(server: Server) -> AdminAPI:
-    """The session server's admin API with a fresh admin-role key."""
-    return await admin_api(server)
-
-
 async def minted(api: AdminAPI, **fields: Any) -> AdminAPI:
     """A new admin key made through the API, as an AdminAPI of its own."""
     resp = await api.call("POST", "/admin-keys", {"name": unique("k"), **fields})

@@ -24,7 +24,6 @@ from tests.helpers import (
     Answer,
     Registered,
     Server,
-    admin_api,
     basic,
     cli_env,
     start_server,
@@ -33,12 +32,6 @@ from tests.integration.test_cli import cli
 from tests.integration.test_private_key_jwt import ISSUER, KeyClient, public_jwk, token
 
 TOKEN_ENDPOINT = f"{ISSUER}/token"
-
-
-@pytest.fixture
-async def api(server: Server) -> AdminAPI:
-    """The session server's admin API with a fresh admin key."""
-    return await admin_api(server)
 
 
 def metadata_error(resp: Answer) -> str:

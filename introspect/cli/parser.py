@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import Any
 
 from introspect import admin, rfc6749, signing
@@ -28,6 +29,10 @@ from introspect.cli.commands import (
     cmd_serve,
     cmd_tokens,
 )
+from introspect.config import Settings
+
+# What a subcommand runs: its exit status from the parsed arguments and the settings.
+Handler = Callable[[argparse.Namespace, Settings], int]
 
 # The first line of the package docstring, as `introspect --help` shows it.
 DESCRIPTION = "The `introspect` command line: parse, call the same services as the API, print."
@@ -35,10 +40,10 @@ DESCRIPTION = "The `introspect` command line: parse, call the same services as t
 
 def add_keys_parser(sub: Any) -> None:
     """`introspect keys rotate [--alg A] [--propagation-delay SECONDS] [--json]`."""
-    keys = sub.add_parser("keys", help="manage signing keys").add_subparsers(
-        dest="action", required=True
+    keys = _group(sub, "keys", "manage signing keys")
+    rotate = _command(
+        keys, "rotate", "publish a new signing key; it signs after a delay", cmd_keys_rotate
     )
-    rotate = keys.add_parser("rotate", help="publish a new signing key; it signs after a delay")
     rotate.add_argument("--alg", choices=signing.ALGORITHMS, default=signing.DEFAULT_ALG)
     rotate.add_argument(
         "--propagation-delay",
@@ -47,7 +52,22 @@ def add_keys_parser(sub: Any) -> None:
         help="seconds between publishing the key and signing with it (default %(default)s)",
     )
     _json_flag(rotate)
-    rotate.set_defaults(handler=cmd_keys_rotate)
+
+
+def _group(sub: Any, name: str, help_text: str, dest: str = "action") -> Any:
+    """A command whose subcommands (one required) are added to what this returns."""
+    return sub.add_parser(name, help=help_text).add_subparsers(dest=dest, required=True)
+
+
+def _command(
+    group: Any, name: str, help_text: str, handler: Handler, *positionals: str
+) -> argparse.ArgumentParser:
+    """A subcommand that runs `handler`, with its positional arguments; options follow."""
+    command: argparse.ArgumentParser = group.add_parser(name, help=help_text)
+    for positional in positionals:
+        command.add_argument(positional)
+    command.set_defaults(handler=handler)
+    return command
 
 
 def _json_flag(parser: argparse.ArgumentParser) -> None:
@@ -112,7 +132,7 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="introspect", description=DESCRIPTION)
     sub = top.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run the server")
+    serve = _command(sub, "serve", "run the server", cmd_serve)
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.add_argument("--admin-port", type=int, help="serve the admin API on this port only")
@@ -122,105 +142,92 @@ def parser() -> argparse.ArgumentParser:
         help="worker processes sharing the port (default: one per CPU this process may use)",
     )
     serve.add_argument("--no-migrate", action="store_true")
-    serve.set_defaults(handler=cmd_serve)
+    _command(sub, "migrate", "apply the SQL migrations", cmd_migrate)
 
-    mig = sub.add_parser("migrate", help="apply the SQL migrations")
-    mig.set_defaults(handler=cmd_migrate)
+    _add_client_commands(sub)
+    _add_api_key_commands(sub)
+    _add_admin_key_commands(sub)
+    _add_revocation_and_listings(sub)
+    add_keys_parser(sub)
+    return top
 
-    client = sub.add_parser("client", help="manage clients").add_subparsers(
-        dest="action", required=True
-    )
-    create = client.add_parser("create", help="register a client")
-    _client_options(create, create=True)
-    create.set_defaults(handler=cmd_client_create)
-    listing = client.add_parser("list", help="list clients")
-    _paging(listing)
-    listing.set_defaults(handler=cmd_client_list)
-    show = client.add_parser("show", help="show one client")
-    show.add_argument("client_id")
-    _json_flag(show)
-    show.set_defaults(handler=cmd_client_show)
-    update = client.add_parser("update", help="change a client")
-    update.add_argument("client_id")
+
+def _add_client_commands(sub: Any) -> None:
+    """`introspect client create|list|show|update|delete|rotate-secret|access-key`."""
+    client = _group(sub, "client", "manage clients")
+    _client_options(_command(client, "create", "register a client", cmd_client_create), create=True)
+    _paging(_command(client, "list", "list clients", cmd_client_list))
+    _json_flag(_command(client, "show", "show one client", cmd_client_show, "client_id"))
+    update = _command(client, "update", "change a client", cmd_client_update, "client_id")
     _client_options(update, create=False)
     state = update.add_mutually_exclusive_group()
     state.add_argument("--disable", dest="disabled", action="store_const", const=True)
     state.add_argument("--enable", dest="disabled", action="store_const", const=False)
-    update.set_defaults(handler=cmd_client_update)
-    delete = client.add_parser("delete", help="disable a client and revoke all it holds")
-    delete.add_argument("client_id")
-    _json_flag(delete)
-    delete.set_defaults(handler=cmd_client_delete)
-    rotate = client.add_parser("rotate-secret", help="issue a new client secret")
-    rotate.add_argument("client_id")
+    delete_help = "disable a client and revoke all it holds"
+    _json_flag(_command(client, "delete", delete_help, cmd_client_delete, "client_id"))
+    rotate_help = "issue a new client secret"
+    rotate = _command(client, "rotate-secret", rotate_help, cmd_client_rotate_secret, "client_id")
     _grace_option(rotate, "secret")
-    rotate.set_defaults(handler=cmd_client_rotate_secret)
-    access = client.add_parser(
-        "access-key", help="key pairs for private_key_jwt; the private key shown once"
-    ).add_subparsers(dest="key_action", required=True)
-    acc_create = access.add_parser("create", help="make a key pair; print its kid and access key")
-    acc_create.add_argument("client_id")
-    _json_flag(acc_create)
-    acc_create.set_defaults(handler=cmd_access_key_create)
-    acc_delete = access.add_parser("delete", help="remove a key from the client's jwks")
-    acc_delete.add_argument("client_id")
-    acc_delete.add_argument("kid")
-    _json_flag(acc_delete)
-    acc_delete.set_defaults(handler=cmd_access_key_delete)
-
-    keys = sub.add_parser("api-key", help="manage API keys").add_subparsers(
-        dest="action", required=True
+    access = _group(
+        client,
+        "access-key",
+        "key pairs for private_key_jwt; the private key shown once",
+        dest="key_action",
     )
-    kcreate = keys.add_parser("create", help="issue an API key")
-    kcreate.add_argument("--client-id")
-    kcreate.add_argument("--sub")
-    kcreate.add_argument("--scope", required=True, help='space-separated, e.g. "read write"')
-    _audience_options(kcreate, clearable=False)
-    kcreate.add_argument("--expires-in", type=int, metavar="SECONDS", help="default: never")
-    kcreate.add_argument("--metadata", help="a JSON object, at most 4 KiB")
-    _json_flag(kcreate)
-    kcreate.set_defaults(handler=cmd_api_key_create)
-    kupdate = keys.add_parser("update", help="change a live API key")
-    kupdate.add_argument("id")
-    kupdate.add_argument("--scope", help='space-separated, e.g. "read write"')
-    _audience_options(kupdate, clearable=True)
-    expiry = kupdate.add_mutually_exclusive_group()
+    create_help = "make a key pair; print its kid and access key"
+    _json_flag(_command(access, "create", create_help, cmd_access_key_create, "client_id"))
+    delete_help = "remove a key from the client's jwks"
+    _json_flag(_command(access, "delete", delete_help, cmd_access_key_delete, "client_id", "kid"))
+
+
+def _add_api_key_commands(sub: Any) -> None:
+    """`introspect api-key create|update|rotate`."""
+    keys = _group(sub, "api-key", "manage API keys")
+    create = _command(keys, "create", "issue an API key", cmd_api_key_create)
+    create.add_argument("--client-id")
+    create.add_argument("--sub")
+    create.add_argument("--scope", required=True, help='space-separated, e.g. "read write"')
+    _audience_options(create, clearable=False)
+    create.add_argument("--expires-in", type=int, metavar="SECONDS", help="default: never")
+    create.add_argument("--metadata", help="a JSON object, at most 4 KiB")
+    _json_flag(create)
+    update = _command(keys, "update", "change a live API key", cmd_api_key_update, "id")
+    update.add_argument("--scope", help='space-separated, e.g. "read write"')
+    _audience_options(update, clearable=True)
+    expiry = update.add_mutually_exclusive_group()
     expiry.add_argument("--expires-in", type=int, metavar="SECONDS")
     expiry.add_argument("--expires-at", type=int, metavar="EPOCH_SECONDS")
     expiry.add_argument("--never-expires", action="store_true")
-    metadata = kupdate.add_mutually_exclusive_group()
+    metadata = update.add_mutually_exclusive_group()
     metadata.add_argument("--metadata", help="a JSON object, at most 4 KiB")
     metadata.add_argument("--no-metadata", action="store_true", help="remove the metadata")
-    _json_flag(kupdate)
-    kupdate.set_defaults(handler=cmd_api_key_update)
-    krotate = keys.add_parser("rotate", help="replace an API key by a new one")
-    krotate.add_argument("id")
-    _grace_option(krotate, "key")
-    krotate.set_defaults(handler=cmd_api_key_rotate)
+    _json_flag(update)
+    rotate_help = "replace an API key by a new one"
+    _grace_option(_command(keys, "rotate", rotate_help, cmd_api_key_rotate, "id"), "key")
 
-    akeys = sub.add_parser("admin-key", help="manage admin API keys").add_subparsers(
-        dest="action", required=True
-    )
-    acreate = akeys.add_parser("create", help="mint a key for the admin API")
-    acreate.add_argument("--name", required=True)
-    acreate.add_argument(
+
+def _add_admin_key_commands(sub: Any) -> None:
+    """`introspect admin-key create|list|revoke`."""
+    keys = _group(sub, "admin-key", "manage admin API keys")
+    create = _command(keys, "create", "mint a key for the admin API", cmd_admin_key_create)
+    create.add_argument("--name", required=True)
+    create.add_argument(
         "--role",
         choices=admin.ROLES,
         default="admin",
         help="admin: every admin route; auditor: reads (GET) only (default %(default)s)",
     )
-    acreate.add_argument("--expires-in", type=int, metavar="SECONDS", help="default: never")
-    _json_flag(acreate)
-    acreate.set_defaults(handler=cmd_admin_key_create)
-    alist = akeys.add_parser("list", help="list admin keys (never the keys themselves)")
-    _paging(alist)
-    alist.set_defaults(handler=cmd_admin_key_list)
-    arevoke = akeys.add_parser("revoke", help="revoke an admin key, at once everywhere")
-    arevoke.add_argument("id")
-    _json_flag(arevoke)
-    arevoke.set_defaults(handler=cmd_admin_key_revoke)
+    create.add_argument("--expires-in", type=int, metavar="SECONDS", help="default: never")
+    _json_flag(create)
+    list_help = "list admin keys (never the keys themselves)"
+    _paging(_command(keys, "list", list_help, cmd_admin_key_list))
+    revoke_help = "revoke an admin key, at once everywhere"
+    _json_flag(_command(keys, "revoke", revoke_help, cmd_admin_key_revoke, "id"))
 
-    revoke = sub.add_parser("revoke", help="revoke credentials")
+
+def _add_revocation_and_listings(sub: Any) -> None:
+    """`introspect revoke`, `introspect tokens` and `introspect audit`."""
+    revoke = _command(sub, "revoke", "revoke credentials", cmd_revoke)
     selector = revoke.add_mutually_exclusive_group(required=True)
     selector.add_argument(
         "--token",
@@ -233,9 +240,8 @@ def parser() -> argparse.ArgumentParser:
     selector.add_argument("--client-id", help="every access token and API key of a client")
     selector.add_argument("--sub", help="every credential of a subject")
     _json_flag(revoke)
-    revoke.set_defaults(handler=cmd_revoke)
 
-    tokens = sub.add_parser("tokens", help="list credentials (never their values)")
+    tokens = _command(sub, "tokens", "list credentials (never their values)", cmd_tokens)
     tokens.add_argument("--client-id")
     tokens.add_argument("--sub")
     tokens.add_argument("--kind", choices=("access_token", "api_key"))
@@ -243,14 +249,9 @@ def parser() -> argparse.ArgumentParser:
     live.add_argument("--active", dest="active", action="store_const", const=True)
     live.add_argument("--inactive", dest="active", action="store_const", const=False)
     _paging(tokens)
-    tokens.set_defaults(handler=cmd_tokens)
 
-    audit = sub.add_parser("audit", help="read the audit log, newest first")
+    audit = _command(sub, "audit", "read the audit log, newest first", cmd_audit)
     audit.add_argument("--action", choices=sorted(admin.ACTIONS))
     audit.add_argument("--target-id")
     audit.add_argument("--actor")
     _paging(audit)
-    audit.set_defaults(handler=cmd_audit)
-
-    add_keys_parser(sub)
-    return top

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from enum import StrEnum
+from operator import attrgetter
 from typing import Any
 
 import asyncpg
@@ -101,12 +102,9 @@ async def create_admin_key(authority: Authority, actor: str, body: object) -> di
 
 async def list_admin_keys(authority: Authority, query: Mapping[str, str]) -> dict[str, Any]:
     """A page of admin keys in creation order (never a key or its hash)."""
+    position = attrgetter("created_at", "id")
     return await cursors.in_creation_order(
-        query,
-        authority.pool,
-        store.list_admin_keys,
-        AdminKey.public,
-        lambda k: [k.created_at, k.id],
+        query, authority.pool, store.list_admin_keys, AdminKey.public, position
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from operator import attrgetter
 from typing import Any
 
 import asyncpg
@@ -63,12 +64,9 @@ async def create_client(authority: Authority, actor: str, body: object) -> dict[
 
 async def list_clients(authority: Authority, query: Mapping[str, str]) -> dict[str, Any]:
     """A page of clients in registration order."""
+    position = attrgetter("created_at", "client_id")
     return await cursors.in_creation_order(
-        query,
-        authority.pool,
-        store.list_clients,
-        Client.public,
-        lambda c: [c.created_at, c.client_id],
+        query, authority.pool, store.list_clients, Client.public, position
     )
 
 

@@ -20,7 +20,7 @@ DEFAULT_PAGE = 50
 MAX_PAGE = 500
 
 
-def _encode_cursor(position: list[Any]) -> str:
+def _encode_cursor(position: Sequence[Any]) -> str:
     return base64.urlsafe_b64encode(orjson.dumps(position)).rstrip(b"=").decode()
 
 
@@ -70,7 +70,7 @@ def page(
     rows: Sequence[T],
     limit: int,
     render: Callable[[T], dict[str, Any]],
-    position: Callable[[T], list[Any]],
+    position: Callable[[T], Sequence[Any]],
 ) -> dict[str, Any]:
     """One page from up to `limit + 1` rows: the extra row only says that more follow."""
     shown = rows[:limit]
@@ -86,7 +86,7 @@ async def in_creation_order(
     pool: asyncpg.Pool,
     fetch: Callable[..., Awaitable[list[T]]],
     public: Callable[[T], dict[str, Any]],
-    position_of: Callable[[T], list[Any]],
+    position_of: Callable[[T], Sequence[Any]],
 ) -> dict[str, Any]:
     """A page of records listed by (created_at, id), `?cursor=` naming the last one seen."""
     limit, _ = page_request(query, ())

@@ -7,13 +7,13 @@ import asyncio
 import dataclasses
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import orjson
 
 from introspect import admin, runtime
-from introspect.cli.output import cell, emit, page_lines, record, revoked_lines
+from introspect.cli.output import cell, emit, emit_new_key, page_lines, record, revoked_lines
 from introspect.config import Settings
 from introspect.service import Authority, open_authority
 
@@ -44,6 +44,19 @@ def page_query(args: argparse.Namespace, *filters: str) -> dict[str, str]:
     """The query of a list command: --limit, --cursor and the filters given."""
     query = {name: getattr(args, name) for name in ("limit", "cursor", *filters)}
     return {name: str(value) for name, value in query.items() if value is not None}
+
+
+def listed(
+    args: argparse.Namespace,
+    settings: Settings,
+    listing: Callable[[Authority, Mapping[str, str]], Awaitable[dict[str, Any]]],
+    query: Mapping[str, str],
+    columns: Sequence[str],
+) -> int:
+    """Run one admin listing with `query` and print its page under `columns`."""
+    page = run_with_authority(settings, lambda a: listing(a, query))
+    emit(args, page, page_lines(page, columns))
+    return 0
 
 
 def json_option(raw: str | None, option: str) -> Any:
@@ -123,9 +136,7 @@ def cmd_client_create(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_client_list(args: argparse.Namespace, settings: Settings) -> int:
     """introspect client list."""
-    page = run_with_authority(settings, lambda a: admin.list_clients(a, page_query(args)))
-    emit(args, page, page_lines(page, CLIENT_COLUMNS))
-    return 0
+    return listed(args, settings, admin.list_clients, page_query(args), CLIENT_COLUMNS)
 
 
 def cmd_client_show(args: argparse.Namespace, settings: Settings) -> int:
@@ -216,11 +227,7 @@ def cmd_api_key_create(args: argparse.Namespace, settings: Settings) -> int:
         if value is not None:
             body[field] = value
     issued = run_with_authority(settings, lambda a: admin.create_api_key(a, ACTOR, body))
-    emit(
-        args,
-        {"id": issued["id"], "key": issued["key"]},
-        [f"id:  {issued['id']}", f"key: {issued['key']}  (shown once)"],
-    )
+    emit_new_key(args, issued, "shown once")
     return 0
 
 
@@ -274,19 +281,13 @@ def cmd_admin_key_create(args: argparse.Namespace, settings: Settings) -> int:
     if args.expires_in is not None:
         body["expires_in"] = args.expires_in
     minted = run_with_authority(settings, lambda a: admin.create_admin_key(a, ACTOR, body))
-    emit(
-        args,
-        {"id": minted["id"], "key": minted["key"]},
-        [f"id:  {minted['id']}", f"key: {minted['key']}  (shown once; Authorization: Bearer)"],
-    )
+    emit_new_key(args, minted, "shown once; Authorization: Bearer")
     return 0
 
 
 def cmd_admin_key_list(args: argparse.Namespace, settings: Settings) -> int:
     """introspect admin-key list."""
-    page = run_with_authority(settings, lambda a: admin.list_admin_keys(a, page_query(args)))
-    emit(args, page, page_lines(page, ADMIN_KEY_COLUMNS))
-    return 0
+    return listed(args, settings, admin.list_admin_keys, page_query(args), ADMIN_KEY_COLUMNS)
 
 
 def cmd_admin_key_revoke(args: argparse.Namespace, settings: Settings) -> int:
@@ -320,17 +321,16 @@ def cmd_tokens(args: argparse.Namespace, settings: Settings) -> int:
     query = page_query(args, "client_id", "sub", "kind")
     if args.active is not None:
         query["active"] = "true" if args.active else "false"
-    page = run_with_authority(settings, lambda a: admin.list_tokens(a, query))
-    emit(args, page, page_lines(page, KEY_COLUMNS))
-    return 0
+    return listed(args, settings, admin.list_tokens, query, KEY_COLUMNS)
+
+
+AUDIT_COLUMNS = ("id", "at", "actor", "action", "target_id", "details")
 
 
 def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
     """introspect audit."""
     query = page_query(args, "action", "target_id", "actor")
-    page = run_with_authority(settings, lambda a: admin.list_audit(a, query))
-    emit(args, page, page_lines(page, ("id", "at", "actor", "action", "target_id", "details")))
-    return 0
+    return listed(args, settings, admin.list_audit, query, AUDIT_COLUMNS)
 
 
 def cmd_keys_rotate(args: argparse.Namespace, settings: Settings) -> int:

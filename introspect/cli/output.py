@@ -24,6 +24,15 @@ def emit(args: argparse.Namespace, data: dict[str, Any], lines: Sequence[str]) -
             print(line)
 
 
+def emit_new_key(args: argparse.Namespace, made: dict[str, Any], note: str) -> None:
+    """Print a new key's id and the key itself, which nobody sees again, with `note`."""
+    emit(
+        args,
+        {"id": made["id"], "key": made["key"]},
+        [f"id:  {made['id']}", f"key: {made['key']}  ({note})"],
+    )
+
+
 def cell(column: str, value: object) -> str:
     """A value as a table shows it: times in UTC, lists space-separated, null as `-`."""
     if value is None:

@@ -10,7 +10,7 @@ from typing import Any
 import asyncpg
 
 from introspect import credentials, store
-from introspect.admin import cursors, validation
+from introspect.admin import audit, cursors, validation
 from introspect.cache import Invalidation
 from introspect.credentials import Kind
 from introspect.errors import Conflict, Invalid, NotFound
@@ -86,14 +86,8 @@ async def create_admin_key(authority: Authority, actor: str, body: object) -> di
             created_at=t,
             expires_at=None if lifetime is None else t + lifetime,
         )
-        await store.audit(
-            conn,
-            actor=actor,
-            action="admin_key.create",
-            target_kind="admin_key",
-            target_id=key_id,
-            details={"name": name, "role": role, "expires_at": minted.expires_at},
-        )
+        details = {"name": name, "role": role, "expires_at": minted.expires_at}
+        await audit.record(conn, actor, "admin_key.create", key_id, details)
         return minted, Invalidation()
 
     minted, _ = await authority.change(apply)
@@ -129,14 +123,8 @@ async def revoke_admin_key(authority: Authority, actor: str, key_id: str) -> dic
         if live_admins == [key_id]:
             raise Conflict("this is the last live admin-role key: create another one first")
         revoked = await store.revoke_admin_key(conn, key_id, t)
-        await store.audit(
-            conn,
-            actor=actor,
-            action="admin_key.revoke",
-            target_kind="admin_key",
-            target_id=key_id,
-            details={"name": key.name, "role": key.role},
-        )
+        details = {"name": key.name, "role": key.role}
+        await audit.record(conn, actor, "admin_key.revoke", key_id, details)
         return revoked, Invalidation()
 
     revoked, _ = await authority.change(apply)

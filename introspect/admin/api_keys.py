@@ -8,7 +8,7 @@ from typing import Any
 import asyncpg
 
 from introspect import credentials, store
-from introspect.admin import validation
+from introspect.admin import audit, validation
 from introspect.cache import Invalidation
 from introspect.credentials import Kind
 from introspect.errors import AdminError, Conflict, Invalid, NotFound
@@ -61,14 +61,8 @@ async def create_api_key(authority: Authority, actor: str, body: object) -> dict
             metadata=metadata,
         )
         issued = await _credential(conn, key_id)
-        await store.audit(
-            conn,
-            actor=actor,
-            action="api_key.create",
-            target_kind="api_key",
-            target_id=key_id,
-            details={k: v for k, v in issued.public().items() if k in _AUDITED_KEY_FIELDS},
-        )
+        details = {k: v for k, v in issued.public().items() if k in _AUDITED_KEY_FIELDS}
+        await audit.record(conn, actor, "api_key.create", key_id, details)
         return issued, Invalidation()
 
     issued, _ = await authority.change(apply)
@@ -136,14 +130,7 @@ async def update_api_key(
             if client is not None:
                 validation.within(changes["scopes"], client)
         changed = await store.update_credential(conn, key_id, changes)
-        await store.audit(
-            conn,
-            actor=actor,
-            action="api_key.update",
-            target_kind="api_key",
-            target_id=key_id,
-            details=changes,
-        )
+        await audit.record(conn, actor, "api_key.update", key_id, changes)
         return await _credential(conn, key_id), Invalidation.for_credentials([changed])
 
     updated, _ = await authority.change(apply)
@@ -181,22 +168,9 @@ async def rotate_api_key(
             metadata=old.metadata,
         )
         changed = await store.update_credential(conn, key_id, {"exp": ends})
-        await store.audit(
-            conn,
-            actor=actor,
-            action="api_key.rotate",
-            target_kind="api_key",
-            target_id=key_id,
-            details={"new_id": new_key_id, "grace_period": grace, "exp": ends},
-        )
-        await store.audit(
-            conn,
-            actor=actor,
-            action="api_key.create",
-            target_kind="api_key",
-            target_id=new_key_id,
-            details={"rotated_from": key_id},
-        )
+        details = {"new_id": new_key_id, "grace_period": grace, "exp": ends}
+        await audit.record(conn, actor, "api_key.rotate", key_id, details)
+        await audit.record(conn, actor, "api_key.create", new_key_id, {"rotated_from": key_id})
         issued = await _credential(conn, new_key_id)
         return (issued, ends), Invalidation.for_credentials([changed])
 

@@ -1,9 +1,11 @@
-"""The audit log: its actions, and its listing newest first."""
+"""The audit log: its actions, the entries admin operations append, the listing newest first."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+
+import asyncpg
 
 from introspect import store
 from introspect.admin import cursors
@@ -42,3 +44,21 @@ async def list_audit(authority: Authority, query: Mapping[str, str]) -> dict[str
         before=None if before is None else cursors.decode(before, (int,))[0],
     )
     return cursors.page(rows, limit, dict, lambda e: [e["id"]])
+
+
+async def record(
+    conn: asyncpg.Connection, actor: str, action: str, target_id: str, details: dict[str, Any]
+) -> None:
+    """Append the entry of an admin `action` on `target_id` in `conn`'s transaction.
+
+    The target's kind is the action's first part: `client` for `client.update`.
+    """
+    target_kind, _, _ = action.partition(".")
+    await store.audit(
+        conn,
+        actor=actor,
+        action=action,
+        target_kind=target_kind,
+        target_id=target_id,
+        details=details,
+    )

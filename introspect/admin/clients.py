@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 
 from introspect import credentials, rfc6749, rfc7523, store
-from introspect.admin import cursors, validation
+from introspect.admin import audit, cursors, validation
 from introspect.cache import Invalidation
 from introspect.credentials import Kind
 from introspect.errors import Conflict, Invalid, NotFound
@@ -98,14 +98,7 @@ async def changed_client(
     """Apply `changes` to a locked client, audited as `client.update`; its cached record
     (and every authentication remembered against it) must go from every worker."""
     client = await store.update_client(conn, client_id, changes)
-    await store.audit(
-        conn,
-        actor=actor,
-        action="client.update",
-        target_kind="client",
-        target_id=client_id,
-        details=details,
-    )
+    await audit.record(conn, actor, "client.update", client_id, details)
     return client, Invalidation(records=[(client_id, client.version)])
 
 
@@ -153,14 +146,7 @@ async def delete_client(authority: Authority, actor: str, client_id: str) -> Rev
         deleted = await store.update_client(conn, client_id, {"disabled": True, "jwks": None})
         await store.delete_client_secrets(conn, client_id)
         rows = await revoke_in(conn, actor, "client_id = $2", client_id)
-        await store.audit(
-            conn,
-            actor=actor,
-            action="client.delete",
-            target_kind="client",
-            target_id=client_id,
-            details={"revoked": len(rows)},
-        )
+        await audit.record(conn, actor, "client.delete", client_id, {"revoked": len(rows)})
         tombstones = [(key, version) for _id, key, version in rows]
         return len(rows), Invalidation(
             tombstones=tombstones,
@@ -198,14 +184,7 @@ async def rotate_client_secret(
             grace_until=store.now() + grace,
             keep=KEEP_IN_GRACE,
         )
-        await store.audit(
-            conn,
-            actor=actor,
-            action="client.secret_rotate",
-            target_kind="client",
-            target_id=client_id,
-            details={"grace_period": grace},
-        )
+        await audit.record(conn, actor, "client.secret_rotate", client_id, {"grace_period": grace})
         return None, Invalidation(records=[(client_id, version)])
 
     await authority.change(apply)

@@ -33,7 +33,7 @@ __all__ = ["main"]
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `introspect` console script."""
-    args = parser().parse_args(argv)
+    args = parser(__doc__.splitlines()[0]).parse_args(argv)
     logs.setup(logging.INFO if args.command == "serve" else logging.WARNING)
     try:
         settings = load_settings()

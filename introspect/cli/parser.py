@@ -34,9 +34,6 @@ from introspect.config import Settings
 # What a subcommand runs: its exit status from the parsed arguments and the settings.
 Handler = Callable[[argparse.Namespace, Settings], int]
 
-# The first line of the package docstring, as `introspect --help` shows it.
-DESCRIPTION = "The `introspect` command line: parse, call the same services as the API, print."
-
 
 def add_keys_parser(sub: Any) -> None:
     """`introspect keys rotate [--alg A] [--propagation-delay SECONDS] [--json]`."""
@@ -127,9 +124,9 @@ def _at_least_one(text: str) -> int:
     return number
 
 
-def parser() -> argparse.ArgumentParser:
-    """The argument parser of every subcommand."""
-    top = argparse.ArgumentParser(prog="introspect", description=DESCRIPTION)
+def parser(description: str) -> argparse.ArgumentParser:
+    """The argument parser of every subcommand, `description` heading its --help."""
+    top = argparse.ArgumentParser(prog="introspect", description=description)
     sub = top.add_subparsers(dest="command", required=True)
 
     serve = _command(sub, "serve", "run the server", cmd_serve)

@@ -129,11 +129,6 @@ class Authority:
         )
 
     @property
-    def keys(self) -> tuple[bytes, ...]:
-        """The former name of `server_secrets`, still used by admin.py."""
-        return self.server_secrets
-
-    @property
     def issuer(self) -> str:
         """`iss` of everything issued."""
         return self.settings.issuer

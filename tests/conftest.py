@@ -24,7 +24,7 @@ from introspect.history import History
 from introspect.redis import LeanRedis
 from introspect.service import Authority, open_authority
 from introspect.store.migrate import migrate
-from tests.helpers import Registered, Server, register, start_server
+from tests.helpers import AdminAPI, Registered, Server, admin_api, register, start_server
 from tests.valkey import Valkey, running
 
 
@@ -127,6 +127,12 @@ async def resource_server(authority: Authority) -> Registered:
 async def app_client(authority: Authority) -> Registered:
     """An ordinary client with scopes read and write and no audiences."""
     return await register(authority)
+
+
+@pytest.fixture
+async def api(server: Server) -> AdminAPI:
+    """The session server's admin API with a fresh admin-role key."""
+    return await admin_api(server)
 
 
 @pytest.fixture

@@ -20,18 +20,12 @@ from introspect.credentials import Kind
 from introspect.errors import Conflict
 from introspect.service import Authority, open_authority
 from introspect.store.migrate import migrate
+from tests.admin_helpers import error_of, unique, walk
 from tests.helpers import AdminAPI, Server, admin_api, eventually, serve_subprocess, start_server
-from tests.integration.test_admin import error_of, unique, walk
 from tests.integration.test_cli import cli, env  # noqa: F401 (env is a fixture used here)
 from tests.integration.test_metrics import _value
 
 REFUSED = 'introspect_admin_auth_failures_total{reason="%s"}'
-
-
-@pytest.fixture
-async def api(server: Server) -> AdminAPI:
-    """The session server's admin API with a fresh admin-role key."""
-    return await admin_api(server)
 
 
 async def minted(api: AdminAPI, **fields: Any) -> AdminAPI:

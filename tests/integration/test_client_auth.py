@@ -18,27 +18,20 @@ from introspect import access_keys
 from introspect.config import Settings
 from introspect.rfc7523 import ASSERTION_TYPE
 from introspect.store.migrate import migrate, migration_files
+from tests.admin_helpers import created_client, token_works, unique
 from tests.helpers import (
     AdminAPI,
     Answer,
     Registered,
     Server,
-    admin_api,
     basic,
     cli_env,
     start_server,
 )
-from tests.integration.test_admin import created_client, token_works, unique
 from tests.integration.test_cli import cli
 from tests.integration.test_private_key_jwt import ISSUER, KeyClient, public_jwk, token
 
 TOKEN_ENDPOINT = f"{ISSUER}/token"
-
-
-@pytest.fixture
-async def api(server: Server) -> AdminAPI:
-    """The session server's admin API with a fresh admin key."""
-    return await admin_api(server)
 
 
 def metadata_error(resp: Answer) -> str:

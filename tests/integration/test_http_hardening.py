@@ -22,7 +22,6 @@ from tests.helpers import (
     HardenedTestServer,
     Registered,
     Server,
-    admin_api,
     free_port,
     serve_subprocess,
     start_server,
@@ -105,41 +104,35 @@ def port_of(server: Server) -> int:
     return int(server.url.rsplit(":", 1)[1])
 
 
-@pytest.fixture
-async def admin(server: Server) -> AdminAPI:
-    """An admin key of the test server."""
-    return await admin_api(server)
-
-
 @pytest.mark.parametrize("case", list(malformed_requests(Registered("c", "s" * 8), "k" * 8)))
 async def test_malformed_request_echoes_no_secret(
     server: Server,
     app_client: Registered,
-    admin: AdminAPI,
+    api: AdminAPI,
     case: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A request the parser refuses gets a fixed 4xx; no piece of its secrets is logged or sent."""
-    raw = malformed_requests(app_client, admin.key)[case]
+    raw = malformed_requests(app_client, api.key)[case]
     caplog.set_level(logging.DEBUG)
     answer = await exchange(port_of(server), raw)
     status, headers = head_of(answer)
     assert status in (400, 431), answer[:200]
     assert "server" not in headers
-    pieces = secrets_of(app_client, admin.key)
+    pieces = secrets_of(app_client, api.key)
     assert leaked(answer.decode("latin-1"), pieces) == []
     logged = caplog.text + "\n".join(str(r.__dict__) for r in caplog.records)
     assert leaked(logged, pieces) == []
 
 
-async def test_no_server_banner(server: Server, admin: AdminAPI) -> None:
+async def test_no_server_banner(server: Server, api: AdminAPI) -> None:
     """No answer of the public app or its admin API names the server software."""
     answers = [
         await server.request("GET", "/.well-known/oauth-authorization-server"),
         await server.request("GET", "/nope"),
         await server.post_form("/introspect", {"token": "x"}),
         await server.request("GET", "/admin/clients"),
-        await admin.call("GET", "/clients"),
+        await api.call("GET", "/clients"),
     ]
     assert [a.status for a in answers] == [200, 404, 401, 401, 200]
     assert [a.headers.get("Server") for a in answers] == [None] * len(answers)
@@ -236,7 +229,7 @@ async def test_served_process_redacts_and_closes_idle_connections(
     settings: Settings,
     server: Server,
     app_client: Registered,
-    admin: AdminAPI,
+    api: AdminAPI,
     tmp_path: Path,
 ) -> None:
     """`introspect serve` (public and admin ports) logs and echoes no secret of a malformed
@@ -252,7 +245,7 @@ async def test_served_process_redacts_and_closes_idle_connections(
         answers = [
             await exchange(each, raw)
             for each in (port, admin_port)
-            for raw in malformed_requests(app_client, admin.key).values()
+            for raw in malformed_requests(app_client, api.key).values()
         ]
         for each in (port, admin_port):
             reader, writer = await asyncio.open_connection("127.0.0.1", each)
@@ -266,7 +259,7 @@ async def test_served_process_redacts_and_closes_idle_connections(
     assert set(statuses[:-2]) <= {400, 431}
     assert statuses[-2:] == [404, 401]  # /admin lives on the admin port only
     assert [head_of(answer)[1].get("server") for answer in answers] == [None] * len(answers)
-    pieces = secrets_of(app_client, admin.key)
+    pieces = secrets_of(app_client, api.key)
     assert leaked(b"".join(answers).decode("latin-1"), pieces) == []
     logged = log_path.read_text(errors="replace")
     assert "refused a malformed request" in logged

@@ -12,7 +12,7 @@ import pytest
 from introspect.admin import create_admin_key
 from introspect.config import Settings
 from introspect.service import Authority
-from tests.helpers import Registered, register, serve_subprocess
+from tests.helpers import Registered, eventually, register, serve_subprocess
 
 WORKERS = 3
 ROUNDS = 20
@@ -114,16 +114,19 @@ async def test_served_workers_answer_from_their_caches(base: str, authority: Aut
         _, tok = await post(http, f"{base}/token", {"grant_type": "client_credentials"}, app)
         form = {"token": tok["access_token"]}
         await asyncio.gather(*(post(http, f"{base}/introspect", form, rs) for _ in range(60)))
-        await asyncio.sleep(1.5)  # workers hand their counters to /metrics every second
-        async with http.get(f"{base}/metrics") as resp:
-            text = await resp.text()
-    hits = {
-        layer: sum(
-            float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines()
-            if line.startswith(f'introspect_cache_hits_total{{layer="{layer}"}}')
-        )
-        for layer in ("local", "redis")
-    }
-    assert hits["local"] > 0
-    assert hits["redis"] > 0
+
+        async def both_layers_hit() -> bool:
+            async with http.get(f"{base}/metrics") as resp:
+                text = await resp.text()
+            hits = {
+                layer: sum(
+                    float(line.rsplit(" ", 1)[1])
+                    for line in text.splitlines()
+                    if line.startswith(f'introspect_cache_hits_total{{layer="{layer}"}}')
+                )
+                for layer in ("local", "redis")
+            }
+            return hits["local"] > 0 and hits["redis"] > 0
+
+        # Workers hand their counters to /metrics every second: wait for them, bounded.
+        await eventually(both_layers_hit, within=10)

@@ -47,9 +47,12 @@ ACTIONS = frozenset(
         "credential.revoke",
         "admin_key.create",
         "admin_key.revoke",
+        "portal.session_create",
+        "portal.session_revoke",
     }
 )
 MAX_TEXT = 256
+MAX_KEY_NAME = 100
 MAX_TOKEN = 8192
 MAX_SCOPE = 128
 MAX_ITEMS = 100
@@ -173,6 +176,11 @@ def _json_object(value: object, field: str, max_bytes: int) -> dict[str, Any] | 
     if len(orjson.dumps(value)) > max_bytes:
         raise Invalid(f"{field}: must be at most {max_bytes} bytes as compact JSON")
     return value
+
+
+def _key_name(value: object, field: str) -> str | None:
+    """An API key's name (null: none)."""
+    return None if value is None else _text(value, field, MAX_KEY_NAME)
 
 
 def _metadata(value: object, field: str) -> dict[str, Any] | None:
@@ -700,7 +708,9 @@ async def delete_access_key(authority: Authority, actor: str, client_id: str, ki
 
 async def create_api_key(authority: Authority, actor: str, body: object) -> dict[str, Any]:
     """Issue an API key for a client and/or subject: its public record and `key` (shown once)."""
-    fields = _fields(body, ("client_id", "sub", "scopes", "audiences", "expires_in", "metadata"))
+    fields = _fields(
+        body, ("client_id", "sub", "scopes", "audiences", "expires_in", "metadata", "name")
+    )
     client_id = fields.get("client_id")
     sub = fields.get("sub")
     if client_id is None and sub is None:
@@ -712,6 +722,7 @@ async def create_api_key(authority: Authority, actor: str, body: object) -> dict
     expires_in = fields.get("expires_in")
     lifetime = None if expires_in is None else _integer(expires_in, "expires_in", 1, MAX_LIFETIME)
     metadata = _metadata(fields.get("metadata"), "metadata")
+    name = _key_name(fields.get("name"), "name")
     key = credentials.generate(Kind.API_KEY)
     key_id = new_id("key")
 
@@ -736,6 +747,8 @@ async def create_api_key(authority: Authority, actor: str, body: object) -> dict
             iat=iat,
             exp=None if lifetime is None else iat + lifetime,
             metadata=metadata,
+            name=name,
+            prefix=credentials.display_prefix(key),
         )
         issued = await _credential(conn, key_id)
         await store.audit(
@@ -752,7 +765,7 @@ async def create_api_key(authority: Authority, actor: str, body: object) -> dict
     return {**issued.public(), "key": key}
 
 
-_AUDITED_KEY_FIELDS = frozenset({"client_id", "sub", "scopes", "audiences", "exp"})
+_AUDITED_KEY_FIELDS = frozenset({"client_id", "sub", "scopes", "audiences", "exp", "name"})
 
 
 async def _credential(conn: asyncpg.Connection, credential_id: str) -> Credential:
@@ -787,8 +800,9 @@ def _expiry(fields: Mapping[str, Any], now: int) -> int | None:
 async def update_api_key(
     authority: Authority, actor: str, key_id: str, body: object
 ) -> dict[str, Any]:
-    """Change a live key's scopes, audiences, expiry or metadata: visible at once everywhere."""
-    fields = _fields(body, ("scopes", "audiences", "expires_in", "expires_at", "metadata"))
+    """Change a live key's scopes, audiences, expiry, metadata or name: visible at once
+    everywhere."""
+    fields = _fields(body, ("scopes", "audiences", "expires_in", "expires_at", "metadata", "name"))
     if not fields:
         raise Invalid("the body names no field to change")
     if "expires_in" in fields and "expires_at" in fields:
@@ -802,6 +816,8 @@ async def update_api_key(
         changes["exp"] = _expiry(fields, store.now())
     if "metadata" in fields:
         changes["metadata"] = _metadata(fields["metadata"], "metadata")
+    if "name" in fields:
+        changes["name"] = _key_name(fields["name"], "name")
 
     async def apply(conn: asyncpg.Connection) -> tuple[Credential, Invalidation]:
         key = await _live_key(conn, key_id)
@@ -854,6 +870,8 @@ async def rotate_api_key(
             exp=old.exp,
             username=old.username,
             metadata=old.metadata,
+            name=old.name,
+            prefix=credentials.display_prefix(key),
         )
         changed = await store.update_credential(conn, key_id, {"exp": ends})
         await store.audit(

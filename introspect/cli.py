@@ -29,6 +29,7 @@ from introspect import admin, logs, rfc6749, runtime, signing
 from introspect.config import ConfigError, Settings, load_settings
 from introspect.embedded import EmbeddedError
 from introspect.errors import AdminError
+from introspect.portal.cli import add_portal_parser
 from introspect.service import Authority, open_authority
 
 T = TypeVar("T")
@@ -297,6 +298,7 @@ def cmd_api_key_create(args: argparse.Namespace, settings: Settings) -> int:
         ("audiences", args.audience),
         ("expires_in", args.expires_in),
         ("metadata", json_option(args.metadata, "--metadata")),
+        ("name", args.name),
     ):
         if value is not None:
             body[field] = value
@@ -328,6 +330,8 @@ def cmd_api_key_update(args: argparse.Namespace, settings: Settings) -> int:
         body["metadata"] = json_option(args.metadata, "--metadata")
     if args.no_metadata:
         body["metadata"] = None
+    if args.name is not None:
+        body["name"] = args.name
     key = run_with_authority(settings, lambda a: admin.update_api_key(a, ACTOR, args.id, body))
     emit(args, key, record(key))
     return 0
@@ -585,6 +589,7 @@ def parser() -> argparse.ArgumentParser:
     _audience_options(kcreate, clearable=False)
     kcreate.add_argument("--expires-in", type=int, metavar="SECONDS", help="default: never")
     kcreate.add_argument("--metadata", help="a JSON object, at most 4 KiB")
+    kcreate.add_argument("--name", help="a name to tell the key by (at most 100 characters)")
     _json_flag(kcreate)
     kcreate.set_defaults(handler=cmd_api_key_create)
     kupdate = keys.add_parser("update", help="change a live API key")
@@ -598,6 +603,7 @@ def parser() -> argparse.ArgumentParser:
     metadata = kupdate.add_mutually_exclusive_group()
     metadata.add_argument("--metadata", help="a JSON object, at most 4 KiB")
     metadata.add_argument("--no-metadata", action="store_true", help="remove the metadata")
+    kupdate.add_argument("--name", help="rename the key")
     _json_flag(kupdate)
     kupdate.set_defaults(handler=cmd_api_key_update)
     krotate = keys.add_parser("rotate", help="replace an API key by a new one")
@@ -660,6 +666,7 @@ def parser() -> argparse.ArgumentParser:
     audit.set_defaults(handler=cmd_audit)
 
     add_keys_parser(sub)
+    add_portal_parser(sub)
     return top
 
 

@@ -18,7 +18,7 @@ import orjson
 
 CREDENTIAL_COLUMNS = (
     "id, kind, format, hash, client_id, sub, username, scopes, audiences,"
-    " iat, nbf, exp, revoked_at, metadata, version, last_used_at"
+    " iat, nbf, exp, revoked_at, metadata, version, last_used_at, name, prefix"
 )
 CLIENT_COLUMNS = (
     "client_id, name, scopes, audiences, can_introspect, token_ttl, token_format,"
@@ -90,6 +90,9 @@ class Credential:
     metadata: dict[str, Any] | None
     version: int
     last_used_at: int | None
+    # API keys: an optional name, and the first characters of the key (never the whole key).
+    name: str | None = None
+    prefix: str | None = None
 
     def public(self) -> dict[str, Any]:
         """The admin listing shape: every field but the hash."""
@@ -109,6 +112,8 @@ class Credential:
             "revoked_at": self.revoked_at,
             "metadata": self.metadata,
             "last_used_at": self.last_used_at,
+            "name": self.name,
+            "prefix": self.prefix,
             "active": self.revoked_at is None and (self.exp is None or self.exp > t),
         }
 
@@ -201,6 +206,8 @@ def credential_from_record(record: asyncpg.Record) -> Credential:
         metadata=_json(record["metadata"]),
         version=record["version"],
         last_used_at=record["last_used_at"],
+        name=record["name"],
+        prefix=record["prefix"],
     )
 
 
@@ -393,12 +400,14 @@ async def insert_credential(
     fmt: str = "opaque",
     username: str | None = None,
     metadata: dict[str, Any] | None = None,
+    name: str | None = None,
+    prefix: str | None = None,
 ) -> None:
-    """Store a new credential (its hash only)."""
+    """Store a new credential (its hash only; an API key's display prefix and name)."""
     await conn.execute(
         "INSERT INTO credentials (id, kind, format, hash, client_id, sub, username, scopes,"
-        " audiences, iat, nbf, exp, metadata)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11, $12)",
+        " audiences, iat, nbf, exp, metadata, name, prefix)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11, $12, $13, $14)",
         credential_id,
         kind,
         fmt,
@@ -411,6 +420,8 @@ async def insert_credential(
         iat,
         exp,
         None if metadata is None else orjson.dumps(metadata).decode(),
+        name,
+        prefix,
     )
 
 
@@ -621,7 +632,7 @@ CLIENT_MUTABLE = frozenset(CLIENT_COLUMNS.split(", ")) - {
     "updated_at",
     "version",
 }
-CREDENTIAL_MUTABLE = frozenset({"scopes", "audiences", "exp", "metadata"})
+CREDENTIAL_MUTABLE = frozenset({"scopes", "audiences", "exp", "metadata", "name"})
 _JSON_COLUMNS = frozenset({"jwks", "metadata"})
 
 

@@ -86,6 +86,14 @@ def _secure(settings: Settings) -> bool:
     return settings.issuer.startswith("https://")
 
 
+def forget_cookie(response: web.Response, settings: Settings) -> None:
+    """Tell the browser to drop the session cookie (with the attributes it was set with: a
+    browser ignores a `__Host-` cookie without `Secure`, even one that deletes it)."""
+    response.del_cookie(
+        cookie_name(settings), path="/", secure=_secure(settings), httponly=True, samesite="Strict"
+    )
+
+
 def page(template: str, code: int = 200, /, **context: Any) -> web.Response:
     """A rendered page, answered with the status `code`."""
     body = TEMPLATES.get_template(template).render(**context)
@@ -185,7 +193,7 @@ def signed_in(view: View) -> Handler:
         if cookie is None or session is None:
             response = see_other(EXPIRED)
             if cookie is not None:
-                response.del_cookie(name, path="/")
+                forget_cookie(response, settings(request))
             return response
         form: dict[str, list[str]] = {}
         if request.method == "POST":
@@ -250,7 +258,7 @@ async def _sign_out(request: web.Request, visit: Visit) -> web.Response:
         "This portal session has ended.",
         visit.session.return_url,
     )
-    response.del_cookie(cookie_name(settings(request)), path="/")
+    forget_cookie(response, settings(request))
     return response
 
 

@@ -158,21 +158,28 @@ async def test_expired_and_made_up_links_fail_with_a_page(server: Server, api: A
         assert b"This link no longer works" in resp.body
 
 
-async def test_https_issuer_gives_a_secure_host_prefixed_cookie(
-    settings: Settings, api: AdminAPI
-) -> None:
-    """With an https issuer the cookie is `__Host-portal`, Secure, Path=/ and no Domain."""
+async def test_https_issuer_gives_a_secure_host_prefixed_cookie(settings: Settings) -> None:
+    """With an https issuer the cookie is `__Host-portal`, Secure, Path=/ and no Domain, and
+    sign-out deletes it with the same attributes (a browser ignores it otherwise)."""
     test_server, srv = await start_server(
         dataclasses.replace(settings, issuer_override="https://portal.example")
     )
     try:
-        minted = await mint(await admin_api(srv), unique_sub())
+        api = await admin_api(srv)
+        minted = await mint(api, unique_sub())
         assert minted["url"].startswith("https://portal.example/portal/enter/")
         resp = await srv.request("GET", path_of(minted["url"]), allow_redirects=False)
         morsel = set_cookie(resp, "__Host-portal")
         assert morsel["secure"]
         assert morsel["path"] == "/"
         assert not morsel["domain"]
+        consumer = await enter(srv, api)
+        assert consumer.name == "__Host-portal"
+        out = await consumer.post("/portal/sign-out", {})
+        deleted = set_cookie(out, "__Host-portal")
+        assert deleted.value == ""
+        assert deleted["secure"]
+        assert deleted["path"] == "/"
     finally:
         await srv.http.close()
         await test_server.close()

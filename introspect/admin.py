@@ -728,12 +728,7 @@ async def create_api_key(authority: Authority, actor: str, body: object) -> dict
 
     async def apply(conn: asyncpg.Connection) -> tuple[Credential, Invalidation]:
         if client_id is not None:
-            client = await store.get_client(conn, client_id)
-            if client is None:
-                raise AdminError(404, "not_found", "client_id: no such client")
-            if client.disabled:
-                raise Conflict("client_id: the client is disabled")
-            _within(scopes, client)
+            await _check_bound_client(conn, client_id, scopes)
         iat = store.now()
         await store.insert_credential(
             conn,
@@ -763,6 +758,19 @@ async def create_api_key(authority: Authority, actor: str, body: object) -> dict
 
     issued, _ = await authority.change(apply)
     return {**issued.public(), "key": key}
+
+
+async def _check_bound_client(
+    conn: asyncpg.Connection, client_id: str, scopes: Sequence[str]
+) -> None:
+    """Keys bound to `client_id` may hold `scopes`: it exists (404), is enabled (409) and
+    allows them (400)."""
+    client = await store.get_client(conn, client_id)
+    if client is None:
+        raise AdminError(404, "not_found", "client_id: no such client")
+    if client.disabled:
+        raise Conflict("client_id: the client is disabled")
+    _within(scopes, client)
 
 
 _AUDITED_KEY_FIELDS = frozenset({"client_id", "sub", "scopes", "audiences", "exp", "name"})

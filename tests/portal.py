@@ -101,14 +101,27 @@ class Consumer:
         form = {"name": "k", "scope": "read", "expiry": "never", **fields}
         resp = await self.post("/portal/keys", form)
         assert resp.status == 201, resp.body[:400]
-        key = KEY.search(resp.body.decode())
-        assert key
+        key = shown_key(resp)
         record = await self.server.authority.pool.fetchrow(
             "SELECT id FROM credentials WHERE sub = $1 AND prefix = $2",
             self.sub,
-            credentials.display_prefix(key.group(1)),
+            credentials.display_prefix(key),
         )
-        return record["id"], key.group(1)
+        return record["id"], key
+
+    async def key_count(self) -> int:
+        """How many credentials the consumer's subject holds, live or not."""
+        count: int = await self.server.authority.pool.fetchval(
+            "SELECT count(*) FROM credentials WHERE sub = $1", self.sub
+        )
+        return count
+
+
+def shown_key(answer: Answer) -> str:
+    """The new key a "your new key" page shows."""
+    found = KEY.search(answer.body.decode())
+    assert found, "no new key on the page"
+    return found.group(1)
 
 
 async def enter(server: Server, api: AdminAPI, sub: str | None = None, **fields: Any) -> Consumer:

@@ -21,9 +21,9 @@ from urllib.parse import urlsplit
 import asyncpg
 
 from introspect import credentials, store
-from introspect.admin import _fields, _required, _scopes, _text, _within
+from introspect.admin import _check_bound_client, _fields, _required, _scopes, _text
 from introspect.cache import Invalidation
-from introspect.errors import AdminError, Conflict, Invalid, NotFound
+from introspect.errors import Invalid, NotFound
 from introspect.portal import store as portal_store
 from introspect.portal.store import Session
 from introspect.service import Authority, has_id_shape, new_id
@@ -95,12 +95,7 @@ async def mint_link(authority: Authority, actor: str, body: object) -> dict[str,
 
     async def apply(conn: asyncpg.Connection) -> tuple[int, Invalidation]:
         if client_id is not None:
-            client = await store.get_client(conn, client_id)
-            if client is None:
-                raise AdminError(404, "not_found", "client_id: no such client")
-            if client.disabled:
-                raise Conflict("client_id: the client is disabled")
-            _within(scopes, client)
+            await _check_bound_client(conn, client_id, scopes)
         t = store.now()
         await portal_store.insert_link(
             conn,

@@ -4,7 +4,6 @@ its link opens the portal."""
 from __future__ import annotations
 
 import json
-import subprocess
 import urllib.error
 import urllib.request
 
@@ -25,19 +24,9 @@ def status_of(url: str) -> int:
 
 def test_portal_block_runs_verbatim(served: dict[str, str]) -> None:
     """The curl and the CLI each print a link that opens the portal once."""
-    script = test_readme.readme_block("## Developer portal")
-    result = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", script],
-        env=served,
-        cwd=test_readme.ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    minted = json.loads(result.stdout.splitlines()[0])
-    cli_link = result.stdout.splitlines()[1]
+    lines = test_readme.run_block("## Developer portal", served).splitlines()
+    minted = json.loads(lines[0])
+    cli_link = lines[1]
     for url in (minted["url"], cli_link):
         assert url.startswith(served["BASE"] + "/portal/enter/")
         assert status_of(url) == 200

@@ -535,3 +535,13 @@ def test_portal_link_command(settings: Settings, tmp_path: Path) -> None:
     minted = json.loads(out.stdout)
     assert "/portal/enter/" in minted["url"]
     assert minted["expires_at"] > store.now()
+
+
+async def test_names_and_subjects_are_escaped_in_pages(server: Server, api: AdminAPI) -> None:
+    """A key name or subject holding HTML is shown as text, never as markup."""
+    consumer = await enter(server, api, sub='<img src=x onerror="alert(1)">')
+    await consumer.create(name="<script>alert(1)</script>")
+    page = (await consumer.get("/portal/")).body
+    assert b"<script>alert" not in page
+    assert b"&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert b"<img src=x" not in page

@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format bench drills lock clean
+.PHONY: run test lint format bench drills lock clean chromium screenshots
 
 # --no-build-isolation: the build backend (setuptools) is pinned in the lock like the rest.
 $(STAMP): pyproject.toml requirements/test.lock
@@ -17,11 +17,32 @@ $(STAMP): pyproject.toml requirements/test.lock
 run: $(STAMP)
 	$(BIN)/introspect serve
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/pytest -q
+	INTROSPECT_CHROMIUM=$(CHROMIUM) $(BIN)/pytest -q
+
+# The developer portal's browser tests (tests/browser/) drive Debian's Chromium with Playwright.
+# Installed here when missing, as root with apt-get; where that cannot be, they are skipped
+# and pytest's summary says why on one line.
+CHROMIUM ?= /usr/bin/chromium
+
+chromium:
+	@if [ ! -x $(CHROMIUM) ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing chromium for the browser tests (apt-get)"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+	      >/dev/null) || echo "could not install chromium: the browser tests will be skipped"; \
+	  else \
+	    echo "no $(CHROMIUM), and not root with apt-get: the browser tests will be skipped"; \
+	  fi; \
+	fi
+
+# The README's portal screenshots (docs/portal-*.png), taken by the first browser journey.
+screenshots: $(STAMP) chromium
+	INTROSPECT_CHROMIUM=$(CHROMIUM) INTROSPECT_SCREENSHOTS=docs \
+	  $(BIN)/pytest -q tests/browser -k test_create_copy_roll_revoke_sign_out
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -8,6 +8,7 @@ from aiohttp import web
 
 from introspect import metrics
 from introspect.config import Settings
+from introspect.portal import web as portal
 from introspect.service import open_authority
 from introspect.web import admin, public
 from introspect.web.errors import error_middleware
@@ -37,6 +38,7 @@ def create_app(settings: Settings, database_url: str, redis_url: str) -> web.App
     app.cleanup_ctx.append(metrics.flushing)
     app.add_routes(public.routes)
     app.add_routes(admin.docs)
+    app.add_subapp("/portal", portal.subapp())
     if settings.admin_port is None:
         app.add_subapp("/admin", admin.subapp())
     return app

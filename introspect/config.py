@@ -63,6 +63,8 @@ class Settings:
     # Seconds an idle keep-alive connection is kept open.
     keepalive_timeout: int = 75
     access_log: bool = False
+    # Seconds a developer portal session lasts at most (sign-out ends it sooner).
+    portal_session_ttl: int = 8 * 3600
 
     @property
     def embedded(self) -> bool:
@@ -156,4 +158,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         negative_cache_ttl=_int(env, "INTROSPECT_NEGATIVE_CACHE_TTL", 30, minimum=1),
         keepalive_timeout=_int(env, "INTROSPECT_KEEPALIVE_TIMEOUT", 75, minimum=1),
         access_log=env.get("INTROSPECT_ACCESS_LOG", "") in ("1", "true", "yes"),
+        portal_session_ttl=_int(env, "INTROSPECT_PORTAL_SESSION_TTL", 8 * 3600, minimum=60),
     )

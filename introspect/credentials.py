@@ -79,6 +79,17 @@ def generate(kind: Kind) -> str:
     return head + checksum(head)
 
 
+# The characters of the body a display prefix shows: enough to tell keys apart, far too few
+# to guess the rest (6 of 32 base62 characters).
+DISPLAY_BODY = 6
+
+
+def display_prefix(credential: str) -> str:
+    """The first characters of a credential (its kind prefix and a few more), to show it by."""
+    head, _, tail = credential.partition("_")
+    return f"{head}_{tail[:DISPLAY_BODY]}"
+
+
 def parse(presented: str) -> Kind | None:
     """The kind of a well-formed credential, or None: no I/O, constant work per length."""
     if len(presented) > MAX_OPAQUE_LENGTH:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -21,7 +21,7 @@ MAX_EPOCH = 253_402_300_799  # 9999-12-31T23:59:59Z
 async def create_api_key(authority: Authority, actor: str, body: object) -> dict[str, Any]:
     """Issue an API key for a client and/or subject: its public record and `key` (shown once)."""
     fields = validation.fields(
-        body, ("client_id", "sub", "scopes", "audiences", "expires_in", "metadata")
+        body, ("client_id", "sub", "scopes", "audiences", "expires_in", "metadata", "name")
     )
     client_id = fields.get("client_id")
     sub = fields.get("sub")
@@ -35,17 +35,13 @@ async def create_api_key(authority: Authority, actor: str, body: object) -> dict
     audiences = validation.audiences(fields.get("audiences", []), "audiences")
     lifetime = validation.lifetime(fields.get("expires_in"), "expires_in")
     metadata = validation.metadata(fields.get("metadata"), "metadata")
+    name = validation.key_name(fields.get("name"), "name")
     key = credentials.generate(Kind.API_KEY)
     key_id = new_id("key")
 
     async def apply(conn: asyncpg.Connection) -> tuple[Credential, Invalidation]:
         if client_id is not None:
-            client = await store.get_client(conn, client_id)
-            if client is None:
-                raise AdminError(404, "not_found", "client_id: no such client")
-            if client.disabled:
-                raise Conflict("client_id: the client is disabled")
-            validation.within(scopes, client)
+            await check_bound_client(conn, client_id, scopes)
         iat = store.now()
         await store.insert_credential(
             conn,
@@ -59,6 +55,8 @@ async def create_api_key(authority: Authority, actor: str, body: object) -> dict
             iat=iat,
             exp=None if lifetime is None else iat + lifetime,
             metadata=metadata,
+            name=name,
+            prefix=credentials.display_prefix(key),
         )
         issued = await _credential(conn, key_id)
         details = {k: v for k, v in issued.public().items() if k in _AUDITED_KEY_FIELDS}
@@ -69,7 +67,20 @@ async def create_api_key(authority: Authority, actor: str, body: object) -> dict
     return {**issued.public(), "key": key}
 
 
-_AUDITED_KEY_FIELDS = frozenset({"client_id", "sub", "scopes", "audiences", "exp"})
+async def check_bound_client(
+    conn: asyncpg.Connection, client_id: str, scopes: Sequence[str]
+) -> None:
+    """Keys bound to `client_id` may hold `scopes`: it exists (404), is enabled (409) and
+    allows them (400)."""
+    client = await store.get_client(conn, client_id)
+    if client is None:
+        raise AdminError(404, "not_found", "client_id: no such client")
+    if client.disabled:
+        raise Conflict("client_id: the client is disabled")
+    validation.within(scopes, client)
+
+
+_AUDITED_KEY_FIELDS = frozenset({"client_id", "sub", "scopes", "audiences", "exp", "name"})
 
 
 async def _credential(conn: asyncpg.Connection, credential_id: str) -> Credential:
@@ -104,9 +115,10 @@ def _expiry(fields: Mapping[str, Any], now: int) -> int | None:
 async def update_api_key(
     authority: Authority, actor: str, key_id: str, body: object
 ) -> dict[str, Any]:
-    """Change a live key's scopes, audiences, expiry or metadata: visible at once everywhere."""
+    """Change a live key's scopes, audiences, expiry, metadata or name: visible at once
+    everywhere."""
     fields = validation.fields(
-        body, ("scopes", "audiences", "expires_in", "expires_at", "metadata")
+        body, ("scopes", "audiences", "expires_in", "expires_at", "metadata", "name")
     )
     if not fields:
         raise Invalid("the body names no field to change")
@@ -121,6 +133,8 @@ async def update_api_key(
         changes["exp"] = _expiry(fields, store.now())
     if "metadata" in fields:
         changes["metadata"] = validation.metadata(fields["metadata"], "metadata")
+    if "name" in fields:
+        changes["name"] = validation.key_name(fields["name"], "name")
 
     async def apply(conn: asyncpg.Connection) -> tuple[Credential, Invalidation]:
         key = await _live_key(conn, key_id)
@@ -166,6 +180,8 @@ async def rotate_api_key(
             exp=old.exp,
             username=old.username,
             metadata=old.metadata,
+            name=old.name,
+            prefix=credentials.display_prefix(key),
         )
         changed = await store.update_credential(conn, key_id, {"exp": ends})
         details = {"new_id": new_key_id, "grace_period": grace, "exp": ends}

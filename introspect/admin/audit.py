@@ -24,6 +24,8 @@ ACTIONS = frozenset(
         "credential.revoke",
         "admin_key.create",
         "admin_key.revoke",
+        "portal.session_create",
+        "portal.session_revoke",
     }
 )
 

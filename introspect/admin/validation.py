@@ -20,6 +20,7 @@ from introspect.rfc6749 import SCOPE_TOKEN
 from introspect.store import Client
 
 MAX_TEXT = 256
+MAX_KEY_NAME = 100
 MAX_SCOPE = 128
 MAX_ITEMS = 100
 MAX_METADATA = 4096
@@ -137,6 +138,11 @@ def _json_object(value: object, field: str, max_bytes: int) -> dict[str, Any] | 
     if len(orjson.dumps(value)) > max_bytes:
         raise Invalid(f"{field}: must be at most {max_bytes} bytes as compact JSON")
     return value
+
+
+def key_name(value: object, field: str) -> str | None:
+    """An API key's name (null: none)."""
+    return None if value is None else text(value, field, MAX_KEY_NAME)
 
 
 def metadata(value: object, field: str) -> dict[str, Any] | None:

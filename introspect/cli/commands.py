@@ -15,6 +15,7 @@ import orjson
 from introspect import admin, runtime
 from introspect.cli.output import cell, emit, emit_new_key, page_lines, record, revoked_lines
 from introspect.config import Settings
+from introspect.portal.sessions import mint_link
 from introspect.service import Authority, open_authority
 
 T = TypeVar("T")
@@ -223,6 +224,7 @@ def cmd_api_key_create(args: argparse.Namespace, settings: Settings) -> int:
         ("audiences", args.audience),
         ("expires_in", args.expires_in),
         ("metadata", json_option(args.metadata, "--metadata")),
+        ("name", args.name),
     ):
         if value is not None:
             body[field] = value
@@ -250,8 +252,24 @@ def cmd_api_key_update(args: argparse.Namespace, settings: Settings) -> int:
         body["metadata"] = json_option(args.metadata, "--metadata")
     if args.no_metadata:
         body["metadata"] = None
+    if args.name is not None:
+        body["name"] = args.name
     key = run_with_authority(settings, lambda a: admin.update_api_key(a, ACTOR, args.id, body))
     emit(args, key, record(key))
+    return 0
+
+
+def cmd_portal_link(args: argparse.Namespace, settings: Settings) -> int:
+    """introspect portal-link: a one-time link into the developer portal, as
+    `POST /admin/portal-sessions` mints it."""
+    body: dict[str, Any] = {"sub": args.sub, "scopes": scope_list(args.scope)}
+    if args.client_id is not None:
+        body["client_id"] = args.client_id
+    if args.return_url is not None:
+        body["return_url"] = args.return_url
+    minted = run_with_authority(settings, lambda a: mint_link(a, ACTOR, body))
+    until = cell("expires_at", minted["expires_at"])
+    emit(args, minted, [minted["url"], f"(works once, until {until})"])
     return 0
 
 

@@ -25,6 +25,7 @@ from introspect.cli.commands import (
     cmd_client_update,
     cmd_keys_rotate,
     cmd_migrate,
+    cmd_portal_link,
     cmd_revoke,
     cmd_serve,
     cmd_tokens,
@@ -146,6 +147,7 @@ def parser(description: str) -> argparse.ArgumentParser:
     _add_admin_key_commands(sub)
     _add_revocation_and_listings(sub)
     add_keys_parser(sub)
+    _add_portal_link(sub)
     return top
 
 
@@ -187,6 +189,7 @@ def _add_api_key_commands(sub: Any) -> None:
     _audience_options(create, clearable=False)
     create.add_argument("--expires-in", type=int, metavar="SECONDS", help="default: never")
     create.add_argument("--metadata", help="a JSON object, at most 4 KiB")
+    create.add_argument("--name", help="a name to tell the key by (at most 100 characters)")
     _json_flag(create)
     update = _command(keys, "update", "change a live API key", cmd_api_key_update, "id")
     update.add_argument("--scope", help='space-separated, e.g. "read write"')
@@ -198,6 +201,7 @@ def _add_api_key_commands(sub: Any) -> None:
     metadata = update.add_mutually_exclusive_group()
     metadata.add_argument("--metadata", help="a JSON object, at most 4 KiB")
     metadata.add_argument("--no-metadata", action="store_true", help="remove the metadata")
+    update.add_argument("--name", help="rename the key")
     _json_flag(update)
     rotate_help = "replace an API key by a new one"
     _grace_option(_command(keys, "rotate", rotate_help, cmd_api_key_rotate, "id"), "key")
@@ -252,3 +256,16 @@ def _add_revocation_and_listings(sub: Any) -> None:
     audit.add_argument("--target-id")
     audit.add_argument("--actor")
     _paging(audit)
+
+
+def _add_portal_link(sub: Any) -> None:
+    """`introspect portal-link`."""
+    help_text = "mint a one-time link into the developer portal for a consumer"
+    link = _command(sub, "portal-link", help_text, cmd_portal_link)
+    link.add_argument("--sub", required=True, help="whose API keys the portal shows")
+    link.add_argument("--client-id", help="only that client's keys; new keys are bound to it")
+    link.add_argument(
+        "--scope", required=True, help='what new keys may hold, space-separated, e.g. "read"'
+    )
+    link.add_argument("--return-url", help="a link back to your product (https, or loopback)")
+    _json_flag(link)

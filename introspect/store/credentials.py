@@ -12,12 +12,12 @@ from introspect.store.records import Credential, now
 
 CREDENTIAL_COLUMNS = (
     "id, kind, format, hash, client_id, sub, username, scopes, audiences,"
-    " iat, nbf, exp, revoked_at, metadata, version, last_used_at"
+    " iat, nbf, exp, revoked_at, metadata, version, last_used_at, name, prefix"
 )
 # A credential neither revoked nor expired at the time bound to `{}`.
 LIVE = "(revoked_at IS NULL AND (exp IS NULL OR exp > {}))"
 # The columns an admin change may set; values are always bound parameters.
-CREDENTIAL_MUTABLE = frozenset({"scopes", "audiences", "exp", "metadata"})
+CREDENTIAL_MUTABLE = frozenset({"scopes", "audiences", "exp", "metadata", "name"})
 
 
 def credential_from_record(record: asyncpg.Record) -> Credential:
@@ -39,6 +39,8 @@ def credential_from_record(record: asyncpg.Record) -> Credential:
         metadata=json_value(record["metadata"]),
         version=record["version"],
         last_used_at=record["last_used_at"],
+        name=record["name"],
+        prefix=record["prefix"],
     )
 
 
@@ -76,12 +78,14 @@ async def insert_credential(
     fmt: str = "opaque",
     username: str | None = None,
     metadata: dict[str, Any] | None = None,
+    name: str | None = None,
+    prefix: str | None = None,
 ) -> None:
-    """Store a new credential (its hash only)."""
+    """Store a new credential (its hash only; an API key's display prefix and name)."""
     await conn.execute(
         "INSERT INTO credentials (id, kind, format, hash, client_id, sub, username, scopes,"
-        " audiences, iat, nbf, exp, metadata)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11, $12)",
+        " audiences, iat, nbf, exp, metadata, name, prefix)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11, $12, $13, $14)",
         credential_id,
         kind,
         fmt,
@@ -94,6 +98,8 @@ async def insert_credential(
         iat,
         exp,
         None if metadata is None else orjson.dumps(metadata).decode(),
+        name,
+        prefix,
     )
 
 

@@ -110,8 +110,10 @@ class Credentials(Protocol):
         fmt: str = "opaque",
         username: str | None = None,
         metadata: dict[str, Any] | None = None,
+        name: str | None = None,
+        prefix: str | None = None,
     ) -> None:
-        """Store a new credential (its hash only)."""
+        """Store a new credential (its hash only; an API key's display prefix and name)."""
 
     async def copy_access_tokens(self, conn: Executor, rows: list[tuple[Any, ...]]) -> None:
         """Store many new access tokens (rows of ACCESS_TOKEN_COLUMNS) with one COPY."""

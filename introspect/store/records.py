@@ -73,6 +73,9 @@ class Credential:
     metadata: dict[str, Any] | None
     version: int
     last_used_at: int | None
+    # API keys: an optional name, and the first characters of the key (never the whole key).
+    name: str | None = None
+    prefix: str | None = None
 
     def public(self) -> dict[str, Any]:
         """The admin listing shape: every field but the hash."""
@@ -92,6 +95,8 @@ class Credential:
             "revoked_at": self.revoked_at,
             "metadata": self.metadata,
             "last_used_at": self.last_used_at,
+            "name": self.name,
+            "prefix": self.prefix,
             "active": self.revoked_at is None and (self.exp is None or self.exp > t),
         }
 

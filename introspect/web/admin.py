@@ -26,6 +26,7 @@ from aiohttp import web
 from introspect import admin
 from introspect.errors import AdminError, Invalid
 from introspect.metrics import METRICS
+from introspect.portal import sessions as portal_sessions
 from introspect.service import Authority
 from introspect.web.errors import Handler, json_response
 from introspect.web.keys import AUTHORITY
@@ -278,6 +279,25 @@ async def revoke_admin_key(request: web.Request) -> web.Response:
     """Revoke an admin key; 204 (409 for the last live admin-role key)."""
     key_id = request.match_info["key_id"]
     await admin.revoke_admin_key(authority(request), request[ACTOR], key_id)
+    return web.Response(status=204)
+
+
+# --- developer portal sessions ------------------------------------------------------------
+
+
+@routes.post("/portal-sessions")
+async def create_portal_session(request: web.Request) -> web.Response:
+    """A one-time link into the developer portal for a consumer; 201 with its url."""
+    body = await read_body(request)
+    minted = await portal_sessions.mint_link(authority(request), request[ACTOR], body)
+    return json_response(minted, 201)
+
+
+@routes.delete("/portal-sessions/{session_id}")
+async def revoke_portal_session(request: web.Request) -> web.Response:
+    """End a portal session (or an unused link) at once; 204."""
+    session_id = request.match_info["session_id"]
+    await portal_sessions.revoke_session(authority(request), request[ACTOR], session_id)
     return web.Response(status=204)
 
 

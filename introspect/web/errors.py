@@ -33,7 +33,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # store.COMMAND_TIMEOUT and service.REDIS_TIMEOUT); errors a query itself raised are bugs,
 # answered 500. OperatorInterventionError: the server shutting down or starting
 # (57P01, 57P03), or a statement cancelled (57014).
-_UNAVAILABLE = (
+UNAVAILABLE = (
     asyncpg.PostgresConnectionError,
     asyncpg.OperatorInterventionError,
     asyncpg.TooManyConnectionsError,
@@ -98,7 +98,7 @@ def error_response(request: web.Request, exc: Exception) -> web.Response:
             {"error": "invalid_request", "error_description": exc.reason}, exc.status
         )
     name = _route_name(request.match_info.route)
-    if isinstance(exc, _UNAVAILABLE):
+    if isinstance(exc, UNAVAILABLE):
         log.warning("store unavailable on %s: %s", name, type(exc).__name__, extra=_ids(request))
         return json_response(
             {"error": "temporarily_unavailable", "error_description": "a store is unreachable"},

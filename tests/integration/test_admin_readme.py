@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 
 from tests.integration import test_readme
 
@@ -13,18 +12,7 @@ served = test_readme.served
 
 def test_admin_walkthrough_runs_verbatim(served: dict[str, str]) -> None:
     """The admin block registers, issues, changes, rotates, revokes and reads the audit log."""
-    script = test_readme.readme_block("## Admin")
-    result = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", script],
-        env=served,
-        cwd=test_readme.ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
+    lines = test_readme.run_block("## Admin", served).splitlines()
     patched, revoked, audit = (json.loads(line) for line in lines[:3])
     assert patched["exp"] - patched["iat"] >= 86_400
     assert patched["metadata"] == {"plan": "pro"}

@@ -30,11 +30,12 @@ RUN_TIMEOUT = 120
 
 
 def served_routes(app: web.Application) -> set[tuple[str, str]]:
-    """(METHOD, path) of every route the app answers, sub-applications included, HEAD aside."""
+    """(METHOD, path) of every route the app answers, sub-applications included, HEAD aside,
+    the developer portal's HTML pages aside (they are for people: see the README)."""
     found = set()
     for resource in app.router.resources():
         for route in resource:  # a mounted sub-application yields its own routes
-            if route.method != "HEAD":
+            if route.method != "HEAD" and not route.resource.canonical.startswith("/portal"):
                 found.add((route.method, route.resource.canonical))
     return found
 

@@ -25,6 +25,21 @@ def readme_block(heading: str) -> str:
     return match.group(1)
 
 
+def run_block(heading: str, env: dict[str, str]) -> str:
+    """Run the README's block under `heading` as written (bash, -euo pipefail): its stdout."""
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", readme_block(heading)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
 @pytest.fixture(scope="module")
 def served(
     settings: Settings, tmp_path_factory: pytest.TempPathFactory
@@ -36,18 +51,8 @@ def served(
 
 def test_walkthrough_runs_verbatim(served: dict[str, str]) -> None:
     """The walkthrough issues a token, sees it active, revokes it and sees it inactive."""
-    script = readme_block("## Walkthrough")
-    result = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", script],
-        env=served,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    lines = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    output = run_block("## Walkthrough", served)
+    lines = [json.loads(line) for line in output.splitlines() if line.strip()]
     assert lines[0]["active"] is True
     assert lines[0]["scope"] == "read"
     assert lines[-1] == {"active": False}

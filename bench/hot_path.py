@@ -14,9 +14,10 @@ import timeit
 from pathlib import Path
 from typing import Any, cast
 
-from introspect import credentials, resp, rfc6749, rfc7662
+from introspect import credentials, rfc6749, rfc7662
 from introspect.config import Settings
 from introspect.credentials import Kind
+from introspect.redis import LeanRedis
 from introspect.service import Authority
 from introspect.store import Client, Credential, now
 
@@ -34,7 +35,7 @@ def prepared() -> tuple[Authority, str, dict[str, dict[str, str]]]:
         secrets=(b"s" * 32,),
         local_cache_ttl=math.inf,
     )
-    authority = Authority(settings, cast(Any, None), resp.Client(UNUSED_REDIS))
+    authority = Authority(settings, cast(Any, None), LeanRedis(UNUSED_REDIS))
     local = authority.local
     local.usable, local.fresh_until = True, math.inf
     t = now()

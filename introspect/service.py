@@ -83,7 +83,7 @@ class Authority:
         self,
         settings: Settings,
         pool: asyncpg.Pool,
-        fast: Redis,
+        redis: Redis,
         lazy_pool: asyncpg.Pool | None = None,
     ) -> None:
         self.settings = settings
@@ -98,7 +98,7 @@ class Authority:
         self.local = LocalCache(settings.local_cache_size, settings.local_cache_ttl)
         self.cache = CredentialCache(
             pool,
-            fast,
+            redis,
             local=self.local,
             redis_ttl=settings.redis_cache_ttl,
             negative_ttl=settings.negative_cache_ttl,
@@ -300,8 +300,8 @@ async def open_authority(
         database_url, min_size=1, max_size=4, synchronous_commit=False
     )
     # Every Redis command goes through the port (introspect/redis/port.py).
-    fast = LeanRedis(redis_url, timeout=REDIS_TIMEOUT)
-    authority = Authority(settings, pool, fast, lazy_pool)
+    redis = LeanRedis(redis_url, timeout=REDIS_TIMEOUT)
+    authority = Authority(settings, pool, redis, lazy_pool)
     probes = {
         "postgres": functools.partial(_pool_usage, pool),
         "postgres_lazy": functools.partial(_pool_usage, lazy_pool),
@@ -316,6 +316,6 @@ async def open_authority(
         for name, probe in probes.items():
             if METRICS.pool_probes.get(name) is probe:
                 del METRICS.pool_probes[name]
-        fast.close()
+        redis.close()
         await lazy_pool.close()
         await pool.close()

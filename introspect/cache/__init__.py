@@ -69,7 +69,7 @@ change log's replay writes that tombstone again: the argument above holds
 word for word. A record keeps a secret still in grace when it was read;
 authentication checks each secret's expiry against the clock on every use,
 so a record outliving a grace period accepts nothing expired. Unknown ids
-never reach Redis (service.UnknownIds keeps them per worker, briefly).
+never reach Redis (client_records.UnknownIds keeps them per worker, briefly).
 In-process, a record is stored under the epoch rule and dropped by the
 change's message.
 

@@ -39,7 +39,7 @@ class Entry:
     nbf: int = 0
     client_id: str | None = None
     sub: str | None = None
-    # The id of an API key, whose `last_used_at` is kept (see Authority.note_use).
+    # The id of an API key, whose `last_used_at` is kept (see usage.UsageLog.note_use).
     key_id: str | None = None
     cacheable: bool = True
     # In-process bookkeeping: set by LocalCache.put.

@@ -176,7 +176,7 @@ class CredentialCache:
         Under the rules of credential lookups: one MGET with the history marker
         (batched with theirs), then a versioned fill under the marker the read
         began under, abandoned past FILL_DEADLINE. An unknown id is not stored
-        (see service.UnknownIds). The in-process layer is the caller's.
+        (see client_records.UnknownIds). The in-process layer is the caller's.
         """
         key = client_key(client_id)
         marker = self.history.value

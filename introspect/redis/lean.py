@@ -1,4 +1,4 @@
-"""The Redis port on one Redis (or Valkey) server, over the lean RESP client (introspect/resp.py).
+"""The Redis port on one Redis (or Valkey) server, over the lean RESP client (resp.py).
 
 Every command the product sends is here: the versioned fill script, the
 MGET that reads the history marker with the entries, the replay lock and
@@ -13,7 +13,7 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
-from introspect import resp
+from introspect.redis import resp
 from introspect.redis.port import LOCK, MARKER, HistoryUnknown, Write
 
 # KEYS[1] the key, KEYS[2] (readers' fills only) the history marker; ARGV[1] version,

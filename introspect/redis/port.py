@@ -26,7 +26,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import NamedTuple, Protocol
 
-from introspect.resp import Server, ServerChanged
+from introspect.redis.resp import Server, ServerChanged
 
 __all__ = [
     "LOCK",

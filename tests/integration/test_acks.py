@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from introspect import acks, resp
+from introspect import acks
 from introspect.config import Settings
+from introspect.redis import resp
 from tests.helpers import register
 from tests.valkey import Valkey, serving
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from introspect import resp
 from introspect.config import Settings
+from introspect.redis import resp
 from introspect.web.health import READY_TTL
 from tests.valkey import Valkey, serving
 

@@ -11,7 +11,7 @@ import redis.asyncio as redis
 from redis.exceptions import AuthenticationError, ConnectionError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from introspect.resp import Client, Subscription
+from introspect.redis.resp import Client, Subscription
 from tests.conftest import Stores
 from tests.helpers import eventually, free_port
 from tests.valkey import Valkey

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from introspect.history import EvictingRedis, Marker, refuse_eviction
-from introspect.resp import Server
+from introspect.redis.resp import Server
 
 SERVER = b"# Server\r\nredis_version:7.2.4\r\nrun_id:abc123\r\ntcp_port:6379\r\n"
 REPLICATION = b"# Replication\r\nrole:master\r\nmaster_replid:def456\r\nmaster_replid2:000\r\n"

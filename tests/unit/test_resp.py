@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from introspect.resp import Arg, Command, Endpoint, pack
+from introspect.redis.resp import Arg, Command, Endpoint, pack
 
 ARGS = st.one_of(
     st.text(max_size=40),

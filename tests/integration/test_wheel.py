@@ -15,6 +15,7 @@ import subprocess
 import sys
 import sysconfig
 import time
+import urllib.error
 import urllib.request
 import zipfile
 from collections.abc import AsyncIterator, Iterator
@@ -138,9 +139,16 @@ def env(settings: Settings, fresh_database: str, tmp_path: Path) -> dict[str, st
 
 
 def test_wheel_carries_the_migrations_and_the_openapi_document(installed: Installed) -> None:
-    """The wheel holds every migration, openapi.json and py.typed; no test or bench code."""
+    """The wheel holds every migration, openapi.json, py.typed and the portal's templates and
+    static files; no test or bench code."""
     names = set(zipfile.ZipFile(installed.wheel).namelist())
     expected = {f"introspect/sql/{p.name}" for p in migration_files()}
+    portal = ROOT / "introspect" / "portal"
+    expected |= {
+        f"introspect/portal/{p.relative_to(portal)}"
+        for folder in ("templates", "static")
+        for p in (portal / folder).iterdir()
+    }
     assert expected <= names
     assert {"introspect/openapi.json", "introspect/py.typed"} <= names
     assert not [n for n in names if n.startswith(("tests/", "bench/"))]
@@ -203,12 +211,15 @@ def get(base: str, path: str) -> tuple[int, bytes]:
     try:
         with urllib.request.urlopen(base + path, timeout=5) as resp:  # noqa: S310 (loopback)
             return resp.status, resp.read()
+    except urllib.error.HTTPError as answer:
+        return answer.code, answer.read()
     except OSError:
         return 0, b""
 
 
 def test_installed_server_answers(served: str) -> None:
-    """The wheel's server answers /healthz, discovery and its OpenAPI document."""
+    """The wheel's server answers /healthz, discovery, its OpenAPI document and the portal's
+    pages and static files."""
     health, discovery, openapi = (
         get(served, path)
         for path in ("/healthz", "/.well-known/oauth-authorization-server", "/openapi.json")
@@ -219,3 +230,7 @@ def test_installed_server_answers(served: str) -> None:
     assert openapi[0] == 200
     shipped = orjson.loads((ROOT / "introspect" / "openapi.json").read_bytes())
     assert orjson.loads(openapi[1])["paths"].keys() == shipped["paths"].keys()
+    expired, stylesheet = (get(served, p) for p in ("/portal/expired", "/portal/static/portal.css"))
+    assert expired[0] == 401  # the page where a request without a session lands
+    assert b"Your portal link or session has expired" in expired[1]
+    assert stylesheet[0] == 200

@@ -11,6 +11,7 @@ from introspect import store
 from introspect.admin import cursors
 from introspect.errors import Invalid
 from introspect.service import Authority
+from introspect.store import AuditEntry
 
 ACTIONS = frozenset(
     {
@@ -58,9 +59,11 @@ async def record(
     target_kind, _, _ = action.partition(".")
     await store.audit(
         conn,
-        actor=actor,
-        action=action,
-        target_kind=target_kind,
-        target_id=target_id,
-        details=details,
+        AuditEntry(
+            actor=actor,
+            action=action,
+            target_kind=target_kind,
+            target_id=target_id,
+            details=details,
+        ),
     )

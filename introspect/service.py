@@ -250,21 +250,19 @@ class Authority:
         client_id = new_id("client")
 
         async def apply(conn: asyncpg.Connection) -> tuple[Client, Invalidation]:
-            client = await store.insert_client(
-                conn,
-                NewClient(
-                    client_id=client_id,
-                    name=name,
-                    scopes=tuple(scopes),
-                    audiences=tuple(audiences),
-                    can_introspect=can_introspect,
-                    token_ttl=token_ttl,
-                    token_format=token_format,
-                    jwks=jwks,
-                    token_endpoint_auth_method=token_endpoint_auth_method,
-                    secret_hash=secret_hash,
-                ),
+            new = NewClient(
+                client_id=client_id,
+                name=name,
+                scopes=tuple(scopes),
+                audiences=tuple(audiences),
+                can_introspect=can_introspect,
+                token_ttl=token_ttl,
+                token_format=token_format,
+                jwks=jwks,
+                token_endpoint_auth_method=token_endpoint_auth_method,
+                secret_hash=secret_hash,
             )
+            client = await store.insert_client(conn, new)
             await store.audit(
                 conn,
                 AuditEntry(

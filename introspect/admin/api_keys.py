@@ -43,23 +43,21 @@ async def create_api_key(authority: Authority, actor: str, body: object) -> dict
         if client_id is not None:
             await check_bound_client(conn, client_id, scopes)
         iat = store.now()
-        await store.insert_credential(
-            conn,
-            NewCredential(
-                id=key_id,
-                kind=Kind.API_KEY.value,
-                hash=credentials.keyed_hash(authority.server_secrets[0], key),
-                client_id=client_id,
-                sub=subject,
-                scopes=tuple(scopes),
-                audiences=tuple(audiences),
-                iat=iat,
-                exp=None if lifetime is None else iat + lifetime,
-                metadata=metadata,
-                name=name,
-                prefix=credentials.display_prefix(key),
-            ),
+        new = NewCredential(
+            id=key_id,
+            kind=Kind.API_KEY.value,
+            hash=credentials.keyed_hash(authority.server_secrets[0], key),
+            client_id=client_id,
+            sub=subject,
+            scopes=tuple(scopes),
+            audiences=tuple(audiences),
+            iat=iat,
+            exp=None if lifetime is None else iat + lifetime,
+            metadata=metadata,
+            name=name,
+            prefix=credentials.display_prefix(key),
         )
+        await store.insert_credential(conn, new)
         issued = await _credential(conn, key_id)
         details = {k: v for k, v in issued.public().items() if k in _AUDITED_KEY_FIELDS}
         await audit.record(conn, actor, "api_key.create", key_id, details)
@@ -169,24 +167,22 @@ async def rotate_api_key(
         old = await _live_key(conn, key_id)
         t = store.now()
         ends = t + grace if old.exp is None else min(old.exp, t + grace)
-        await store.insert_credential(
-            conn,
-            NewCredential(
-                id=new_key_id,
-                kind=Kind.API_KEY.value,
-                hash=credentials.keyed_hash(authority.server_secrets[0], key),
-                client_id=old.client_id,
-                sub=old.sub,
-                scopes=old.scopes,
-                audiences=old.audiences,
-                iat=t,
-                exp=old.exp,
-                username=old.username,
-                metadata=old.metadata,
-                name=old.name,
-                prefix=credentials.display_prefix(key),
-            ),
+        new = NewCredential(
+            id=new_key_id,
+            kind=Kind.API_KEY.value,
+            hash=credentials.keyed_hash(authority.server_secrets[0], key),
+            client_id=old.client_id,
+            sub=old.sub,
+            scopes=old.scopes,
+            audiences=old.audiences,
+            iat=t,
+            exp=old.exp,
+            username=old.username,
+            metadata=old.metadata,
+            name=old.name,
+            prefix=credentials.display_prefix(key),
         )
+        await store.insert_credential(conn, new)
         changed = await store.update_credential(conn, key_id, {"exp": ends})
         details = {"new_id": new_key_id, "grace_period": grace, "exp": ends}
         await audit.record(conn, actor, "api_key.rotate", key_id, details)

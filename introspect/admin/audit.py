@@ -11,7 +11,7 @@ from introspect import store
 from introspect.admin import cursors
 from introspect.errors import Invalid
 from introspect.service import Authority
-from introspect.store import AuditEntry
+from introspect.store import AuditEntry, AuditFilter
 
 ACTIONS = frozenset(
     {
@@ -38,11 +38,12 @@ async def list_audit(authority: Authority, query: Mapping[str, str]) -> dict[str
     if action is not None and action not in ACTIONS:
         raise Invalid(f"action: must be one of {', '.join(sorted(ACTIONS))}")
     before = query.get("cursor")
+    matching = AuditFilter(
+        action=action, target_id=filters.get("target_id"), actor=filters.get("actor")
+    )
     rows = await store.list_audit(
         authority.pool,
-        action=action,
-        target_id=filters.get("target_id"),
-        actor=filters.get("actor"),
+        matching,
         limit=limit + 1,
         before=None if before is None else cursors.decode(before, (int,))[0],
     )

@@ -8,7 +8,7 @@ import asyncpg
 import orjson
 
 from introspect.store.query import assignments, json_value, where_clause
-from introspect.store.records import Credential, NewCredential, now
+from introspect.store.records import Credential, CredentialFilter, NewCredential, now
 
 CREDENTIAL_COLUMNS = (
     "id, kind, format, hash, client_id, sub, username, scopes, audiences,"
@@ -156,27 +156,24 @@ async def update_credential(
 
 async def list_credentials(
     conn: asyncpg.Pool | asyncpg.Connection,
+    matching: CredentialFilter,
     *,
-    client_id: str | None,
-    sub: str | None,
-    kind: str | None,
-    active: bool | None,
     limit: int,
     after: str | None,
 ) -> list[Credential]:
-    """Credentials in id order after `after`, filtered by each criterion given."""
+    """Credentials in id order after `after`, filtered by each criterion of `matching` given."""
     filters: list[tuple[str, Any]] = [
         (condition, value)
         for condition, value in (
-            ("client_id = {}", client_id),
-            ("sub = {}", sub),
-            ("kind = {}", kind),
+            ("client_id = {}", matching.client_id),
+            ("sub = {}", matching.sub),
+            ("kind = {}", matching.kind),
             ("id > {}", after),
         )
         if value is not None
     ]
-    if active is not None:
-        filters.append((LIVE if active else f"NOT {LIVE}", now()))
+    if matching.active is not None:
+        filters.append((LIVE if matching.active else f"NOT {LIVE}", now()))
     where, values = where_clause(filters)
     records = await conn.fetch(
         f"SELECT {CREDENTIAL_COLUMNS} FROM credentials{where} ORDER BY id LIMIT ${len(values) + 1}",

@@ -19,8 +19,10 @@ import asyncpg
 from introspect.store.records import (
     AdminKey,
     AuditEntry,
+    AuditFilter,
     Client,
     Credential,
+    CredentialFilter,
     NewAdminKey,
     NewClient,
     NewCredential,
@@ -111,17 +113,9 @@ class Credentials(Protocol):
         """Apply `changes` to a credential under a fresh version; returns (id, hash, version)."""
 
     async def list_credentials(
-        self,
-        conn: Executor,
-        *,
-        client_id: str | None,
-        sub: str | None,
-        kind: str | None,
-        active: bool | None,
-        limit: int,
-        after: str | None,
+        self, conn: Executor, matching: CredentialFilter, *, limit: int, after: str | None
     ) -> list[Credential]:
-        """Credentials in id order after `after`, filtered by each criterion given."""
+        """Credentials in id order after `after`, filtered by each criterion of `matching` given."""
 
 
 class Revocations(Protocol):
@@ -170,16 +164,10 @@ class AuditLog(Protocol):
         """Append one audit entry, at the current time (in the caller's transaction)."""
 
     async def list_audit(
-        self,
-        conn: Executor,
-        *,
-        action: str | None,
-        target_id: str | None,
-        actor: str | None,
-        limit: int,
-        before: int | None,
+        self, conn: Executor, matching: AuditFilter, *, limit: int, before: int | None
     ) -> list[dict[str, Any]]:
-        """Audit entries, newest first, older than the id `before`, filtered by each criterion."""
+        """Audit entries, newest first, older than the id `before`, filtered by each criterion of
+        `matching` given."""
 
 
 class AdminKeys(Protocol):

@@ -1,6 +1,7 @@
 """The records the store returns (clients, credentials, admin keys, signing keys) and the
-records its writes take (`NewClient`, `NewCredential`, `NewAdminKey`, `NewSigningKey`,
-`AuditEntry`), with no I/O.
+records it takes: what its writes store (`NewClient`, `NewCredential`, `NewAdminKey`,
+`NewSigningKey`, `AuditEntry`), what its listings filter by (`CredentialFilter`,
+`AuditFilter`) and what a revocation names (`Selection`); no I/O.
 
 Every protocol module imports these; none of them touches a database.
 """
@@ -142,6 +143,17 @@ class NewCredential:
 
 
 @dataclass(frozen=True, slots=True)
+class CredentialFilter:
+    """Which credentials a listing shows: those matching every criterion given."""
+
+    client_id: str | None = None
+    sub: str | None = None
+    kind: str | None = None
+    # Neither revoked nor expired now (True), or revoked or expired (False).
+    active: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class AdminKey:
     """A key for the admin API as stored (its keyed hash is never read back)."""
 
@@ -192,6 +204,15 @@ class AuditEntry:
     target_kind: str
     target_id: str
     details: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditFilter:
+    """Which audit entries a listing shows: those matching every criterion given."""
+
+    action: str | None = None
+    target_id: str | None = None
+    actor: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,7 +53,7 @@ from introspect.redis import LeanRedis, Redis
 from introspect.replay import AssertionReplay
 from introspect.revocation import NOTHING_REVOKED, Revoked
 from introspect.rfc6749 import Grant
-from introspect.store import Client, Selection
+from introspect.store import AuditEntry, Client, NewClient, Selection
 from introspect.usage import UsageLog
 
 # Importable here as before the split (admin, tests).
@@ -250,12 +250,11 @@ class Authority:
         client_id = new_id("client")
 
         async def apply(conn: asyncpg.Connection) -> tuple[Client, Invalidation]:
-            client = await store.insert_client(
-                conn,
+            new = NewClient(
                 client_id=client_id,
                 name=name,
-                scopes=scopes,
-                audiences=audiences,
+                scopes=tuple(scopes),
+                audiences=tuple(audiences),
                 can_introspect=can_introspect,
                 token_ttl=token_ttl,
                 token_format=token_format,
@@ -263,18 +262,21 @@ class Authority:
                 token_endpoint_auth_method=token_endpoint_auth_method,
                 secret_hash=secret_hash,
             )
+            client = await store.insert_client(conn, new)
             await store.audit(
                 conn,
-                actor=actor,
-                action="client.create",
-                target_kind="client",
-                target_id=client_id,
-                details={
-                    "name": name,
-                    "scopes": scopes,
-                    "audiences": audiences,
-                    "token_endpoint_auth_method": token_endpoint_auth_method,
-                },
+                AuditEntry(
+                    actor=actor,
+                    action="client.create",
+                    target_kind="client",
+                    target_id=client_id,
+                    details={
+                        "name": name,
+                        "scopes": scopes,
+                        "audiences": audiences,
+                        "token_endpoint_auth_method": token_endpoint_auth_method,
+                    },
+                ),
             )
             # A worker may have cached this id as unknown.
             return client, Invalidation(records=[(client_id, client.version)])

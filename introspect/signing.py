@@ -51,7 +51,7 @@ from jwt.algorithms import ECAlgorithm, OKPAlgorithm
 
 from introspect import store
 from introspect.metrics import METRICS
-from introspect.store import StoredSigningKey
+from introspect.store import NewSigningKey, StoredSigningKey
 
 log = logging.getLogger(__name__)
 
@@ -135,11 +135,12 @@ class SigningKey:
     private: PrivateKey | None = field(repr=False)
 
 
-def _new_key(secret: bytes, alg: str) -> tuple[str, str, bytes]:
+def _new_key(secret: bytes, alg: str) -> NewSigningKey:
     """A new key for `alg`: its kid, its public JWK (JSON text) and its sealed private part."""
     private = generate(alg)
     kid = secrets.token_urlsafe(12)
-    return kid, orjson.dumps(public_jwk(private, kid, alg)).decode(), seal(secret, kid, private)
+    jwk = orjson.dumps(public_jwk(private, kid, alg)).decode()
+    return NewSigningKey(kid=kid, alg=alg, public_jwk=jwk, sealed=seal(secret, kid, private))
 
 
 class Keyring:
@@ -193,12 +194,9 @@ class Keyring:
         return await store.load_signing_keys(self.pool, store.now())
 
     async def _create_first(self) -> None:
-        kid, jwk, sealed = _new_key(self.secrets[0], DEFAULT_ALG)
-        created = await store.insert_first_signing_key(
-            self.pool, kid=kid, alg=DEFAULT_ALG, public_jwk=jwk, sealed=sealed, at=store.now()
-        )
-        if created:
-            log.info("created the first signing key %s", kid)
+        key = _new_key(self.secrets[0], DEFAULT_ALG)
+        if await store.insert_first_signing_key(self.pool, key, store.now()):
+            log.info("created the first signing key %s", key.kid)
 
     def _install(self, rows: list[StoredSigningKey]) -> None:
         keys: dict[str, SigningKey] = {}
@@ -291,16 +289,10 @@ class Keyring:
         """Publish a new key now; it becomes the signer `propagation_delay` seconds later."""
         await self.ready()
         METRICS.pg_queries.inc()
-        kid, jwk, sealed = _new_key(self.secrets[0], alg)
+        key = _new_key(self.secrets[0], alg)
         t = store.now()
         await store.insert_signing_key(
-            self.pool,
-            kid=kid,
-            alg=alg,
-            public_jwk=jwk,
-            sealed=sealed,
-            created_at=t,
-            activates_at=t + propagation_delay,
+            self.pool, key, created_at=t, activates_at=t + propagation_delay
         )
         await self.refresh()
-        return self._keys[kid]
+        return self._keys[key.kid]

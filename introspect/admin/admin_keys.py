@@ -16,7 +16,7 @@ from introspect.credentials import Kind
 from introspect.errors import Conflict, Invalid, NotFound
 from introspect.metrics import METRICS
 from introspect.service import Authority, new_id
-from introspect.store import AdminKey
+from introspect.store import AdminKey, NewAdminKey
 
 # `admin` may call every admin route, `auditor` only the ones that read (GET).
 ROLES = ("admin", "auditor")
@@ -79,12 +79,14 @@ async def create_admin_key(authority: Authority, actor: str, body: object) -> di
         t = store.now()
         minted = await store.insert_admin_key(
             conn,
-            key_id=key_id,
-            name=name,
-            role=role,
-            hash_=credentials.keyed_hash(authority.server_secrets[0], key),
-            created_at=t,
-            expires_at=None if lifetime is None else t + lifetime,
+            NewAdminKey(
+                id=key_id,
+                name=name,
+                role=role,
+                hash=credentials.keyed_hash(authority.server_secrets[0], key),
+                created_at=t,
+                expires_at=None if lifetime is None else t + lifetime,
+            ),
         )
         details = {"name": name, "role": role, "expires_at": minted.expires_at}
         await audit.record(conn, actor, "admin_key.create", key_id, details)

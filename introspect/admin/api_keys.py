@@ -13,7 +13,7 @@ from introspect.cache import Invalidation
 from introspect.credentials import Kind
 from introspect.errors import AdminError, Conflict, Invalid, NotFound
 from introspect.service import Authority, new_id
-from introspect.store import Credential
+from introspect.store import Credential, NewCredential
 
 MAX_EPOCH = 253_402_300_799  # 9999-12-31T23:59:59Z
 
@@ -43,21 +43,21 @@ async def create_api_key(authority: Authority, actor: str, body: object) -> dict
         if client_id is not None:
             await check_bound_client(conn, client_id, scopes)
         iat = store.now()
-        await store.insert_credential(
-            conn,
-            credential_id=key_id,
+        new = NewCredential(
+            id=key_id,
             kind=Kind.API_KEY.value,
-            hash_=credentials.keyed_hash(authority.server_secrets[0], key),
+            hash=credentials.keyed_hash(authority.server_secrets[0], key),
             client_id=client_id,
             sub=subject,
-            scopes=scopes,
-            audiences=audiences,
+            scopes=tuple(scopes),
+            audiences=tuple(audiences),
             iat=iat,
             exp=None if lifetime is None else iat + lifetime,
             metadata=metadata,
             name=name,
             prefix=credentials.display_prefix(key),
         )
+        await store.insert_credential(conn, new)
         issued = await _credential(conn, key_id)
         details = {k: v for k, v in issued.public().items() if k in _AUDITED_KEY_FIELDS}
         await audit.record(conn, actor, "api_key.create", key_id, details)
@@ -167,15 +167,14 @@ async def rotate_api_key(
         old = await _live_key(conn, key_id)
         t = store.now()
         ends = t + grace if old.exp is None else min(old.exp, t + grace)
-        await store.insert_credential(
-            conn,
-            credential_id=new_key_id,
+        new = NewCredential(
+            id=new_key_id,
             kind=Kind.API_KEY.value,
-            hash_=credentials.keyed_hash(authority.server_secrets[0], key),
+            hash=credentials.keyed_hash(authority.server_secrets[0], key),
             client_id=old.client_id,
             sub=old.sub,
-            scopes=list(old.scopes),
-            audiences=list(old.audiences),
+            scopes=old.scopes,
+            audiences=old.audiences,
             iat=t,
             exp=old.exp,
             username=old.username,
@@ -183,6 +182,7 @@ async def rotate_api_key(
             name=old.name,
             prefix=credentials.display_prefix(key),
         )
+        await store.insert_credential(conn, new)
         changed = await store.update_credential(conn, key_id, {"exp": ends})
         details = {"new_id": new_key_id, "grace_period": grace, "exp": ends}
         await audit.record(conn, actor, "api_key.rotate", key_id, details)

@@ -11,6 +11,7 @@ from introspect import store
 from introspect.admin import cursors
 from introspect.errors import Invalid
 from introspect.service import Authority
+from introspect.store import AuditEntry, AuditFilter
 
 ACTIONS = frozenset(
     {
@@ -37,11 +38,12 @@ async def list_audit(authority: Authority, query: Mapping[str, str]) -> dict[str
     if action is not None and action not in ACTIONS:
         raise Invalid(f"action: must be one of {', '.join(sorted(ACTIONS))}")
     before = query.get("cursor")
+    matching = AuditFilter(
+        action=action, target_id=filters.get("target_id"), actor=filters.get("actor")
+    )
     rows = await store.list_audit(
         authority.pool,
-        action=action,
-        target_id=filters.get("target_id"),
-        actor=filters.get("actor"),
+        matching,
         limit=limit + 1,
         before=None if before is None else cursors.decode(before, (int,))[0],
     )
@@ -58,9 +60,11 @@ async def record(
     target_kind, _, _ = action.partition(".")
     await store.audit(
         conn,
-        actor=actor,
-        action=action,
-        target_kind=target_kind,
-        target_id=target_id,
-        details=details,
+        AuditEntry(
+            actor=actor,
+            action=action,
+            target_kind=target_kind,
+            target_id=target_id,
+            details=details,
+        ),
     )

@@ -10,7 +10,7 @@ from introspect.admin import cursors
 from introspect.credentials import Kind
 from introspect.errors import Invalid
 from introspect.service import Authority
-from introspect.store import Credential
+from introspect.store import Credential, CredentialFilter
 
 
 async def list_tokens(authority: Authority, query: Mapping[str, str]) -> dict[str, Any]:
@@ -23,12 +23,15 @@ async def list_tokens(authority: Authority, query: Mapping[str, str]) -> dict[st
     if active is not None and active not in ("true", "false"):
         raise Invalid("active: must be true or false")
     after = query.get("cursor")
-    rows = await store.list_credentials(
-        authority.pool,
+    matching = CredentialFilter(
         client_id=filters.get("client_id"),
         sub=filters.get("sub"),
         kind=kind,
         active=None if active is None else active == "true",
+    )
+    rows = await store.list_credentials(
+        authority.pool,
+        matching,
         limit=limit + 1,
         after=None if after is None else cursors.decode(after, (str,))[0],
     )

@@ -27,6 +27,7 @@ from introspect.cache import Invalidation
 from introspect.errors import Invalid, NotFound
 from introspect.ids import has_id_shape, new_id
 from introspect.service import Authority
+from introspect.store import AuditEntry
 from introspect.store import portal_sessions as portal_store
 from introspect.store.portal_sessions import Session
 
@@ -112,11 +113,13 @@ async def mint_link(authority: Authority, actor: str, body: object) -> dict[str,
         )
         await store.audit(
             conn,
-            actor=actor,
-            action="portal.session_create",
-            target_kind="portal_session",
-            target_id=session_id,
-            details={"sub": sub, "client_id": client_id, "scopes": scopes},
+            AuditEntry(
+                actor=actor,
+                action="portal.session_create",
+                target_kind="portal_session",
+                target_id=session_id,
+                details={"sub": sub, "client_id": client_id, "scopes": scopes},
+            ),
         )
         return t + LINK_TTL, Invalidation()
 
@@ -139,10 +142,12 @@ async def revoke_session(authority: Authority, actor: str, session_id: str) -> N
         if await portal_store.end_session(conn, session_id):
             await store.audit(
                 conn,
-                actor=actor,
-                action="portal.session_revoke",
-                target_kind="portal_session",
-                target_id=session_id,
+                AuditEntry(
+                    actor=actor,
+                    action="portal.session_revoke",
+                    target_kind="portal_session",
+                    target_id=session_id,
+                ),
             )
         return None, Invalidation()
 

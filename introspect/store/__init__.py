@@ -1,4 +1,4 @@
-"""Storage: the asyncpg queries behind every operation, and the records they return.
+"""Storage: the asyncpg queries behind every operation, and the records they take and return.
 
 Postgres is the truth (SPEC consistency promise 1). Only keyed hashes of
 credentials and client secrets are stored and every lookup goes by hash.
@@ -9,10 +9,11 @@ lets cache writers order their writes (see `introspect.cache`).
 One module per domain: `clients`, `credentials`, `revocations`, `changes`
 (the change log), `audit_log`, `admin_keys`, `signing_keys`; each
 implements its Protocol (`protocols`), and `POSTGRES` composes them into one
-`Store`. The records they return are in `records`, the pool in `pool`, the
-migration runner in `migrate` (the SQL files in `introspect/sql/`). Every
-statement the product sends to Postgres is in this package; every name is
-re-exported here.
+`Store`. The records they return, and the records their writes and listings
+take (one frozen record, not a long list of keywords), are in `records`; the
+pool in `pool`, the migration runner in `migrate` (the SQL files in
+`introspect/sql/`). Every statement the product sends to Postgres is in this
+package; every name is re-exported here.
 """
 
 from __future__ import annotations
@@ -87,8 +88,15 @@ from introspect.store.pool import (
 from introspect.store.protocols import Store
 from introspect.store.records import (
     AdminKey,
+    AuditEntry,
+    AuditFilter,
     Client,
     Credential,
+    CredentialFilter,
+    NewAdminKey,
+    NewClient,
+    NewCredential,
+    NewSigningKey,
     Selection,
     StoredSigningKey,
     now,
@@ -126,9 +134,16 @@ __all__ = [
     "POSTGRES",
     "RELEASE_TIMEOUT",
     "AdminKey",
+    "AuditEntry",
+    "AuditFilter",
     "Client",
     "Credential",
+    "CredentialFilter",
     "DeadlinePool",
+    "NewAdminKey",
+    "NewClient",
+    "NewCredential",
+    "NewSigningKey",
     "Selection",
     "Store",
     "StoredSigningKey",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from introspect.store.records import AdminKey
+from introspect.store.records import AdminKey, NewAdminKey
 
 ADMIN_KEY_COLUMNS = "id, name, role, created_at, expires_at, last_used_at, revoked_at"
 
@@ -22,26 +22,17 @@ def admin_key_from_record(record: asyncpg.Record) -> AdminKey:
     )
 
 
-async def insert_admin_key(
-    conn: asyncpg.Connection,
-    *,
-    key_id: str,
-    name: str,
-    role: str,
-    hash_: bytes,
-    created_at: int,
-    expires_at: int | None,
-) -> AdminKey:
+async def insert_admin_key(conn: asyncpg.Connection, new: NewAdminKey) -> AdminKey:
     """Store a new admin key (its hash only)."""
     record = await conn.fetchrow(
         "INSERT INTO admin_keys (id, name, role, hash, created_at, expires_at)"
         f" VALUES ($1, $2, $3, $4, $5, $6) RETURNING {ADMIN_KEY_COLUMNS}",
-        key_id,
-        name,
-        role,
-        hash_,
-        created_at,
-        expires_at,
+        new.id,
+        new.name,
+        new.role,
+        new.hash,
+        new.created_at,
+        new.expires_at,
     )
     return admin_key_from_record(record)
 

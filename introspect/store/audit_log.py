@@ -8,28 +8,20 @@ import asyncpg
 import orjson
 
 from introspect.store.query import where_clause
-from introspect.store.records import now
+from introspect.store.records import AuditEntry, AuditFilter, now
 
 
-async def audit(
-    conn: asyncpg.Connection,
-    *,
-    actor: str,
-    action: str,
-    target_kind: str,
-    target_id: str,
-    details: dict[str, Any] | None = None,
-) -> None:
-    """Append one audit entry (in the caller's transaction)."""
+async def audit(conn: asyncpg.Connection, entry: AuditEntry) -> None:
+    """Append one audit entry, at the current time (in the caller's transaction)."""
     await conn.execute(
         "INSERT INTO audit_log (at, actor, action, target_kind, target_id, details)"
         " VALUES ($1, $2, $3, $4, $5, $6)",
         now(),
-        actor,
-        action,
-        target_kind,
-        target_id,
-        orjson.dumps(details or {}).decode(),
+        entry.actor,
+        entry.action,
+        entry.target_kind,
+        entry.target_id,
+        orjson.dumps(entry.details or {}).decode(),
     )
 
 
@@ -38,21 +30,20 @@ AUDIT_COLUMNS = "id, at, actor, action, target_kind, target_id, details"
 
 async def list_audit(
     conn: asyncpg.Pool | asyncpg.Connection,
+    matching: AuditFilter,
     *,
-    action: str | None,
-    target_id: str | None,
-    actor: str | None,
     limit: int,
     before: int | None,
 ) -> list[dict[str, Any]]:
-    """Audit entries, newest first, older than the id `before`, filtered by each criterion."""
+    """Audit entries, newest first, older than the id `before`, filtered by each criterion of
+    `matching` given."""
     where, values = where_clause(
         [
             (condition, value)
             for condition, value in (
-                ("action = {}", action),
-                ("target_id = {}", target_id),
-                ("actor = {}", actor),
+                ("action = {}", matching.action),
+                ("target_id = {}", matching.target_id),
+                ("actor = {}", matching.actor),
                 ("id < {}", before),
             )
             if value is not None

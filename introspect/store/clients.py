@@ -8,7 +8,7 @@ import asyncpg
 import orjson
 
 from introspect.store.query import assignments, json_value
-from introspect.store.records import Client, now
+from introspect.store.records import Client, NewClient, now
 
 CLIENT_COLUMNS = (
     "client_id, name, scopes, audiences, can_introspect, token_ttl, token_format,"
@@ -78,46 +78,33 @@ async def get_clients(
     ]
 
 
-async def insert_client(
-    conn: asyncpg.Connection,
-    *,
-    client_id: str,
-    name: str,
-    scopes: list[str],
-    audiences: list[str],
-    can_introspect: bool,
-    token_ttl: int,
-    token_format: str,
-    jwks: dict[str, Any] | None,
-    token_endpoint_auth_method: str,
-    secret_hash: bytes | None,
-) -> Client:
+async def insert_client(conn: asyncpg.Connection, new: NewClient) -> Client:
     """Register a client with its first secret (none for a private_key_jwt client)."""
     t = now()
     record = await conn.fetchrow(
         "INSERT INTO clients (client_id, name, scopes, audiences, can_introspect, token_ttl,"
         " token_format, jwks, token_endpoint_auth_method, created_at, updated_at)"
         f" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10) RETURNING {CLIENT_COLUMNS}",
-        client_id,
-        name,
-        scopes,
-        audiences,
-        can_introspect,
-        token_ttl,
-        token_format,
-        None if jwks is None else orjson.dumps(jwks).decode(),
-        token_endpoint_auth_method,
+        new.client_id,
+        new.name,
+        new.scopes,
+        new.audiences,
+        new.can_introspect,
+        new.token_ttl,
+        new.token_format,
+        None if new.jwks is None else orjson.dumps(new.jwks).decode(),
+        new.token_endpoint_auth_method,
         t,
     )
-    if secret_hash is None:
+    if new.secret_hash is None:
         return client_from_record(record, ())
     await conn.execute(
         "INSERT INTO client_secrets (client_id, secret_hash, created_at) VALUES ($1, $2, $3)",
-        client_id,
-        secret_hash,
+        new.client_id,
+        new.secret_hash,
         t,
     )
-    return client_from_record(record, ((secret_hash, None),))
+    return client_from_record(record, ((new.secret_hash, None),))
 
 
 async def scopes_in_use(conn: asyncpg.Pool | asyncpg.Connection) -> list[str]:

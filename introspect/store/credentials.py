@@ -8,7 +8,7 @@ import asyncpg
 import orjson
 
 from introspect.store.query import assignments, json_value, where_clause
-from introspect.store.records import Credential, now
+from introspect.store.records import Credential, CredentialFilter, NewCredential, now
 
 CREDENTIAL_COLUMNS = (
     "id, kind, format, hash, client_id, sub, username, scopes, audiences,"
@@ -63,43 +63,26 @@ async def rehash(
     )
 
 
-async def insert_credential(
-    conn: asyncpg.Pool | asyncpg.Connection,
-    *,
-    credential_id: str,
-    kind: str,
-    hash_: bytes,
-    client_id: str | None,
-    sub: str,
-    scopes: list[str],
-    audiences: list[str],
-    iat: int,
-    exp: int | None,
-    fmt: str = "opaque",
-    username: str | None = None,
-    metadata: dict[str, Any] | None = None,
-    name: str | None = None,
-    prefix: str | None = None,
-) -> None:
+async def insert_credential(conn: asyncpg.Pool | asyncpg.Connection, new: NewCredential) -> None:
     """Store a new credential (its hash only; an API key's display prefix and name)."""
     await conn.execute(
         "INSERT INTO credentials (id, kind, format, hash, client_id, sub, username, scopes,"
         " audiences, iat, nbf, exp, metadata, name, prefix)"
         " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11, $12, $13, $14)",
-        credential_id,
-        kind,
-        fmt,
-        hash_,
-        client_id,
-        sub,
-        username,
-        scopes,
-        audiences,
-        iat,
-        exp,
-        None if metadata is None else orjson.dumps(metadata).decode(),
-        name,
-        prefix,
+        new.id,
+        new.kind,
+        new.format,
+        new.hash,
+        new.client_id,
+        new.sub,
+        new.username,
+        new.scopes,
+        new.audiences,
+        new.iat,
+        new.exp,
+        None if new.metadata is None else orjson.dumps(new.metadata).decode(),
+        new.name,
+        new.prefix,
     )
 
 
@@ -173,27 +156,24 @@ async def update_credential(
 
 async def list_credentials(
     conn: asyncpg.Pool | asyncpg.Connection,
+    matching: CredentialFilter,
     *,
-    client_id: str | None,
-    sub: str | None,
-    kind: str | None,
-    active: bool | None,
     limit: int,
     after: str | None,
 ) -> list[Credential]:
-    """Credentials in id order after `after`, filtered by each criterion given."""
+    """Credentials in id order after `after`, filtered by each criterion of `matching` given."""
     filters: list[tuple[str, Any]] = [
         (condition, value)
         for condition, value in (
-            ("client_id = {}", client_id),
-            ("sub = {}", sub),
-            ("kind = {}", kind),
+            ("client_id = {}", matching.client_id),
+            ("sub = {}", matching.sub),
+            ("kind = {}", matching.kind),
             ("id > {}", after),
         )
         if value is not None
     ]
-    if active is not None:
-        filters.append((LIVE if active else f"NOT {LIVE}", now()))
+    if matching.active is not None:
+        filters.append((LIVE if matching.active else f"NOT {LIVE}", now()))
     where, values = where_clause(filters)
     records = await conn.fetch(
         f"SELECT {CREDENTIAL_COLUMNS} FROM credentials{where} ORDER BY id LIMIT ${len(values) + 1}",

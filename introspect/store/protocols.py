@@ -16,7 +16,20 @@ from typing import Any, Protocol, TypeAlias
 
 import asyncpg
 
-from introspect.store.records import AdminKey, Client, Credential, Selection, StoredSigningKey
+from introspect.store.records import (
+    AdminKey,
+    AuditEntry,
+    AuditFilter,
+    Client,
+    Credential,
+    CredentialFilter,
+    NewAdminKey,
+    NewClient,
+    NewCredential,
+    NewSigningKey,
+    Selection,
+    StoredSigningKey,
+)
 
 # The pool (each statement its own transaction) or a connection in the caller's transaction.
 Executor: TypeAlias = asyncpg.Pool | asyncpg.Connection
@@ -31,21 +44,7 @@ class Clients(Protocol):
     async def get_clients(self, conn: Executor, client_ids: list[str]) -> list[Client]:
         """The clients of `client_ids` that exist, each with its live secrets, in one query."""
 
-    async def insert_client(
-        self,
-        conn: asyncpg.Connection,
-        *,
-        client_id: str,
-        name: str,
-        scopes: list[str],
-        audiences: list[str],
-        can_introspect: bool,
-        token_ttl: int,
-        token_format: str,
-        jwks: dict[str, Any] | None,
-        token_endpoint_auth_method: str,
-        secret_hash: bytes | None,
-    ) -> Client:
+    async def insert_client(self, conn: asyncpg.Connection, new: NewClient) -> Client:
         """Register a client with its first secret (none for a private_key_jwt client)."""
 
     async def scopes_in_use(self, conn: Executor) -> list[str]:
@@ -94,25 +93,7 @@ class Credentials(Protocol):
     async def rehash(self, conn: Executor, credential_id: str, old: bytes, new: bytes) -> None:
         """Move a credential stored under an older server secret to the current one."""
 
-    async def insert_credential(
-        self,
-        conn: Executor,
-        *,
-        credential_id: str,
-        kind: str,
-        hash_: bytes,
-        client_id: str | None,
-        sub: str,
-        scopes: list[str],
-        audiences: list[str],
-        iat: int,
-        exp: int | None,
-        fmt: str = "opaque",
-        username: str | None = None,
-        metadata: dict[str, Any] | None = None,
-        name: str | None = None,
-        prefix: str | None = None,
-    ) -> None:
+    async def insert_credential(self, conn: Executor, new: NewCredential) -> None:
         """Store a new credential (its hash only; an API key's display prefix and name)."""
 
     async def copy_access_tokens(self, conn: Executor, rows: list[tuple[Any, ...]]) -> None:
@@ -132,17 +113,9 @@ class Credentials(Protocol):
         """Apply `changes` to a credential under a fresh version; returns (id, hash, version)."""
 
     async def list_credentials(
-        self,
-        conn: Executor,
-        *,
-        client_id: str | None,
-        sub: str | None,
-        kind: str | None,
-        active: bool | None,
-        limit: int,
-        after: str | None,
+        self, conn: Executor, matching: CredentialFilter, *, limit: int, after: str | None
     ) -> list[Credential]:
-        """Credentials in id order after `after`, filtered by each criterion given."""
+        """Credentials in id order after `after`, filtered by each criterion of `matching` given."""
 
 
 class Revocations(Protocol):
@@ -187,45 +160,20 @@ class ChangeLog(Protocol):
 class AuditLog(Protocol):
     """The append-only audit log (asyncpg: `audit_log.py`)."""
 
-    async def audit(
-        self,
-        conn: asyncpg.Connection,
-        *,
-        actor: str,
-        action: str,
-        target_kind: str,
-        target_id: str,
-        details: dict[str, Any] | None = None,
-    ) -> None:
-        """Append one audit entry (in the caller's transaction)."""
+    async def audit(self, conn: asyncpg.Connection, entry: AuditEntry) -> None:
+        """Append one audit entry, at the current time (in the caller's transaction)."""
 
     async def list_audit(
-        self,
-        conn: Executor,
-        *,
-        action: str | None,
-        target_id: str | None,
-        actor: str | None,
-        limit: int,
-        before: int | None,
+        self, conn: Executor, matching: AuditFilter, *, limit: int, before: int | None
     ) -> list[dict[str, Any]]:
-        """Audit entries, newest first, older than the id `before`, filtered by each criterion."""
+        """Audit entries, newest first, older than the id `before`, filtered by each criterion of
+        `matching` given."""
 
 
 class AdminKeys(Protocol):
     """Keys for the admin API, stored and looked up by keyed hash (asyncpg: `admin_keys.py`)."""
 
-    async def insert_admin_key(
-        self,
-        conn: asyncpg.Connection,
-        *,
-        key_id: str,
-        name: str,
-        role: str,
-        hash_: bytes,
-        created_at: int,
-        expires_at: int | None,
-    ) -> AdminKey:
+    async def insert_admin_key(self, conn: asyncpg.Connection, new: NewAdminKey) -> AdminKey:
         """Store a new admin key (its hash only)."""
 
     async def find_admin_key(self, conn: Executor, hashes: list[bytes]) -> AdminKey | None:
@@ -261,27 +209,12 @@ class SigningKeys(Protocol):
         is retired (it must not sign)."""
 
     async def insert_signing_key(
-        self,
-        conn: Executor,
-        *,
-        kid: str,
-        alg: str,
-        public_jwk: str,
-        sealed: bytes,
-        created_at: int,
-        activates_at: int,
+        self, conn: Executor, key: NewSigningKey, *, created_at: int, activates_at: int
     ) -> None:
-        """Publish a new key (its private part sealed)."""
+        """Publish a new key (its private part sealed), to sign from `activates_at`."""
 
     async def insert_first_signing_key(
-        self,
-        pool: asyncpg.Pool,
-        *,
-        kid: str,
-        alg: str,
-        public_jwk: str,
-        sealed: bytes,
-        at: int,
+        self, pool: asyncpg.Pool, key: NewSigningKey, at: int
     ) -> bool:
         """Publish this key, active at once, unless a key is active at `at` already (checked under
         the advisory lock); whether it was."""

@@ -1,4 +1,7 @@
-"""The records the store returns: clients, credentials and admin keys, with no I/O.
+"""The records the store returns (clients, credentials, admin keys, signing keys) and the
+records it takes: what its writes store (`NewClient`, `NewCredential`, `NewAdminKey`,
+`NewSigningKey`, `AuditEntry`), what its listings filter by (`CredentialFilter`,
+`AuditFilter`) and what a revocation names (`Selection`); no I/O.
 
 Every protocol module imports these; none of them touches a database.
 """
@@ -54,6 +57,23 @@ class Client:
 
 
 @dataclass(frozen=True, slots=True)
+class NewClient:
+    """A client to register, with the keyed hash of its first secret (None for a
+    private_key_jwt client, which has none)."""
+
+    client_id: str
+    name: str
+    scopes: tuple[str, ...]
+    audiences: tuple[str, ...]
+    can_introspect: bool
+    token_ttl: int
+    token_format: str
+    jwks: dict[str, Any] | None
+    token_endpoint_auth_method: str
+    secret_hash: bytes | None = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class Credential:
     """An access token or API key as stored: never its value, only its keyed hash."""
 
@@ -102,6 +122,38 @@ class Credential:
 
 
 @dataclass(frozen=True, slots=True)
+class NewCredential:
+    """An access token or API key to store: its keyed hash, never its value (its `nbf` is its
+    `iat`; an API key also has a display prefix and an optional name)."""
+
+    id: str
+    kind: str
+    hash: bytes = field(repr=False)
+    client_id: str | None
+    sub: str
+    scopes: tuple[str, ...]
+    audiences: tuple[str, ...]
+    iat: int
+    exp: int | None
+    format: str = "opaque"
+    username: str | None = None
+    metadata: dict[str, Any] | None = None
+    name: str | None = None
+    prefix: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialFilter:
+    """Which credentials a listing shows: those matching every criterion given."""
+
+    client_id: str | None = None
+    sub: str | None = None
+    kind: str | None = None
+    # Neither revoked nor expired now (True), or revoked or expired (False).
+    active: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class AdminKey:
     """A key for the admin API as stored (its keyed hash is never read back)."""
 
@@ -129,6 +181,38 @@ class AdminKey:
             "revoked_at": self.revoked_at,
             "active": self.live(now()),
         }
+
+
+@dataclass(frozen=True, slots=True)
+class NewAdminKey:
+    """An admin key to store: its keyed hash, never its value."""
+
+    id: str
+    name: str
+    role: str
+    hash: bytes = field(repr=False)
+    created_at: int
+    expires_at: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One entry of the audit log: who did what to which target (its time is the store's)."""
+
+    actor: str
+    action: str
+    target_kind: str
+    target_id: str
+    details: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditFilter:
+    """Which audit entries a listing shows: those matching every criterion given."""
+
+    action: str | None = None
+    target_id: str | None = None
+    actor: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,3 +249,13 @@ class StoredSigningKey:
     private_key: bytes = field(repr=False)
     activates_at: int
     signed_until: int
+
+
+@dataclass(frozen=True, slots=True)
+class NewSigningKey:
+    """A signing key to publish: its public JWK (JSON text) and its sealed private part."""
+
+    kid: str
+    alg: str
+    public_jwk: str
+    sealed: bytes = field(repr=False)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from introspect.store.records import StoredSigningKey
+from introspect.store.records import NewSigningKey, StoredSigningKey
 
 # A transaction-scoped advisory lock: workers starting at once create one first key.
 _LOCK_KEY = 9068_7517  # any constant shared by every instance
@@ -61,36 +61,25 @@ async def lease_signing_key(pool: asyncpg.Pool, kid: str, until: int) -> int | N
 
 async def insert_signing_key(
     conn: asyncpg.Pool | asyncpg.Connection,
+    key: NewSigningKey,
     *,
-    kid: str,
-    alg: str,
-    public_jwk: str,
-    sealed: bytes,
     created_at: int,
     activates_at: int,
 ) -> None:
-    """Publish a new key (its private part sealed)."""
+    """Publish a new key (its private part sealed), to sign from `activates_at`."""
     await conn.execute(
         "INSERT INTO signing_keys (kid, alg, public_jwk, private_key, created_at, activates_at)"
         " VALUES ($1, $2, $3, $4, $5, $6)",
-        kid,
-        alg,
-        public_jwk,
-        sealed,
+        key.kid,
+        key.alg,
+        key.public_jwk,
+        key.sealed,
         created_at,
         activates_at,
     )
 
 
-async def insert_first_signing_key(
-    pool: asyncpg.Pool,
-    *,
-    kid: str,
-    alg: str,
-    public_jwk: str,
-    sealed: bytes,
-    at: int,
-) -> bool:
+async def insert_first_signing_key(pool: asyncpg.Pool, key: NewSigningKey, at: int) -> bool:
     """Publish this key, active at once, unless a key is active at `at` already (checked
     under the advisory lock); whether it was."""
     async with pool.acquire() as conn, conn.transaction():
@@ -102,13 +91,5 @@ async def insert_first_signing_key(
         )
         if active:
             return False
-        await insert_signing_key(
-            conn,
-            kid=kid,
-            alg=alg,
-            public_jwk=public_jwk,
-            sealed=sealed,
-            created_at=at,
-            activates_at=at,
-        )
+        await insert_signing_key(conn, key, created_at=at, activates_at=at)
         return True

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from introspect import credentials, store
 from introspect.metrics import METRICS
 from introspect.service import Authority
-from introspect.store import Selection
+from introspect.store import NewCredential, Selection
 from tests.helpers import Registered, Server, register
 
 AUDIENCE = "https://api.example.test"
@@ -182,16 +182,18 @@ async def store_live(authority: Authority, client: Registered, token: str) -> No
     t = store.now()
     await store.insert_credential(
         authority.pool,
-        credential_id="tok_" + b64(os.urandom(12)),
-        kind="access_token",
-        hash_=credentials.keyed_hash(authority.server_secrets[0], token),
-        client_id=client.client_id,
-        sub=client.client_id,
-        scopes=["read"],
-        audiences=[AUDIENCE],
-        iat=t,
-        exp=t + 600,
-        fmt="jwt",
+        NewCredential(
+            id="tok_" + b64(os.urandom(12)),
+            kind="access_token",
+            hash=credentials.keyed_hash(authority.server_secrets[0], token),
+            client_id=client.client_id,
+            sub=client.client_id,
+            scopes=("read",),
+            audiences=(AUDIENCE,),
+            iat=t,
+            exp=t + 600,
+            format="jwt",
+        ),
     )
 
 

@@ -15,7 +15,7 @@ import redis.asyncio as redis
 from introspect import credentials, revocation, store
 from introspect.cache import CHANNEL, Invalidation
 from introspect.config import Settings
-from introspect.store import Selection
+from introspect.store import NewCredential, Selection
 from tests.helpers import AdminAPI, Registered, Server, admin_api, register
 from tests.integration.test_flow import issue
 
@@ -175,15 +175,17 @@ async def test_the_recorded_invalidation_is_the_one_announced(server: Server, sh
     sub = "user-" + secrets.token_hex(6)
     await store.insert_credential(
         authority.pool,
-        credential_id=token_id + "-key",
-        kind="api_key",
-        hash_=secrets.token_bytes(32),
-        client_id=app.client_id,
-        sub=sub,
-        scopes=[],
-        audiences=[],
-        iat=store.now(),
-        exp=None,
+        NewCredential(
+            id=token_id + "-key",
+            kind="api_key",
+            hash=secrets.token_bytes(32),
+            client_id=app.client_id,
+            sub=sub,
+            scopes=(),
+            audiences=(),
+            iat=store.now(),
+            exp=None,
+        ),
     )
     selection, records = {
         "presented": (Selection(hashes=(key, b"\0" * 32)), []),

@@ -19,8 +19,9 @@ def now() -> int:
 
 
 @dataclass(frozen=True, slots=True)
-class Client:
-    """A registered client, with the hashes of its live secrets and their expiry."""
+class Registration:
+    """What registering a client sets (RFC 7591 metadata as SPEC has it), shared by the
+    client to register and the client as stored."""
 
     client_id: str
     name: str
@@ -30,6 +31,12 @@ class Client:
     token_ttl: int
     token_format: str
     jwks: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Client(Registration):
+    """A registered client, with the hashes of its live secrets and their expiry."""
+
     disabled: bool
     created_at: int
     updated_at: int
@@ -57,18 +64,10 @@ class Client:
 
 
 @dataclass(frozen=True, slots=True)
-class NewClient:
+class NewClient(Registration):
     """A client to register, with the keyed hash of its first secret (None for a
     private_key_jwt client, which has none)."""
 
-    client_id: str
-    name: str
-    scopes: tuple[str, ...]
-    audiences: tuple[str, ...]
-    can_introspect: bool
-    token_ttl: int
-    token_format: str
-    jwks: dict[str, Any] | None
     token_endpoint_auth_method: str
     secret_hash: bytes | None = field(repr=False)
 

@@ -16,20 +16,7 @@ from typing import Any, Protocol, TypeAlias
 
 import asyncpg
 
-from introspect.store.records import (
-    AdminKey,
-    AuditEntry,
-    AuditFilter,
-    Client,
-    Credential,
-    CredentialFilter,
-    NewAdminKey,
-    NewClient,
-    NewCredential,
-    NewSigningKey,
-    Selection,
-    StoredSigningKey,
-)
+from introspect.store import records
 
 # The pool (each statement its own transaction) or a connection in the caller's transaction.
 Executor: TypeAlias = asyncpg.Pool | asyncpg.Connection
@@ -38,13 +25,15 @@ Executor: TypeAlias = asyncpg.Pool | asyncpg.Connection
 class Clients(Protocol):
     """Clients and their secrets (asyncpg: `clients.py`)."""
 
-    async def get_client(self, conn: Executor, client_id: str) -> Client | None:
+    async def get_client(self, conn: Executor, client_id: str) -> records.Client | None:
         """A client and its live secrets (current, or rotated out and still in grace)."""
 
-    async def get_clients(self, conn: Executor, client_ids: list[str]) -> list[Client]:
+    async def get_clients(self, conn: Executor, client_ids: list[str]) -> list[records.Client]:
         """The clients of `client_ids` that exist, each with its live secrets, in one query."""
 
-    async def insert_client(self, conn: asyncpg.Connection, new: NewClient) -> Client:
+    async def insert_client(
+        self, conn: asyncpg.Connection, new: records.NewClient
+    ) -> records.Client:
         """Register a client with its first secret (none for a private_key_jwt client)."""
 
     async def scopes_in_use(self, conn: Executor) -> list[str]:
@@ -52,15 +41,15 @@ class Clients(Protocol):
 
     async def list_clients(
         self, conn: Executor, *, limit: int, after: tuple[int, str] | None
-    ) -> list[Client]:
+    ) -> list[records.Client]:
         """Clients in creation order, after the (created_at, client_id) of the previous page."""
 
-    async def lock_client(self, conn: asyncpg.Connection, client_id: str) -> Client | None:
+    async def lock_client(self, conn: asyncpg.Connection, client_id: str) -> records.Client | None:
         """A client's row, locked for the rest of the transaction (its secrets are not read)."""
 
     async def update_client(
         self, conn: asyncpg.Connection, client_id: str, changes: dict[str, Any]
-    ) -> Client:
+    ) -> records.Client:
         """Apply `changes` (column: value) to a client, with a new version; returns it without its
         secrets."""
 
@@ -87,13 +76,15 @@ class Clients(Protocol):
 class Credentials(Protocol):
     """Access tokens and API keys, looked up by keyed hash (asyncpg: `credentials.py`)."""
 
-    async def find_credentials(self, conn: Executor, hashes: list[bytes]) -> list[Credential]:
+    async def find_credentials(
+        self, conn: Executor, hashes: list[bytes]
+    ) -> list[records.Credential]:
         """The credentials stored under any of `hashes`, in one query."""
 
     async def rehash(self, conn: Executor, credential_id: str, old: bytes, new: bytes) -> None:
         """Move a credential stored under an older server secret to the current one."""
 
-    async def insert_credential(self, conn: Executor, new: NewCredential) -> None:
+    async def insert_credential(self, conn: Executor, new: records.NewCredential) -> None:
         """Store a new credential (its hash only; an API key's display prefix and name)."""
 
     async def copy_access_tokens(self, conn: Executor, rows: list[tuple[Any, ...]]) -> None:
@@ -104,7 +95,7 @@ class Credentials(Protocol):
 
     async def get_credential(
         self, conn: Executor, credential_id: str, *, lock: bool = False
-    ) -> Credential | None:
+    ) -> records.Credential | None:
         """A credential by id, optionally locked for the rest of the transaction."""
 
     async def update_credential(
@@ -113,8 +104,8 @@ class Credentials(Protocol):
         """Apply `changes` to a credential under a fresh version; returns (id, hash, version)."""
 
     async def list_credentials(
-        self, conn: Executor, matching: CredentialFilter, *, limit: int, after: str | None
-    ) -> list[Credential]:
+        self, conn: Executor, matching: records.CredentialFilter, *, limit: int, after: str | None
+    ) -> list[records.Credential]:
         """Credentials in id order after `after`, filtered by each criterion of `matching` given."""
 
 
@@ -125,7 +116,7 @@ class Revocations(Protocol):
         self,
         conn: Executor,
         actor: str,
-        selection: Selection,
+        selection: records.Selection,
         *,
         records: Sequence[tuple[str, int]] = (),
     ) -> tuple[int | None, list[tuple[str, bytes, int]]]:
@@ -160,11 +151,11 @@ class ChangeLog(Protocol):
 class AuditLog(Protocol):
     """The append-only audit log (asyncpg: `audit_log.py`)."""
 
-    async def audit(self, conn: asyncpg.Connection, entry: AuditEntry) -> None:
+    async def audit(self, conn: asyncpg.Connection, entry: records.AuditEntry) -> None:
         """Append one audit entry, at the current time (in the caller's transaction)."""
 
     async def list_audit(
-        self, conn: Executor, matching: AuditFilter, *, limit: int, before: int | None
+        self, conn: Executor, matching: records.AuditFilter, *, limit: int, before: int | None
     ) -> list[dict[str, Any]]:
         """Audit entries, newest first, older than the id `before`, filtered by each criterion of
         `matching` given."""
@@ -173,24 +164,30 @@ class AuditLog(Protocol):
 class AdminKeys(Protocol):
     """Keys for the admin API, stored and looked up by keyed hash (asyncpg: `admin_keys.py`)."""
 
-    async def insert_admin_key(self, conn: asyncpg.Connection, new: NewAdminKey) -> AdminKey:
+    async def insert_admin_key(
+        self, conn: asyncpg.Connection, new: records.NewAdminKey
+    ) -> records.AdminKey:
         """Store a new admin key (its hash only)."""
 
-    async def find_admin_key(self, conn: Executor, hashes: list[bytes]) -> AdminKey | None:
+    async def find_admin_key(self, conn: Executor, hashes: list[bytes]) -> records.AdminKey | None:
         """The admin key stored under any of `hashes`, live or not, or None."""
 
     async def list_admin_keys(
         self, conn: Executor, *, limit: int, after: tuple[int, str] | None
-    ) -> list[AdminKey]:
+    ) -> list[records.AdminKey]:
         """Admin keys in creation order, after the (created_at, id) of the previous page."""
 
     async def lock_live_admins(self, conn: asyncpg.Connection, at: int) -> list[str]:
         """The ids of the live `admin`-role keys, locked (in id order) for the transaction."""
 
-    async def lock_admin_key(self, conn: asyncpg.Connection, key_id: str) -> AdminKey | None:
+    async def lock_admin_key(
+        self, conn: asyncpg.Connection, key_id: str
+    ) -> records.AdminKey | None:
         """An admin key, locked for the rest of the transaction."""
 
-    async def revoke_admin_key(self, conn: asyncpg.Connection, key_id: str, at: int) -> AdminKey:
+    async def revoke_admin_key(
+        self, conn: asyncpg.Connection, key_id: str, at: int
+    ) -> records.AdminKey:
         """Mark an admin key revoked at `at`."""
 
     async def touch_admin_keys(self, conn: Executor, used: dict[str, int]) -> None:
@@ -200,7 +197,9 @@ class AdminKeys(Protocol):
 class SigningKeys(Protocol):
     """The published signing keys, their leases and retirement (asyncpg: `signing_keys.py`)."""
 
-    async def load_signing_keys(self, pool: asyncpg.Pool, at: int) -> list[StoredSigningKey]:
+    async def load_signing_keys(
+        self, pool: asyncpg.Pool, at: int
+    ) -> list[records.StoredSigningKey]:
         """Retire the keys superseded and unused at `at`; every key still published, in order of
         activation."""
 
@@ -209,12 +208,12 @@ class SigningKeys(Protocol):
         is retired (it must not sign)."""
 
     async def insert_signing_key(
-        self, conn: Executor, key: NewSigningKey, *, created_at: int, activates_at: int
+        self, conn: Executor, key: records.NewSigningKey, *, created_at: int, activates_at: int
     ) -> None:
         """Publish a new key (its private part sealed), to sign from `activates_at`."""
 
     async def insert_first_signing_key(
-        self, pool: asyncpg.Pool, key: NewSigningKey, at: int
+        self, pool: asyncpg.Pool, key: records.NewSigningKey, at: int
     ) -> bool:
         """Publish this key, active at once, unless a key is active at `at` already (checked under
         the advisory lock); whether it was."""

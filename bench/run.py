@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
-from bench import loadgen, procs, report, scenarios, seed, wrkrun
+from bench import loadgen, openloop, procs, report, scenarios, seed, wrkrun
 from bench.http import Connection, basic_auth, form_request, request_head
 from bench.loadgen import Load, Outcome
 from bench.profile import Profiler
@@ -83,7 +83,7 @@ class Options:
     revocations: int = 1000
     rate: float | None = None  # every load scenario open loop at this rate
     open_rate: float | None = None  # mix-open's rate; None: half the closed-loop mix
-    generator: str = "auto"  # auto, wrk or builtin
+    generator: str = "auto"  # auto (wrk closed, openloop.c open), wrk, or builtin for both
     processes: int = 2  # of the built-in generator
     wrk_threads: int = 1
     scenarios: tuple[str, ...] = ALL_SCENARIOS
@@ -343,6 +343,10 @@ class Bench:
 
         if wrk:
             return wrkrun.run(load, opts.wrk_threads, tick)
+        if load.rate is not None and load.wrap and not builtin and opts.generator != "builtin":
+            if openloop.compiler() is not None:
+                return openloop.run(load, tick)
+            self.progress.note("no C compiler for bench/openloop.c: open loop with the built-in")
         return loadgen.run(load, opts.processes, tick)
 
     # --- measuring ---------------------------------------------------------------------------

@@ -2,8 +2,10 @@
  * openloop: the bench's open-loop HTTP/1.1 load generator (libc only; built by bench/openloop.py).
  *
  * Request i is due at start + i / rate, whatever the server does. When it is due it goes out
- * on an idle kept-alive connection; when none is idle a new one is opened (up to --max-conns);
- * beyond that it waits in a queue and is counted as "held". Its latency runs from the moment
+ * on an idle kept-alive connection of a fixed pool (--conns, all opened before the clock
+ * starts); when none is idle it waits in a queue and is counted as "held". The pool never
+ * grows: opening connections while the server is slow would add to its work (accepts) just
+ * when it can least afford it, a spiral the first version showed. Its latency runs from the moment
  * it was due to the last byte of its answer, so waiting (for a connection, for a slow server)
  * counts: no coordinated omission. One thread, epoll, non-blocking sockets, a timerfd armed
  * at the next due time (no sleep granularity beyond the kernel's timer slack).
@@ -54,8 +56,8 @@ static struct {
     const char *headers[MAX_HEADERS];
     int nheaders;
     double rate, duration, timeout;
-    int conns, max_conns, offset, step;
-} opt = {"127.0.0.1", "/", NULL, NULL, 0, {0}, 0, 0, 0, 5.0, 16, 4096, 0, 1};
+    int conns, offset, step;
+} opt = {"127.0.0.1", "/", NULL, NULL, 0, {0}, 0, 0, 0, 5.0, 16, 0, 1};
 
 static char **bodies;
 static size_t *body_lens;
@@ -72,7 +74,7 @@ static FILE *lat_out;
 /* The queue of due requests waiting for a connection: their due times, in order. */
 static int64_t *queue;
 static size_t qhead, qtail, qcap, held_mark;
-static uint64_t ok, sent, held, grown, err_connect, err_io, err_timeout, late_1ms;
+static uint64_t ok, sent, held, err_connect, err_io, err_timeout, late_1ms;
 static uint64_t status_count[600];
 static int64_t max_lag;
 
@@ -322,23 +324,14 @@ static void dispatch(void) {
             send_on(c, queue[qhead++ % qcap]);
             continue;
         }
-        /* None idle: reopen broken ones, grow the pool by as many as are waiting (counted),
-           and count as held those waiting beyond --max-conns. */
+        /* None idle: reopen broken ones, and count each waiting request once as held. */
         if (counts[1] + counts[2] + counts[3] < npool) {
             for (int i = 0; i < npool; i++)
                 if (pool[i].state == 0) open_conn(&pool[i]);
         }
-        size_t want = qtail - qhead;
-        while ((size_t)counts[1] < want && npool < opt.max_conns) {
-            pool[npool].fd = -1;
-            open_conn(&pool[npool++]);
-            grown++;
-        }
-        if ((size_t)counts[1] < want) {
-            size_t from = qhead > held_mark ? qhead : held_mark;
-            held += qtail - from;
-            held_mark = qtail;
-        }
+        size_t from = qhead > held_mark ? qhead : held_mark;
+        held += qtail - from;
+        held_mark = qtail;
         return;
     }
 }
@@ -346,7 +339,7 @@ static void dispatch(void) {
 static void usage(void) {
     fprintf(stderr,
             "usage: openloop --port P --bodies FILE --rate R --duration S --latencies FILE\n"
-            "  [--host H] [--path /p] [-H 'Name: value']... [--conns N] [--max-conns N]\n"
+            "  [--host H] [--path /p] [-H 'Name: value']... [--conns N]\n"
             "  [--timeout S] [--offset I --step N] | --schedule N --rate R\n");
     exit(2);
 }
@@ -368,7 +361,6 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--duration")) opt.duration = atof(v);
         else if (!strcmp(a, "--timeout")) opt.timeout = atof(v);
         else if (!strcmp(a, "--conns")) opt.conns = atoi(v);
-        else if (!strcmp(a, "--max-conns")) opt.max_conns = atoi(v);
         else if (!strcmp(a, "--offset")) opt.offset = atoi(v);
         else if (!strcmp(a, "--step")) opt.step = atoi(v);
         else if (!strcmp(a, "--schedule")) schedule = atol(v);
@@ -382,7 +374,6 @@ int main(int argc, char **argv) {
     if (!opt.port || !opt.bodies_path || !opt.latencies_path || opt.duration <= 0) usage();
     if (opt.step < 1 || opt.offset < 0 || opt.offset >= opt.step) usage();
     if (opt.conns < 1) opt.conns = 1;
-    if (opt.max_conns < opt.conns) opt.max_conns = opt.conns;
     addr.sin_family = AF_INET;
     addr.sin_port = htons((uint16_t)opt.port);
     if (inet_pton(AF_INET, opt.host, &addr.sin_addr) != 1) usage();
@@ -397,8 +388,8 @@ int main(int argc, char **argv) {
     if (epfd < 0 || tfd < 0) die("epoll/timerfd");
     struct epoll_event tev = {.events = EPOLLIN, .data.ptr = NULL};
     epoll_ctl(epfd, EPOLL_CTL_ADD, tfd, &tev);
-    pool = calloc((size_t)opt.max_conns, sizeof *pool);
-    idle = calloc((size_t)opt.max_conns, sizeof *idle);
+    pool = calloc((size_t)opt.conns, sizeof *pool);
+    idle = calloc((size_t)opt.conns, sizeof *idle);
     if (!pool || !idle) die("calloc");
     prctl(PR_SET_TIMERSLACK, 1UL); /* wake at the due time, not up to 50 us after it */
     for (npool = 0; npool < opt.conns; npool++) {
@@ -485,11 +476,11 @@ int main(int argc, char **argv) {
                  (double)(ru1.ru_stime.tv_usec - ru0.ru_stime.tv_usec) / 1e6;
     printf("BENCH-JSON {\"ok\":%llu,\"sent\":%llu,\"due\":%llu,\"connect\":%llu,\"io\":%llu,"
            "\"timeout\":%llu,\"duration_us\":%lld,\"cpu_us\":%lld,\"connections\":%d,"
-           "\"grown\":%llu,\"held\":%llu,\"late_1ms\":%llu,\"max_lag_us\":%lld,\"status\":{",
+           "\"held\":%llu,\"late_1ms\":%llu,\"max_lag_us\":%lld,\"status\":{",
            (unsigned long long)ok, (unsigned long long)sent, (unsigned long long)i,
            (unsigned long long)err_connect, (unsigned long long)err_io,
            (unsigned long long)err_timeout, (long long)((end - start) / 1000),
-           (long long)(cpu * 1e6), npool, (unsigned long long)grown, (unsigned long long)held,
+           (long long)(cpu * 1e6), npool, (unsigned long long)held,
            (unsigned long long)late_1ms, (long long)(max_lag / 1000));
     const char *sep = "";
     for (int s = 0; s < 600; s++) {

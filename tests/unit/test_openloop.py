@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from bench import openloop
+from bench import openloop, report
 from bench.loadgen import Load
+from bench.report import Results, Row
 
 needs_cc = pytest.mark.skipif(openloop.compiler() is None, reason="no C compiler for openloop.c")
 
@@ -25,7 +26,7 @@ def _load(rate: float | None, connections: int = 32, *, wrap: bool = True) -> Lo
 def _line(**over: object) -> str:
     data: dict[str, object] = {
         "ok": 5, "sent": 7, "due": 7, "connect": 0, "io": 1, "timeout": 0,
-        "duration_us": 2_000_000, "cpu_us": 150_000, "connections": 32, "grown": 0,
+        "duration_us": 2_000_000, "cpu_us": 150_000, "connections": 32,
         "held": 0, "late_1ms": 0, "max_lag_us": 80, "status": {"401": 1},
     }  # fmt: skip
     data |= over
@@ -49,7 +50,7 @@ def test_schedule_does_not_drift() -> None:
 def test_pool_covers_the_offered_rate() -> None:
     """The pool opened up front holds POOL_SECONDS of requests in flight, at least the load's."""
     argv = openloop.command(Path("/x/openloop"), _load(6000.0), Path("lat"))
-    assert argv[argv.index("--conns") + 1] == "150"
+    assert argv[argv.index("--conns") + 1] == "300"
     argv = openloop.command(Path("/x/openloop"), _load(100.0), Path("lat"))
     assert argv[argv.index("--conns") + 1] == "32"
     assert argv[argv.index("-H") + 1] == "Authorization: Basic eDp5"
@@ -77,9 +78,9 @@ def test_outcome_reads_counts_and_every_latency() -> None:
 
 
 def test_outcome_names_what_bent_the_schedule() -> None:
-    """A grown pool, requests held by its bound and late sends are named in the tool column."""
-    out = openloop.outcome(_line(grown=3, connections=35, held=2, late_1ms=4), b"")
-    assert out.tool == "openloop (C), pool grew to 35, 2 held by the pool, 4 sent >1 ms late"
+    """Requests held back by the pool and late sends are named in the tool column."""
+    out = openloop.outcome(_line(held=2, late_1ms=4), b"")
+    assert out.tool == "openloop (C), 2 held by the pool of 32, 4 sent >1 ms late"
     assert out.percentiles == {}
 
 
@@ -87,3 +88,27 @@ def test_outcome_without_result_line_is_an_error() -> None:
     """A run that printed no result line fails loudly instead of reporting zeros."""
     with pytest.raises(RuntimeError, match="no result"):
         openloop.outcome("crashed\n", b"")
+
+
+def _row(name: str, p99: float, ceiling: dict[str, float]) -> Row:
+    latency = {"p50": 1.0, "p99": p99, "max": 9.0}
+    return Row(name, name, "6,000/s open", "openloop (C)", 6000.0, None, None, None, latency,
+               {}, {}, None, {}, [], ceiling)  # fmt: skip
+
+
+def test_report_sets_open_loop_rows_beside_the_ceiling_at_the_same_rate() -> None:
+    """Each open-loop row with a same-rate ceiling gets its p50/p99/max beside it and the ratio."""
+    meta = {
+        "started": "now", "workers": 2, "connections": 32, "duration": 5.0, "seeded": 0,
+        "jwts": 0, "seed_seconds": 0.0, "cpus": 2, "load_average": "0",
+    }  # fmt: skip
+    rows = [
+        _row("ceiling", 2.0, {}),
+        _row("local-hit", 3.0, {"p50": 0.5, "p99": 2.0, "max": 4.0}),
+    ]
+    text = report.render(Results(meta=meta, rows=rows), [])
+    table = text[text.index("open loop next to the ceiling") :].splitlines()
+    assert table[3].split() == (
+        ["local-hit", "6,000/s", "open", "1.00", "3.00", "9.00", "0.50", "2.00", "4.00", "1.5x"]
+    )
+    assert table[4] == ""  # the ceiling's own row, closed or open, is not set beside itself

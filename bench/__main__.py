@@ -50,7 +50,8 @@ def parse(argv: Sequence[str] | None = None) -> Options:
         "--generator",
         choices=("auto", "wrk", "builtin"),
         default="auto",
-        help="closed-loop load: wrk when installed (auto), or the built-in one",
+        help="auto: closed loop with wrk when installed, open loop (--rate) with"
+        " bench/openloop.c (compiled on first use); builtin: the asyncio generator for both",
     )
     p.add_argument("--processes", type=int, default=2, help="built-in generator processes (2)")
     p.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (1)")

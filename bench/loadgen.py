@@ -1,7 +1,8 @@
 """The built-in load generator: several processes of asyncio, closed or open loop.
 
-Used when `wrk` is not installed, for open-loop runs (plain wrk has no fixed
-rate), and for the untimed passes that fill caches. Every process reads the
+Used when `wrk` is not installed, for open-loop runs when there is no C
+compiler for bench/openloop.c (or with `--generator builtin`), and for the
+untimed passes that fill caches. Every process reads the
 same body file and takes every P-th line starting at its own index, so with
 `wrap=False` each body is sent exactly once across all processes.
 

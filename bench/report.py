@@ -34,6 +34,8 @@ class Row:
     cpu_us: float | None  # server and stores CPU microseconds per request
     work: dict[str, float | None]  # per request, from the server's /metrics
     notes: list[str] = field(default_factory=list)
+    # Open loop: the ceiling's latencies at the same offered rate, measured just before it.
+    ceiling_latency_ms: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -78,6 +80,24 @@ class Results:
 
 def _fmt(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
+
+
+BESIDE_CEILING = ("ceil p50", "ceil p99", "ceil max", "p99 / ceil")
+
+
+def _beside(row: Row) -> list[str]:
+    """An open-loop row's latencies, the ceiling's at the same rate, and the ratio of the p99s."""
+    own, ceiling = row.latency_ms, row.ceiling_latency_ms
+    p99, ceiling_p99 = own.get("p99"), ceiling.get("p99")
+    ratio = f"{p99 / ceiling_p99:.1f}x" if p99 is not None and ceiling_p99 else "-"
+    keys = ("p50", "p99", "max")
+    return [
+        row.name,
+        row.mode,
+        *(_fmt(own.get(k)) for k in keys),
+        *(_fmt(ceiling.get(k)) for k in keys),
+        ratio,
+    ]
 
 
 # The issue's targets (2 workers, 32 connections): share of the same run's ceiling, and more.
@@ -251,6 +271,17 @@ def render(results: Results, checks: Sequence[Target]) -> str:
         )
     if rows:
         parts.append(_table(headers, rows))
+    beside = [r for r in results.rows if r.ceiling_latency_ms]
+    if beside:
+        parts += [
+            "",
+            "open loop next to the ceiling at the same offered rate (latency in ms from the"
+            " moment each request was due)",
+            _table(
+                [*("scenario", "mode", "p50", "p99", "max"), *BESIDE_CEILING],
+                [_beside(r) for r in beside],
+            ),
+        ]
     twins = comparisons(results)
     if twins:
         parts += [

@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
-from bench import loadgen, procs, report, scenarios, seed, wrkrun
+from bench import loadgen, openloop, procs, report, scenarios, seed, wrkrun
 from bench.http import Connection, basic_auth, form_request, request_head
 from bench.loadgen import Load, Outcome
 from bench.profile import Profiler
@@ -83,7 +83,7 @@ class Options:
     revocations: int = 1000
     rate: float | None = None  # every load scenario open loop at this rate
     open_rate: float | None = None  # mix-open's rate; None: half the closed-loop mix
-    generator: str = "auto"  # auto, wrk or builtin
+    generator: str = "auto"  # auto (wrk closed, openloop.c open), wrk, or builtin for both
     processes: int = 2  # of the built-in generator
     wrk_threads: int = 1
     scenarios: tuple[str, ...] = ALL_SCENARIOS
@@ -343,6 +343,10 @@ class Bench:
 
         if wrk:
             return wrkrun.run(load, opts.wrk_threads, tick)
+        if load.rate is not None and load.wrap and not builtin and opts.generator != "builtin":
+            if openloop.compiler() is not None:
+                return openloop.run(load, tick)
+            self.progress.note("no C compiler for bench/openloop.c: open loop with the built-in")
         return loadgen.run(load, opts.processes, tick)
 
     # --- measuring ---------------------------------------------------------------------------
@@ -357,20 +361,37 @@ class Bench:
         mix = self.results.row("mix")
         return max(100.0, round(mix.rate / 2, -2)) if mix is not None else 1000.0
 
+    def _ceiling_load(self, duration: float, rate: float | None = None) -> Load:
+        assert self.ceiling is not None
+        scenario, port, _service = self.ceiling
+        headers = {"Authorization": basic_auth(scenario.client.client_id, scenario.client.secret)}
+        return Load(
+            HOST,
+            port,
+            scenario.path,
+            headers,
+            scenario.bodies,
+            self.opts.connections,
+            duration,
+            rate=rate,
+        )
+
     def _ceiling_again(self) -> Ceiling | None:
         """The ceiling right now (a shorter run), just before or after a scenario."""
         if self.ceiling is None:
             return None
-        scenario, port, service = self.ceiling
-        headers = {"Authorization": basic_auth(scenario.client.client_id, scenario.client.secret)}
         duration = float(max(2, round(self.opts.duration / 4)))
-        load = Load(
-            HOST, port, scenario.path, headers, scenario.bodies, self.opts.connections, duration
-        )
-        cpu = _Cpu(service.workers(), [])
-        outcome = self._drive(load, "ceiling, again")
+        cpu = _Cpu(self.ceiling[2].workers(), [])
+        outcome = self._drive(self._ceiling_load(duration), "ceiling, again")
         cores = cpu.cores(outcome.generator_cpu)
         return Ceiling(outcome.rate, _cpu_us(cores, outcome), cores["other"] or 0.0)
+
+    def _ceiling_at(self, rate: float) -> dict[str, float]:
+        """The ceiling's latencies at an open-loop scenario's rate, just before it."""
+        if self.ceiling is None:
+            return {}
+        outcome = self._drive(self._ceiling_load(self.opts.duration, rate), "ceiling, same rate")
+        return outcome.percentiles
 
     def measure(self, scenario: Scenario, service: procs.Service, port: int, metrics: bool) -> Row:
         """Prefill, warm up, drive one scenario and read what it cost, between two ceilings.
@@ -403,6 +424,8 @@ class Bench:
             )
         bracket = metrics and rate is None
         first = self._ceiling_again() if bracket else None
+        # An open-loop scenario's tail is judged against the ceiling's at the same rate.
+        same_rate = self._ceiling_at(rate) if metrics and rate is not None else {}
         if opts.warmup > 0:
             self._drive(load(scenario.warmup, opts.warmup), "warmup")
         before = self._scrape(port) if metrics else None
@@ -471,6 +494,7 @@ class Bench:
             cost,
             work,
             notes,
+            same_rate,
         )
         self.results.rows.append(row)
         lat = outcome.percentiles
@@ -568,8 +592,7 @@ class Bench:
                 self._service("ceiling", ceiling_cmd, self.env)
             )
             self.measure(built["ceiling"], service, port, metrics=False)
-            if opts.rate is None:
-                self.ceiling = (built["ceiling"], port, service)
+            self.ceiling = (built["ceiling"], port, service)
         server_cmd = [sys.executable, "-m", "introspect.cli", "serve"]
         for config in (DEFAULT, NO_LOCAL, NO_CACHE):
             names = [n for n in wanted if built[n].config == config]

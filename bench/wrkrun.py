@@ -2,7 +2,7 @@
 
 wrk (C, epoll) costs far less CPU per request than any Python client, which
 matters when the generator shares the machine's cores with the server. It
-has no fixed-rate mode, so open-loop runs always use the built-in generator.
+has no fixed-rate mode: open-loop runs use bench/openloop.c (bench/openloop.py).
 """
 
 from __future__ import annotations

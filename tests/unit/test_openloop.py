@@ -1,0 +1,114 @@
+"""The C open-loop generator's pure parts: its schedule, its command line, reading its output."""
+
+from __future__ import annotations
+
+import array
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+
+from bench import openloop, report
+from bench.loadgen import Load
+from bench.report import Results, Row
+
+needs_cc = pytest.mark.skipif(openloop.compiler() is None, reason="no C compiler for openloop.c")
+
+
+def _load(rate: float | None, connections: int = 32, *, wrap: bool = True) -> Load:
+    return Load(
+        "127.0.0.1", 8080, "/introspect", {"Authorization": "Basic eDp5"}, Path("b.txt"),
+        connections, 5.0, rate=rate, wrap=wrap,
+    )  # fmt: skip
+
+
+def _line(**over: object) -> str:
+    data: dict[str, object] = {
+        "ok": 5, "sent": 7, "due": 7, "connect": 0, "io": 1, "timeout": 0,
+        "duration_us": 2_000_000, "cpu_us": 150_000, "connections": 32,
+        "held": 0, "late_1ms": 0, "max_lag_us": 80, "status": {"401": 1},
+    }  # fmt: skip
+    data |= over
+    return "some noise\n" + openloop.MARKER + json.dumps(data) + "\n"
+
+
+@needs_cc
+def test_schedule_is_evenly_spaced_from_zero() -> None:
+    """Request i is due i / rate seconds after the start, in whole nanoseconds."""
+    assert openloop.schedule(3.0, 4) == [0, 333_333_333, 666_666_666, 1_000_000_000]
+
+
+@needs_cc
+def test_schedule_does_not_drift() -> None:
+    """After 70,000 requests at 7,000/s the schedule is exactly 10 s in: no accumulated error."""
+    due = openloop.schedule(7000.0, 70_001)
+    assert due[-1] == 10_000_000_000
+    assert {b - a for a, b in itertools.pairwise(due)} <= {142_857, 142_858}
+
+
+def test_pool_covers_the_offered_rate() -> None:
+    """The pool opened up front holds POOL_SECONDS of requests in flight, at least the load's."""
+    argv = openloop.command(Path("/x/openloop"), _load(6000.0), Path("lat"))
+    assert argv[argv.index("--conns") + 1] == "300"
+    argv = openloop.command(Path("/x/openloop"), _load(100.0), Path("lat"))
+    assert argv[argv.index("--conns") + 1] == "32"
+    assert argv[argv.index("-H") + 1] == "Authorization: Basic eDp5"
+
+
+@pytest.mark.parametrize("load", [_load(None), _load(100.0, wrap=False)])
+def test_only_open_wrapping_loads(load: Load) -> None:
+    """A closed loop or a send-each-once load is not the C generator's to drive."""
+    with pytest.raises(ValueError, match="open-loop"):
+        openloop.command(Path("/x/openloop"), load, Path("lat"))
+
+
+def test_outcome_reads_counts_and_every_latency() -> None:
+    """Counts, errors by kind, CPU and nearest-rank percentiles over every latency written."""
+    latencies = array.array("I", [1000 * (i + 1) for i in range(100)]).tobytes()
+    out = openloop.outcome(_line(ok=100), latencies)
+    assert out.ok == 100
+    assert out.errors == {"io": 1, "status 401": 1}
+    assert out.duration == 2.0
+    assert out.generator_cpu == 0.15
+    assert out.percentiles["p50"] == 51.0
+    assert out.percentiles["p99"] == 100.0
+    assert out.percentiles["max"] == 100.0
+    assert out.tool == "openloop (C)"
+
+
+def test_outcome_names_what_bent_the_schedule() -> None:
+    """Requests held back by the pool and late sends are named in the tool column."""
+    out = openloop.outcome(_line(held=2, late_1ms=4), b"")
+    assert out.tool == "openloop (C), 2 held by the pool of 32, 4 sent >1 ms late"
+    assert out.percentiles == {}
+
+
+def test_outcome_without_result_line_is_an_error() -> None:
+    """A run that printed no result line fails loudly instead of reporting zeros."""
+    with pytest.raises(RuntimeError, match="no result"):
+        openloop.outcome("crashed\n", b"")
+
+
+def _row(name: str, p99: float, ceiling: dict[str, float]) -> Row:
+    latency = {"p50": 1.0, "p99": p99, "max": 9.0}
+    return Row(name, name, "6,000/s open", "openloop (C)", 6000.0, None, None, None, latency,
+               {}, {}, None, {}, [], ceiling)  # fmt: skip
+
+
+def test_report_sets_open_loop_rows_beside_the_ceiling_at_the_same_rate() -> None:
+    """Each open-loop row with a same-rate ceiling gets its p50/p99/max beside it and the ratio."""
+    meta = {
+        "started": "now", "workers": 2, "connections": 32, "duration": 5.0, "seeded": 0,
+        "jwts": 0, "seed_seconds": 0.0, "cpus": 2, "load_average": "0",
+    }  # fmt: skip
+    rows = [
+        _row("ceiling", 2.0, {}),
+        _row("local-hit", 3.0, {"p50": 0.5, "p99": 2.0, "max": 4.0}),
+    ]
+    text = report.render(Results(meta=meta, rows=rows), [])
+    table = text[text.index("open loop next to the ceiling") :].splitlines()
+    assert table[3].split() == (
+        ["local-hit", "6,000/s", "open", "1.00", "3.00", "9.00", "0.50", "2.00", "4.00", "1.5x"]
+    )
+    assert table[4] == ""  # the ceiling's own row, closed or open, is not set beside itself

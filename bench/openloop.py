@@ -20,12 +20,12 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from bench.loadgen import Load, Outcome, percentiles_ms
+from bench.procs import run_bounded
 
 SOURCE = Path(__file__).with_name("openloop.c")
 BUILD = Path(__file__).resolve().parent.parent / "build" / "bench"
@@ -122,26 +122,10 @@ def run(load: Load, on_progress: Callable[[float, int | None], None] | None = No
     binary = build()
     with tempfile.TemporaryDirectory(prefix="openloop-") as tmp:
         latencies = Path(tmp) / "latencies.u32"
-        started = time.perf_counter()
-        with subprocess.Popen(
-            command(binary, load, latencies),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        ) as proc:
-            try:
-                deadline = started + load.duration + load.timeout + 30
-                while proc.poll() is None:
-                    if on_progress is not None:
-                        on_progress(time.perf_counter() - started, None)
-                    if time.perf_counter() > deadline:
-                        raise RuntimeError("openloop did not finish in time")
-                    time.sleep(0.5)
-                out, err = proc.communicate()
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
-        if proc.returncode != 0:
-            raise RuntimeError(f"openloop failed ({proc.returncode}): {err.strip()[-500:]}")
+        budget = load.duration + load.timeout + 30
+        code, out, err = run_bounded(
+            command(binary, load, latencies), budget, "openloop", on_progress
+        )
+        if code != 0:
+            raise RuntimeError(f"openloop failed ({code}): {err.strip()[-500:]}")
         return outcome(out, latencies.read_bytes())

@@ -15,7 +15,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from bench.http import Connection, HttpError
@@ -25,6 +25,33 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 STOP_TIMEOUT = 20.0
 _LISTEN = "0A"
 _ESTABLISHED = "01"
+
+
+def run_bounded(
+    command: Sequence[str],
+    budget: float,
+    name: str,
+    on_progress: Callable[[float, int | None], None] | None = None,
+) -> tuple[int, str, str]:
+    """Run a load tool to completion: (exit status, stdout, stderr). `on_progress(elapsed,
+    None)` twice a second; killed, and RuntimeError, past `budget` seconds."""
+    started = time.perf_counter()
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as proc:
+        try:
+            while proc.poll() is None:
+                if on_progress is not None:
+                    on_progress(time.perf_counter() - started, None)
+                if time.perf_counter() > started + budget:
+                    raise RuntimeError(f"{name} did not finish in time")
+                time.sleep(0.5)
+            out, err = proc.communicate()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return proc.returncode, out, err
 
 
 def free_port() -> int:

@@ -11,12 +11,11 @@ import json
 import math
 import resource
 import shutil
-import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from bench.loadgen import Load, Outcome
+from bench.procs import run_bounded
 
 SCRIPT = Path(__file__).with_name("wrk.lua")
 MARKER = "BENCH-JSON "
@@ -48,26 +47,10 @@ def run(
         command += ["-H", f"{name}: {value}"]
     command += [f"http://{load.host}:{load.port}{load.path}", "--", str(load.bodies), str(threads)]
     cpu = _children_cpu()
-    started = time.perf_counter()
-    with subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    ) as proc:
-        try:
-            deadline = started + seconds + load.timeout + 30
-            while proc.poll() is None:
-                if on_progress is not None:
-                    on_progress(time.perf_counter() - started, None)
-                if time.perf_counter() > deadline:
-                    raise RuntimeError("wrk did not finish in time")
-                time.sleep(0.5)
-            out, err = proc.communicate()
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    code, out, err = run_bounded(command, seconds + load.timeout + 30, "wrk", on_progress)
     line = next((x for x in out.splitlines() if x.startswith(MARKER)), None)
-    if proc.returncode != 0 or line is None:
-        raise RuntimeError(f"wrk failed ({proc.returncode}): {(err or out).strip()[-500:]}")
+    if code != 0 or line is None:
+        raise RuntimeError(f"wrk failed ({code}): {(err or out).strip()[-500:]}")
     data = json.loads(line[len(MARKER) :])
     errors = {
         kind: data[kind] for kind in ("connect", "read", "write", "status", "timeout") if data[kind]

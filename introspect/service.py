@@ -4,9 +4,9 @@ It is the composition root: it opens nothing itself (see `open_authority`),
 and wires the parts that do the work over the caches and the stores:
 `ClientRecords` (client_records.py), `CredentialLookup` (lookup.py, the read
 path of /introspect), `AccessTokens` (issuance.py), `Jwts` (jwts.py),
-`AssertionReplay` (replay.py), `UsageLog` (usage.py) and `Discovery`
-(discovery.py). Every change runs in one Postgres transaction that also
-records its invalidation in the outbox and its audit entry, and is then
+`AssertionReplay` (replay.py), `UsageLog` (usage.py), `Meter`
+(limits/meter.py) and `Discovery` (discovery.py). Every change runs in one
+Postgres transaction that also records its invalidation in the outbox and its audit entry, and is then
 announced (`CredentialCache.announce`): the one place where cache
 invalidations are published. The CLI uses the same object without a
 listener, so its changes publish the same invalidations.
@@ -47,6 +47,7 @@ from introspect.discovery import Discovery
 from introspect.ids import new_id
 from introspect.issuance import AccessTokens
 from introspect.jwts import Jwts
+from introspect.limits import Meter
 from introspect.lookup import CredentialLookup
 from introspect.metrics import METRICS
 from introspect.redis import LeanRedis, Redis
@@ -108,6 +109,8 @@ class Authority:
         self.keyring = signing.Keyring(pool, settings.secrets)
         self.clients = ClientRecords(pool, self.cache, self.local)
         self.usage = UsageLog(pool)
+        # Rate limits and credits (introspect/limits/): leases from Redis and Postgres.
+        self.meter = Meter(redis, pool)
         self.jwts = Jwts(self.keyring, self.issuer)
         self.lookups = CredentialLookup(
             pool,
@@ -140,12 +143,14 @@ class Authority:
         self.listener.start()
         self.cache.start_sweeper()
         self.usage.start()
+        self.meter.start()
 
     async def close(self) -> None:
         """Stop the listener and background tasks (the pools are closed by their owner)."""
         if self.listener is not None:
             await self.listener.stop()
         await self.usage.stop()
+        await self.meter.stop()
         await self.cache.close()
 
     # --- the parts' operations, as the views and the CLI call them -------------------------

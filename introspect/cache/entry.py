@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import orjson
 
 from introspect.store import Client
+from introspect.store.records import Limits
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -19,6 +20,8 @@ KEY_PREFIX = b"ic:"
 CLIENT_KEY = b"client:"
 TOMBSTONE = b"T"
 INACTIVE_PAYLOAD = b"0"
+# An API key with limits: `L<limits JSON>\n<answer JSON>` (compact JSON holds no newline).
+LIMITED = b"L"
 TOMBSTONE_TTL = 600
 # Revocation is final: an inactive answer for a revoked credential can be kept long.
 REVOKED_TTL = 86_400
@@ -41,6 +44,8 @@ class Entry:
     sub: str | None = None
     # The id of an API key, whose `last_used_at` is kept (see usage.UsageLog.note_use).
     key_id: str | None = None
+    # An API key's own rate limits and credits (None for most: the hot path checks only this).
+    limits: Limits | None = None
     cacheable: bool = True
     # In-process bookkeeping: set by LocalCache.put.
     local_expires: float = 0.0
@@ -56,7 +61,11 @@ class Entry:
 
 
 def encode(entry: Entry) -> bytes:
-    """The Redis value of an entry: `<version>|<answer JSON>` or `<version>|0`."""
+    """The Redis value of an entry: `<version>|<answer JSON>` or `<version>|0`; an API key
+    with limits `<version>|L<limits JSON>\n<answer JSON>`."""
+    if entry.answer is not None and entry.limits is not None:
+        limits = orjson.dumps(entry.limits.stored())
+        return b"%d|%s%s\n%s" % (entry.version, LIMITED, limits, entry.answer)
     return b"%d|%s" % (
         entry.version,
         entry.answer if entry.answer is not None else INACTIVE_PAYLOAD,
@@ -82,7 +91,9 @@ def shared(value: T) -> T:
     return found
 
 
-def answered(answer: bytes, body: dict[str, Any], version: int) -> Entry:
+def answered(
+    answer: bytes, body: dict[str, Any], version: int, limits: Limits | None = None
+) -> Entry:
     """The entry of an active answer: `answer`, the JSON of `body`, is served as it is.
 
     The one mapping from an answer to what serving it depends on, whether the
@@ -101,6 +112,7 @@ def answered(answer: bytes, body: dict[str, Any], version: int) -> Entry:
         client_id=None if client_id is None else shared(client_id),
         sub=None if sub is None else shared(sub),
         key_id=body.get("jti") if body.get("kind") == "api_key" else None,
+        limits=limits,
     )
 
 
@@ -111,6 +123,11 @@ def decode(raw: bytes) -> Entry | None:
         return None
     if payload == INACTIVE_PAYLOAD:
         return Entry(answer=None, version=int(version))
+    if payload[:1] == LIMITED:
+        stored, _, payload = payload[1:].partition(b"\n")
+        body = orjson.loads(payload)
+        limits = Limits.from_stored(f"api_key:{body['jti']}", orjson.loads(stored))
+        return answered(payload, body, int(version), limits)
     return answered(payload, orjson.loads(payload), int(version))
 
 
@@ -119,8 +136,11 @@ def client_key(client_id: str) -> bytes:
     return CLIENT_KEY + client_id.encode()
 
 
-# The fields of a client record kept in Redis as they are; `secrets` and `version` apart.
-_CLIENT_FIELDS = tuple(f.name for f in fields(Client) if f.name not in ("secrets", "version"))
+# The fields of a client record kept in Redis as they are; `secrets`, `version` and `limits`
+# apart.
+_CLIENT_FIELDS = tuple(
+    f.name for f in fields(Client) if f.name not in ("secrets", "version", "limits")
+)
 _CLIENT_TUPLES = ("scopes", "audiences")
 
 
@@ -129,6 +149,7 @@ def encode_client(client: Client) -> bytes:
     needs (the keyed hashes of its live secrets and their grace expiries; never a secret)."""
     body = {name: getattr(client, name) for name in _CLIENT_FIELDS}
     body["secrets"] = [[h.hex(), exp] for h, exp in client.secrets]
+    body["limits"] = None if client.limits is None else client.limits.stored()
     return b"%d|%s" % (client.version, orjson.dumps(body))
 
 
@@ -144,7 +165,8 @@ def decode_client(raw: bytes) -> Client | None:
         for name in _CLIENT_TUPLES:
             values[name] = tuple(values[name])
         secrets = tuple((bytes.fromhex(h), exp) for h, exp in body["secrets"])
-        return Client(**values, secrets=secrets, version=int(version))
+        limits = Limits.from_stored(f"client:{body['client_id']}", body.get("limits"))
+        return Client(**values, secrets=secrets, version=int(version), limits=limits)
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         log.warning("ignored a malformed client record in redis")
         return None

@@ -13,6 +13,7 @@ from multidict import CIMultiDict
 
 from introspect import forms, metrics, rfc6749, rfc7009, rfc7662, rfc9701, signing
 from introspect.errors import InvalidRequest
+from introspect.limits import Metered
 from introspect.service import Authority
 from introspect.store import Client
 from introspect.web.errors import json_response
@@ -25,6 +26,15 @@ FORM = "application/x-www-form-urlencoded"
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 # The headers of every introspection answer, built once (each Response copies them).
 JSON_NO_STORE = CIMultiDict({"Content-Type": "application/json", **NO_STORE})
+
+
+def introspection_answer(answer: bytes | Metered) -> web.Response:
+    """The one place an introspection answer gets its headers: a limited credential's answer
+    carries the RateLimit fields (and Retry-After when refused) and is never stored, since
+    each use of it must be counted."""
+    if isinstance(answer, bytes):
+        return web.Response(body=answer, headers=JSON_NO_STORE)
+    return web.Response(body=answer.body, headers={**JSON_NO_STORE, **answer.headers})
 
 
 async def read_form(request: web.Request) -> tuple[dict[str, str], dict[str, list[str]]]:
@@ -76,12 +86,17 @@ async def introspect(request: web.Request) -> web.Response:
     authorization = request.headers.get("Authorization")
     if rfc9701.wants_jwt(request.headers.get("Accept")):
         caller, body = await rfc7662.complete(authority, authorization, params)
-        jwt = await authority.sign_introspection(caller, body)
-        return web.Response(body=jwt, content_type=rfc9701.MEDIA_TYPE, headers=NO_STORE)
+        signed = await authority.sign_introspection(
+            caller, body if isinstance(body, bytes) else body.body
+        )
+        fields = {} if isinstance(body, bytes) else body.headers
+        return web.Response(
+            body=signed, content_type=rfc9701.MEDIA_TYPE, headers={**NO_STORE, **fields}
+        )
     answer = rfc7662.from_memory(authority, authorization, params)
-    if not isinstance(answer, bytes):
+    if answer is None or isinstance(answer, rfc7662.Pending):
         _caller, answer = await rfc7662.complete(authority, authorization, params, answer)
-    return web.Response(body=answer, headers=JSON_NO_STORE)
+    return introspection_answer(answer)
 
 
 @routes.post("/revoke")

@@ -6,8 +6,8 @@ and wires the parts that do the work over the caches and the stores:
 path of /introspect), `AccessTokens` (issuance.py), `Jwts` (jwts.py),
 `AssertionReplay` (replay.py), `UsageLog` (usage.py), `Meter`
 (limits/meter.py) and `Discovery` (discovery.py). Every change runs in one
-Postgres transaction that also records its invalidation in the outbox and its audit entry, and is then
-announced (`CredentialCache.announce`): the one place where cache
+Postgres transaction that also records its invalidation in the outbox and its
+audit entry, and is then announced (`CredentialCache.announce`): the one place where cache
 invalidations are published. The CLI uses the same object without a
 listener, so its changes publish the same invalidations.
 """

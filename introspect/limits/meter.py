@@ -45,11 +45,11 @@ CREDIT_DIVISOR = 16
 MAX_CREDIT_BLOCK = 1000
 # A credit lease is spent for at most LEASE_USE seconds; its row says LEASE_TTL (a margin for
 # a slow return), after which, plus store.credits.LOST_AFTER, an unreturned one is lost.
-LEASE_TTL = 30
-LEASE_USE = 25.0
+LEASE_TTL = 15
+LEASE_USE = 12.0
 # An unused lease is returned after this many seconds; a worker that found the balance
 # empty asks again after EMPTY_RETRY seconds (another worker may return credits).
-IDLE_RETURN = 5.0
+IDLE_RETURN = 3.0
 EMPTY_RETRY = 1.0
 SWEEP_INTERVAL = 2.0
 

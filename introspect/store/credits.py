@@ -166,7 +166,7 @@ async def return_lease(pool: asyncpg.Pool, lease_id: int, unspent: int) -> None:
 
 
 # A lease still in the table this long after its expiry was held by a worker that died.
-LOST_AFTER = 10
+LOST_AFTER = 5
 
 
 async def balance(conn: asyncpg.Pool | asyncpg.Connection, owner: str) -> Balance | None:
@@ -175,8 +175,8 @@ async def balance(conn: asyncpg.Pool | asyncpg.Connection, owner: str) -> Balanc
     t = now()
     record = await conn.fetchrow(
         "SELECT a.remaining, a.refill_amount, a.refill_interval, a.period,"
-        " coalesce(sum(l.amount) FILTER (WHERE l.expires_at + $2 > $3), 0) AS leased,"
-        " coalesce(sum(l.amount) FILTER (WHERE l.expires_at + $2 <= $3), 0) AS lost"
+        " coalesce(sum(l.amount) FILTER (WHERE l.expires_at + $2 > $3), 0)::bigint AS leased,"
+        " coalesce(sum(l.amount) FILTER (WHERE l.expires_at + $2 <= $3), 0)::bigint AS lost"
         " FROM credit_accounts a LEFT JOIN credit_leases l ON l.owner = a.owner"
         " AND l.generation = a.generation AND l.period = a.period"
         " WHERE a.owner = $1 GROUP BY a.owner",
@@ -189,3 +189,9 @@ async def balance(conn: asyncpg.Pool | asyncpg.Connection, owner: str) -> Balanc
     if period_of(t, record["refill_interval"]) > record["period"]:
         return Balance(remaining=record["refill_amount"], leased=0, lost=0)
     return Balance(remaining=record["remaining"], leased=record["leased"], lost=record["lost"])
+
+
+async def new_generation(conn: asyncpg.Connection) -> int:
+    """A new generation for a balance set again (from `change_version`)."""
+    generation: int = await conn.fetchval("SELECT nextval('change_version')")
+    return generation

@@ -52,8 +52,10 @@ class Limits:
     refill: Refill | None = None
 
     def stored(self) -> dict[str, Any]:
-        """The JSON kept in Postgres and Redis (without `owner`, which the row names)."""
+        """The JSON kept in Postgres and Redis (with `owner`: a rotated key's new row keeps
+        counting on the old key's windows and balance)."""
         return {
+            "owner": self.owner,
             "rate_limits": [[w.name, w.limit, w.window] for w in self.windows],
             "credits": None
             if not self.credits
@@ -67,13 +69,13 @@ class Limits:
 
     @classmethod
     def from_stored(cls, owner: str, value: Any) -> Limits | None:
-        """The limits `stored()` wrote for `owner` (None stays None)."""
+        """The limits `stored()` wrote, on the row of `owner` (None stays None)."""
         if value is None:
             return None
         credits = value["credits"]
         refill = None if credits is None else credits["refill"]
         return cls(
-            owner=owner,
+            owner=value.get("owner", owner),
             windows=tuple(Window(n, limit, w) for n, limit, w in value["rate_limits"]),
             credits=credits is not None,
             generation=0 if credits is None else credits["generation"],

@@ -176,7 +176,8 @@ async def test_a_patched_limit_takes_effect_at_once(
         "key-credits": {"q": 2, "w": 3600}
     }
     cleared = await api.call("PATCH", path, {"credits": None})
-    assert cleared.json()["credits"] is None and cleared.json()["rate_limits"] == []
+    assert cleared.json()["credits"] is None
+    assert cleared.json()["rate_limits"] == []
     freed = await post(server, resource_server, issued["key"])
     assert freed.json()["active"]
     assert "RateLimit" not in freed.headers
@@ -190,9 +191,11 @@ async def test_unlimited_credentials_carry_no_ratelimit_fields(
     issued = await created_key(api, sub="free", scopes=["read"])
     answer = await post(server, resource_server, issued["key"])
     assert answer.json()["active"]
-    assert "RateLimit" not in answer.headers and "RateLimit-Policy" not in answer.headers
+    assert "RateLimit" not in answer.headers
+    assert "RateLimit-Policy" not in answer.headers
     read = await read_key(api, issued["id"])
-    assert read["rate_limits"] == [] and read["credits"] is None
+    assert read["rate_limits"] == []
+    assert read["credits"] is None
 
 
 HOSTILE: list[tuple[dict[str, Any], str]] = [
@@ -242,5 +245,6 @@ async def test_hostile_limits_are_refused_naming_the_field_and_write_nothing(
     listed = await api.call("GET", "/tokens?sub=hostile-new")
     assert listed.json()["items"] == []
     read = await read_key(api, issued["id"])
-    assert read["rate_limits"] == [] and read["credits"] is None
+    assert read["rate_limits"] == []
+    assert read["credits"] is None
     del app_client

@@ -56,7 +56,7 @@ class Remote:
                 body = orjson.loads(await resp.read())
                 assert resp.status == 200, body
                 return body["active"], resp.headers
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ClientError):
             return None, None
 
 

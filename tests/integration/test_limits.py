@@ -6,9 +6,13 @@ import re
 import time
 from typing import Any
 
+from introspect.config import Settings
+from introspect.metrics import METRICS
+from introspect.service import Authority
 from tests.admin_helpers import created_client, created_key, error_of
-from tests.helpers import AdminAPI, Answer, Registered, Server, eventually
+from tests.helpers import AdminAPI, Answer, Registered, Server, admin_api, eventually, register
 from tests.integration.test_flow import issue
+from tests.valkey import Valkey, serving
 
 # draft-ietf-httpapi-ratelimit-headers: `"name";q=Q;w=W` and `"name";r=R;t=T` list members.
 _MEMBER = re.compile(r'"([A-Za-z0-9_.-]+)"((?:;[a-z]+=\d+)*)')
@@ -248,3 +252,29 @@ async def test_hostile_limits_are_refused_naming_the_field_and_write_nothing(
     assert read["rate_limits"] == []
     assert read["credits"] is None
     del app_client
+
+
+async def test_without_redis_windows_fall_back_to_a_share_and_credits_stay_exact(
+    settings: Settings, authority: Authority, valkey: Valkey
+) -> None:
+    """With Redis stopped, a window grants this (single) worker its share, the whole limit,
+    once per window, counted as unreconciled; credits, kept in Postgres, stay exact."""
+    async with serving(settings, valkey) as srv:
+        api = await admin_api(srv)
+        rs = await register(authority, scopes=(), can_introspect=True)
+        window = [{"name": "h", "limit": 4, "window": 3600}]
+        both = await created_key(
+            api, sub="no-redis", scopes=["read"], rate_limits=window, credits={"remaining": 3}
+        )
+        windowed = await created_key(api, sub="no-redis", scopes=["read"], rate_limits=window)
+        before = METRICS.limit_unreconciled.value()
+        refused_before = METRICS.limit_refused_credits.value()
+        valkey.stop()
+        exact = await uses(srv, rs, both["key"], 5)
+        assert actives(exact) == 3
+        assert parse_fields(exact[-1].headers["RateLimit"])["key-credits"]["r"] == 0
+        assert METRICS.limit_refused_credits.value() - refused_before == 2
+        shared = await uses(srv, rs, windowed["key"], 6)
+        assert actives(shared) == 4
+        assert "Retry-After" in shared[-1].headers
+        assert METRICS.limit_unreconciled.value() - before == 8

@@ -9,8 +9,9 @@ empty awaits (`admit`):
   more than is free. Without Redis, a worker grants itself 1/`workers` of
   the limit once per window (counted in `introspect_limit_unreconciled_uses_total`).
 - Credits: a block taken from the Postgres balance (`store.credits.renew_lease`),
-  about 1/CREDIT_DIVISOR of what remains, returned when unspent; see the
-  package docstring for why Postgres and not Redis.
+  about 1/CREDIT_DIVISOR of what remains, or as many as the requests waiting
+  for it in this worker when more, returned when unspent; see the package
+  docstring for why Postgres and not Redis.
 
 Concurrent requests that find the same lease empty wait for one take, then
 decide again in turn; a take that grants nothing refuses them.
@@ -24,6 +25,7 @@ import logging
 import math
 import os
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -126,6 +128,9 @@ class Meter:
         self._windows: dict[tuple[str, str, int, int], _WindowLease] = {}
         self._credits: dict[tuple[str, int], _CreditLease] = {}
         self._takes: dict[object, asyncio.Future[None]] = {}
+        # Uses waiting in `admit` for each credit balance: a lease taken for them covers them
+        # all at once, rather than 1/CREDIT_DIVISOR of the balance at a time.
+        self._demand: Counter[tuple[str, int]] = Counter()
         self._task: asyncio.Task[None] | None = None
 
     # --- deciding -----------------------------------------------------------------------------
@@ -138,11 +143,19 @@ class Meter:
 
     async def admit(self, applied: Sequence[Limits], cost: int, answer: bytes) -> Metered:
         """The metered answer, taking the leases it needs."""
-        while True:
-            decided = self._decide(applied, cost, answer)
-            if isinstance(decided, Metered):
-                return decided
-            await asyncio.gather(*(self._take(need) for need in decided))
+        balances = [(x.owner, x.generation) for x in applied if x.credits]
+        self._demand.update({b: cost for b in balances})
+        try:
+            while True:
+                decided = self._decide(applied, cost, answer)
+                if isinstance(decided, Metered):
+                    return decided
+                await asyncio.gather(*(self._take(need) for need in decided))
+        finally:
+            for balance in balances:
+                self._demand[balance] -= cost
+                if self._demand[balance] <= 0:
+                    del self._demand[balance]
 
     def _decide(self, applied: Sequence[Limits], cost: int, answer: bytes) -> Metered | list[_Need]:
         t, mono = time.time(), time.monotonic()
@@ -290,13 +303,20 @@ class Meter:
     async def _take_credits(self, limits: Limits, want: int) -> None:
         state_key = (limits.owner, limits.generation)
         held = self._credits.get(state_key)
-        returned = None if held is None or not held.lease_id else (held.lease_id, held.left)
+        returned = None
+        if held is not None and held.lease_id:
+            # What it holds now goes back with the renewal, so from here on nobody may
+            # spend from it (a request that saw it empty a moment ago may renew a lease
+            # just refilled by another): each credit is either spent or returned, never both.
+            returned = (held.lease_id, held.left)
+            held.lease_id = held.left = 0
         METRICS.pg_queries.inc()
         lease = await store_credits.renew_lease(
             self.pool,
             limits.owner,
             returned=returned,
             want=want,
+            demand=self._demand[state_key],
             divisor=CREDIT_DIVISOR,
             max_block=MAX_CREDIT_BLOCK,
             holder=self.holder,
@@ -329,7 +349,9 @@ class Meter:
         returned = 0
         for state_key, lease in list(self._credits.items()):
             idle = mono - lease.used >= IDLE_RETURN or mono >= lease.until
-            if (everything or idle) and state_key not in self._takes:
+            # (Still the lease held: an await below may have let a renewal replace it.)
+            current = self._credits.get(state_key) is lease
+            if current and (everything or idle) and state_key not in self._takes:
                 del self._credits[state_key]
                 if lease.lease_id:
                     METRICS.pg_queries.inc()

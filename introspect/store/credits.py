@@ -81,14 +81,16 @@ async def renew_lease(
     *,
     returned: tuple[int, int] | None,
     want: int,
+    demand: int,
     divisor: int,
     max_block: int,
     holder: str,
     ttl: int,
 ) -> Lease | None:
     """Return `returned` (lease id, credits unspent) and take a lease: 1/`divisor` of what
-    remains (at most `max_block`, at least `want`: blocks shrink as the balance nears zero, so
-    the last credits go one by one), none when fewer than `want` remain. The new lease (its
+    remains, or `demand` (the uses waiting for it) when more, at most `max_block` and at least
+    `want`: blocks shrink as the balance nears zero, so the last credits go one by one unless
+    requests already wait for them; none when fewer than `want` remain. The new lease (its
     amount may be 0, then it has no row), or None when the account does not exist."""
     t = now()
     async with pool.acquire() as conn, conn.transaction():
@@ -121,7 +123,7 @@ async def renew_lease(
             "SELECT generation, period, remaining FROM credit_accounts WHERE owner = $1", owner
         )
         remaining = current["remaining"]
-        block = min(max_block, -(-remaining // divisor))
+        block = min(max_block, max(demand, -(-remaining // divisor)))
         amount = 0 if remaining < want else min(remaining, max(want, block))
         lease_id = 0
         if amount:

@@ -38,10 +38,10 @@ from introspect import limits, rfc6749
 from introspect.cache import Entry, answered
 from introspect.errors import InvalidRequest, UnauthorizedClient
 from introspect.limits import Metered
+from introspect.limits.meter import INACTIVE
 from introspect.store import Client, Credential, now
 from introspect.store.records import Limits
 
-INACTIVE = b'{"active":false}'
 HINTS = frozenset({"access_token", "api_key", "refresh_token"})
 
 

@@ -40,6 +40,9 @@ from introspect.store.records import Limits, Window
 
 log = logging.getLogger(__name__)
 
+# RFC 7662 §2.2: the whole answer for a credential that is not active (rfc7662 answers it too).
+INACTIVE = b'{"active":false}'
+
 # A window lease is about 1/WINDOW_DIVISOR of the uses still free in Redis.
 WINDOW_DIVISOR = 8
 # A credit lease is about 1/CREDIT_DIVISOR of the balance, at most MAX_CREDIT_BLOCK.
@@ -185,7 +188,7 @@ class Meter:
             if limits.credits:
                 self._credit_state(limits, scope, need, t, mono, tally, needs)
         if tally.refused:
-            return self._refusal(tally, answer)
+            return self._refusal(tally)
         if needs:
             return needs
         for limits in applied:
@@ -232,8 +235,8 @@ class Meter:
         else:
             needs.append(_Need(limits, want=need))
 
-    def _refusal(self, tally: _Tally, answer: bytes) -> Metered:
-        del answer  # an exhausted limit answers exactly {"active": false}
+    def _refusal(self, tally: _Tally) -> Metered:
+        """Exactly `{"active": false}` (an exhausted limit), with the fields of every limit."""
         for quota in tally.refused:
             if quota.name.endswith("-credits"):
                 METRICS.limit_refused_credits.inc()
@@ -383,8 +386,6 @@ class Meter:
             except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
                 log.warning("could not return credit leases: %s", type(exc).__name__)
 
-
-INACTIVE = b'{"active":false}'
 
 
 def _fields(quotas: Sequence[Quota]) -> dict[str, str]:

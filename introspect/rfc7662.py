@@ -209,12 +209,10 @@ async def complete(
         answer = _seen_by(caller, entry, owner, time.monotonic())
     # (With the owner's record read, `_seen_by` always answers.)
     if isinstance(answer, Limited):
-        metered = await stores.meter.admit(
-            answer.applied, limits.cost(params.get("cost")), answer.answer
+        cost = limits.cost(params.get("cost"))
+        return caller, _counted(
+            stores, entry, await stores.meter.admit(answer.applied, cost, answer.answer)
         )
-        if metered.active:
-            stores.usage.note_use(entry)
-        return caller, metered
     return caller, _noted(stores, entry, answer or INACTIVE)
 
 
@@ -241,9 +239,7 @@ def _step(
         if metered is None:
             # A lease must be taken first: the async tail decides again, and takes it.
             return Pending(caller, token, key, entry)
-        if metered.active:
-            memory.usage.note_use(entry)
-        return metered
+        return _counted(memory, entry, metered)
     return _noted(memory, entry, answer)
 
 
@@ -252,6 +248,13 @@ def _noted(memory: Memory, entry: Entry, answer: bytes) -> bytes:
     if answer is not INACTIVE:
         memory.usage.note_use(entry)
     return answer
+
+
+def _counted(memory: Memory, entry: Entry, metered: Metered) -> Metered:
+    """`metered`, after noting the use of an API key it answers active."""
+    if metered.active:
+        memory.usage.note_use(entry)
+    return metered
 
 
 @dataclass(frozen=True, slots=True)

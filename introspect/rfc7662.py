@@ -278,7 +278,6 @@ def _seen_by(caller: Client, entry: Entry, owners: Owners, mono: float) -> bytes
         return INACTIVE
     if caller.audiences and not entry.aud.intersection(caller.audiences):
         return INACTIVE
-    client_limits = None
     if entry.client_id is not None:
         found, client = owners.get_client(entry.client_id, mono)
         if not found:
@@ -286,11 +285,13 @@ def _seen_by(caller: Client, entry: Entry, owners: Owners, mono: float) -> bytes
         if client is None or client.disabled:
             # SPEC: a disabled client's credentials introspect inactive (a deleted one's too).
             return INACTIVE
-        client_limits = client.limits
-    if entry.limits is None and client_limits is None:
-        return answer
-    applied = tuple(x for x in (entry.limits, client_limits) if x is not None)
-    return Limited(answer, applied)
+        if client.limits is not None:
+            # The client's limits count every credential it holds; a key's own apply too.
+            own = () if entry.limits is None else (entry.limits,)
+            return Limited(answer, (*own, client.limits))
+    if entry.limits is not None:
+        return Limited(answer, (entry.limits,))
+    return answer
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,7 +47,7 @@ async def test_a_renewal_racing_uses_of_the_same_lease_gives_back_only_what_is_u
     assert key.limits is not None
     meter = Meter(authority.cache.redis, authority.pool)
     admitted = int((await meter.admit([key.limits], 1, b"x")).active)
-    renewal = asyncio.ensure_future(meter._take_credits(key.limits, 1))  # noqa: SLF001
+    renewal = asyncio.ensure_future(meter._take_credits(key.limits, 1))
     await asyncio.sleep(0)  # the renewal has read the lease and awaits Postgres
     while (decided := meter.decide([key.limits], 1, b"x")) is not None and decided.active:
         admitted += 1

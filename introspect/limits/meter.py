@@ -387,7 +387,6 @@ class Meter:
                 log.warning("could not return credit leases: %s", type(exc).__name__)
 
 
-
 def _fields(quotas: Sequence[Quota]) -> dict[str, str]:
     """The RateLimit fields of `quotas` (none when there are none)."""
     if not quotas:

@@ -103,8 +103,7 @@ from redis.exceptions import RedisError
 
 from introspect import store
 from introspect.metrics import METRICS
-from introspect.redis import resp
-from introspect.redis.lean import LeanRedis
+from introspect.redis import open_redis, resp
 from introspect.redis.port import EvictingRedis, HistoryUnknown, Redis
 
 __all__ = ["EvictingRedis", "History", "HistoryUnknown", "Marker", "refuse_eviction"]
@@ -154,10 +153,11 @@ def refuse_eviction(server: resp.Server) -> None:
         )
 
 
-async def refuse_evicting(url: str) -> None:
-    """At start: raise EvictingRedis if the Redis at `url` may evict keys (unreachable: pass,
-    the server then answers from Postgres until it can vouch for one)."""
-    redis = LeanRedis(url)
+async def refuse_evicting(url: str, *, cluster: bool = False) -> None:
+    """At start: raise EvictingRedis if the Redis at `url` (a cluster: any of its primaries)
+    may evict keys (unreachable: pass, the server then answers from Postgres until it can
+    vouch for one)."""
+    redis = open_redis(url, cluster=cluster)
     try:
         server = await redis.server()
     except (RedisConnectionError, OSError, TimeoutError):

@@ -54,7 +54,7 @@ from redis.exceptions import ConnectionError, RedisError, ResponseError
 
 from introspect.redis import resp
 from introspect.redis.lean import _FILL, _RELEASE, _SEAL, checked, fill_command
-from introspect.redis.port import LOCK, MARKER, HistoryUnknown, ServerChanged, Write
+from introspect.redis.port import LOCK, MARKER, HistoryUnknown, ServerChanged, Unwritten, Write
 
 # Pub/sub channels and acknowledgement lists: all on the primary serving this tag.
 HUB_TAG = b"{introspect}"
@@ -434,7 +434,13 @@ class ClusterRedis:
     async def publish(
         self, channel: str | bytes, message: bytes, writes: Sequence[Write] = ()
     ) -> int:
-        await self.write(writes)
+        try:
+            await self.write(writes)
+        except (RedisError, OSError) as exc:
+            # Listeners still drop what they hold (a node down does not end subscriptions
+            # on the others); the change stays pending for the node that missed it.
+            (receivers,) = await self._hub(("SPUBLISH", _tagged(channel), message))
+            raise Unwritten(exc, int(receivers)) from exc
         (receivers,) = await self._hub(("SPUBLISH", _tagged(channel), message))
         return int(receivers)
 

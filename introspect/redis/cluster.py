@@ -1,14 +1,15 @@
-"""The Redis port on a Valkey/Redis Cluster: redis-py finds the nodes, lean pinned clients talk.
+"""The Redis port on a Valkey/Redis Cluster: a lean, identity-pinned client per primary.
 
-Why two clients. redis-py's `RedisCluster` (like coredis and valkey-glide)
-follows a MOVED reply to whichever node now serves a slot, a promoted
-replica included: it would read a history nobody vouched for (promise 6). It
-is used here for what it does well and where that cannot happen: finding the
-nodes from the seeds and telling which primary serves which slot
-(`NodesManager`, CLUSTER SLOTS, seeds that died skipped). Every command then
-goes to the primary of its keys over a lean pipelined client of that node
-(introspect/redis/resp.py), which identifies the server of every connection
-it opens; a batch that names an identity is sent only to that very process.
+Why not a cluster client. redis-py's `RedisCluster` (like coredis and
+valkey-glide) follows a MOVED reply by itself to whichever node now serves a
+slot, a promoted replica included: it would read a history nobody vouched for
+(promise 6). And its connections, pools and background refreshes outlive a
+synchronous `close`. So the layout is read here with `CLUSTER SLOTS` (from
+the nodes last seen, then the seeds), keys are hashed with redis-py's
+`key_slot`, and every command goes to the primary of its keys over a lean
+pipelined client of that node (introspect/redis/resp.py), which identifies
+the server of every connection it opens: a batch that names an identity is
+sent only to that very process.
 
 One history for the whole cluster. The identity of the cluster is a digest of
 its layout (which slots each primary serves) and of each primary's own
@@ -214,6 +215,8 @@ class ClusterRedis:
                 failure = exc
                 continue
             layout = Layout.of(slots, host)
+            if not layout.shards:
+                raise ConnectionError(f"the redis cluster at {host}:{port} serves no slot yet")
             if layout != self.layout:
                 self.layout = layout
                 self._identity = None
@@ -425,9 +428,9 @@ class ClusterRedis:
             return checked(replies)
         raise AssertionError("unreachable")
 
-    async def hub(self) -> tuple[str, int]:
-        """The address of the primary serving the hub tag now."""
-        layout = await self.refresh()
+    async def hub(self, *, fresh: bool = True) -> tuple[str, int]:
+        """The address of the primary serving the hub tag (as last seen unless `fresh`)."""
+        layout = await self.refresh() if fresh or self.layout is None else self.layout
         shard = layout.shards[layout.shard(HUB_TAG)]
         return shard.host, shard.port
 
@@ -454,7 +457,15 @@ class ClusterRedis:
         await self._hub(("RPUSH", key, nonce), ("EXPIRE", key, ttl))
 
     async def acknowledgements(self, inbox: str, wait: float, count: int) -> list[bytes]:
-        host, port = await self.hub()
+        try:
+            return await self._pop(inbox, wait, count, fresh=False)
+        except ResponseError as exc:
+            if not redirected(exc):
+                raise
+            return await self._pop(inbox, wait, count, fresh=True)  # the hub moved
+
+    async def _pop(self, inbox: str, wait: float, count: int, *, fresh: bool) -> list[bytes]:
+        host, port = await self.hub(fresh=fresh)
         blocking = self._blocking
         if blocking is None or blocking.endpoint.port != port or blocking.endpoint.host != host:
             if blocking is not None:

@@ -30,8 +30,8 @@ def parse(argv: Sequence[str] | None = None) -> Options:
     p.add_argument(
         "--cluster",
         action="store_true",
-        help="instead: single node beside 2 instances on a 3+3 Valkey Cluster (bench/cluster.py;"
-        " takes --quick, --workers, --connections)",
+        help="instead: single node beside 2 instances on a 3+3 Valkey Cluster"
+        " (the other options: python -m bench.cluster --help)",
     )
     p.add_argument("--workers", type=int, default=2, help="server worker processes (2)")
     p.add_argument("--connections", type=int, default=32, help="closed-loop connections (32)")

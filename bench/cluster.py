@@ -6,7 +6,8 @@ measures, in one run:
 
 * the ceiling (bench/ceiling.py: the same server loop answering a fixed body);
 * single node: one `introspect serve --workers W` on the embedded Valkey;
-* cluster: two instances x W workers on the cluster, the load split between them;
+* cluster: two instances x W/2 workers (`--cluster-workers`: the same cores and
+  as many workers in all) on the cluster, the load split between them;
 
 each under two scenarios, closed loop over the same tokens: `redis-hit`
 (in-process cache off: every answer from Redis) and `local-hit` (the
@@ -48,6 +49,7 @@ SCENARIOS = {"redis-hit": {"INTROSPECT_LOCAL_CACHE_SIZE": "0"}, "local-hit": {}}
 @dataclass(frozen=True)
 class Options:
     workers: int
+    cluster_workers: int
     connections: int
     duration: float
     tokens: int
@@ -134,12 +136,19 @@ def throughput(
 
 
 def measure(
-    label: str, env: dict[str, str], count: int, opts: Options, logs: Path, ceiling: float
+    label: str,
+    env: dict[str, str],
+    count: int,
+    workers_each: int,
+    opts: Options,
+    logs: Path,
+    ceiling: float,
 ) -> None:
     """Every scenario, then revocation propagation, on `count` instances with `env`."""
     rs: Registered | None = None
     for scenario, extra in SCENARIOS.items():
-        with serving({**env, **extra}, count, opts.workers, logs / f"{label}-{scenario}.log") as up:
+        log = logs / f"{label}-{scenario}.log"
+        with serving({**env, **extra}, count, workers_each, log) as up:
             app = _cli(env, "client", "create", "--name", "bench-app", "--scope", "read")
             rs = rs or _cli(env, "client", "create", "--name", "bench-rs", "--introspect")
             tokens = asyncio.run(_tokens(up.ports[0], app, opts.tokens))
@@ -181,11 +190,15 @@ def measure(
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.cluster", description=__doc__)
     p.add_argument("--quick", action="store_true", help="5 s per scenario, 100 revocations")
-    p.add_argument("--workers", type=int, default=2, help="workers per instance (2)")
+    p.add_argument("--workers", type=int, default=2, help="workers of the single node (2)")
+    p.add_argument(
+        "--cluster-workers", type=int, help="workers of each cluster instance (half of --workers)"
+    )
     p.add_argument("--connections", type=int, default=32, help="closed-loop connections (32)")
     args = p.parse_args(argv)
     opts = Options(
         workers=args.workers,
+        cluster_workers=args.cluster_workers or max(1, args.workers // 2),
         connections=args.connections,
         duration=5.0 if args.quick else 20.0,
         tokens=1000,
@@ -226,9 +239,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "INTROSPECT_HOST": HOST,
         }
         single = {**env, "INTROSPECT_REDIS_URL": stores.redis_url}
-        measure("single", single, 1, opts, logs, top)
+        measure("single", single, 1, opts.workers, opts, logs, top)
         clustered = {**env, "INTROSPECT_REDIS_URL": cluster.url, "INTROSPECT_REDIS_CLUSTER": "true"}
-        measure("cluster", clustered, 2, opts, logs, top)
+        measure("cluster", clustered, 2, opts.cluster_workers, opts, logs, top)
     finally:
         ceiling.stop()
         cluster.stop()

@@ -44,9 +44,9 @@ import asyncio
 import functools
 import hashlib
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS as SLOTS
@@ -89,6 +89,7 @@ return 0
 
 _IDENTIFY: list[resp.Command] = [("INFO", "server"), ("INFO", "replication"), ("INFO", "memory")]
 _REDIRECTS = ("MOVED", "ASK")
+T = TypeVar("T")
 
 
 def node_url(seed: str, host: str, port: int) -> str:
@@ -355,7 +356,7 @@ class ClusterRedis:
             return list(reply)
 
         found: list[bytes | None] = [None] * len(keys)
-        replies = await asyncio.gather(*(one(i, ps) for i, ps in groups.items()))
+        replies = await _each_group(one, groups)
         for positions, values in zip(groups.values(), replies, strict=True):
             for position, value in zip(positions, values, strict=True):
                 found[position] = value
@@ -396,7 +397,7 @@ class ClusterRedis:
                         replies[j] = await self._redirect(fill_command(write), reply)
             return checked(replies)
 
-        results = await asyncio.gather(*(one(i, g) for i, g in groups.items()))
+        results = await _each_group(one, groups)
         if any(-1 in replies for replies in results):
             raise HistoryUnknown("redis lost its history marker")
 
@@ -534,6 +535,16 @@ class ClusterSubscription:
     def close(self) -> None:
         if self._inner is not None:
             self._inner.close()
+
+
+async def _each_group(
+    one: Callable[[int, list[T]], Awaitable[list[Any]]], groups: dict[int, list[T]]
+) -> list[list[Any]]:
+    """`one` for every (shard, group), at once; the results in order (one group: no task)."""
+    if len(groups) == 1:
+        ((i, group),) = groups.items()
+        return [await one(i, group)]
+    return await asyncio.gather(*(one(i, group) for i, group in groups.items()))
 
 
 def _tagged(name: str | bytes) -> bytes:

@@ -126,6 +126,18 @@ async def test_a_client_disabled_on_one_instance_is_inactive_on_both(
         assert (await resp.json())["listeners"] == INSTANCES * WORKERS
 
 
+async def test_readiness_names_every_primary_of_the_cluster(
+    bases: list[str], http: aiohttp.ClientSession
+) -> None:
+    """/readyz of an instance on a cluster says, per primary, whether it is reachable."""
+    await eventually(lambda: redis_ok_everywhere(http, bases), within=30)
+    for base in bases:
+        async with http.get(f"{base}/readyz") as resp:
+            body = await resp.json()
+        assert len(body["redis_nodes"]) == 3
+        assert set(body["redis_nodes"].values()) == {"reachable"}
+
+
 async def introspect_everywhere(
     http: aiohttp.ClientSession,
     bases: list[str],

@@ -45,6 +45,12 @@ NOSAVE` (an older snapshot loaded without a restart), and demoting a primary
 to a replica behind the same address without closing its clients'
 connections, which the once-a-second watch sees within a second.
 
+On a Valkey Cluster (introspect/redis/cluster.py) the "server" is the whole
+cluster: its identity is a digest of its layout and of every primary's run id
+and replication id, and every primary holds a copy of the marker, read with
+its entries. A failover, a restarted or replaced primary, or a moved slot is
+another cluster: every slot is answered from Postgres until the replay.
+
 Any other state is a history this worker cannot vouch for: it answers from
 Postgres only (neither from Redis nor from its in-process cache, which is
 dropped and starts empty once it is usable again) until it vouches again.

@@ -2,9 +2,9 @@
 
 The cache, its history (introspect/history.py), the acknowledgements of
 invalidations (introspect/acks.py) and the readiness probe ask Redis for
-nothing else: a new way to reach Redis (a Valkey Cluster, say) is a new
-implementation of `Redis` beside introspect/redis/lean.py, and no caller
-changes. What every implementation keeps:
+nothing else: a new way to reach Redis is a new implementation of `Redis`
+(introspect/redis/lean.py: one server; introspect/redis/cluster.py: a Valkey
+Cluster), and no caller changes. What every implementation keeps:
 
 * Identity. An operation that names an `identity` (`resp.Server.identity`:
   a server process and its replication history) runs only on a connection

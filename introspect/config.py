@@ -45,6 +45,8 @@ class Settings:
     database_url: str | None
     redis_url: str | None
     data_dir: Path
+    # INTROSPECT_REDIS_CLUSTER: `redis_url` names seed nodes (comma-separated) of a cluster.
+    redis_cluster: bool = False
     host: str = "127.0.0.1"
     port: int = 8080
     admin_port: int | None = None
@@ -126,7 +128,16 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     database_url = env.get("INTROSPECT_DATABASE_URL") or None
     redis_url = env.get("INTROSPECT_REDIS_URL") or None
     _validate_url("INTROSPECT_DATABASE_URL", database_url, ("postgresql", "postgres"))
-    _validate_url("INTROSPECT_REDIS_URL", redis_url, ("redis", "rediss", "unix"))
+    redis_cluster = env.get("INTROSPECT_REDIS_CLUSTER", "") in ("1", "true", "yes")
+    if redis_cluster and redis_url is None:
+        raise ConfigError(
+            "INTROSPECT_REDIS_CLUSTER=true needs INTROSPECT_REDIS_URL: a seed node of the cluster"
+        )
+    if redis_cluster:  # cluster nodes are reached over TCP, whatever a seed looks like
+        for seed in (redis_url or "").split(","):
+            _validate_url("INTROSPECT_REDIS_URL", seed.strip(), ("redis", "rediss"))
+    else:
+        _validate_url("INTROSPECT_REDIS_URL", redis_url, ("redis", "rediss", "unix"))
     data_dir = Path(env.get("INTROSPECT_DATA_DIR") or "./.introspect").absolute()
 
     raw_secret = env.get("INTROSPECT_SECRET") or ""
@@ -147,6 +158,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         database_url=database_url,
         redis_url=redis_url,
         data_dir=data_dir,
+        redis_cluster=redis_cluster,
         host=env.get("INTROSPECT_HOST") or "127.0.0.1",
         port=_int(env, "INTROSPECT_PORT", 8080),
         admin_port=_int(env, "INTROSPECT_ADMIN_PORT", 0) if admin_port_raw else None,

@@ -170,7 +170,7 @@ def serve(settings: Settings, *, workers: int, run_migrations: bool = True) -> i
             if applied:
                 log.info("applied migrations: %s", ", ".join(applied))
         try:
-            asyncio.run(history.refuse_evicting(found.redis_url))
+            asyncio.run(history.refuse_evicting(found.redis_url, cluster=settings.redis_cluster))
         except history.EvictingRedis as exc:
             raise ConfigError(str(exc)) from None
         metrics_dir = _metrics_dir(settings.data_dir)

@@ -49,7 +49,7 @@ from introspect.issuance import AccessTokens
 from introspect.jwts import Jwts
 from introspect.lookup import CredentialLookup
 from introspect.metrics import METRICS
-from introspect.redis import LeanRedis, Redis
+from introspect.redis import Redis, open_redis
 from introspect.replay import AssertionReplay
 from introspect.revocation import NOTHING_REVOKED, Revoked
 from introspect.rfc6749 import Grant
@@ -302,7 +302,7 @@ async def open_authority(
         database_url, min_size=1, max_size=4, synchronous_commit=False
     )
     # Every Redis command goes through the port (introspect/redis/port.py).
-    redis = LeanRedis(redis_url, timeout=REDIS_TIMEOUT)
+    redis = open_redis(redis_url, cluster=settings.redis_cluster, timeout=REDIS_TIMEOUT)
     authority = Authority(settings, pool, redis, lazy_pool)
     probes = {
         "postgres": functools.partial(_pool_usage, pool),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -12,7 +11,7 @@ import pytest
 from introspect.admin import create_admin_key
 from introspect.config import Settings
 from introspect.service import Authority
-from tests.helpers import Registered, eventually, register, serve_subprocess
+from tests.helpers import eventually, post_form, register, revoke_during_storm, serve_subprocess
 
 WORKERS = 3
 ROUNDS = 20
@@ -26,16 +25,6 @@ async def base(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> 
         yield env["BASE"]
 
 
-async def post(
-    http: aiohttp.ClientSession, url: str, data: dict[str, str], auth: Registered
-) -> tuple[float, dict]:
-    """POST a form; return when it was sent (monotonic) and the JSON answer."""
-    sent = time.monotonic()
-    async with http.post(url, data=data, headers=auth.auth) as resp:
-        assert resp.status == 200, await resp.text()
-        return sent, await resp.json() if resp.content_length else {}
-
-
 async def test_no_worker_answers_active_after_revoke_returns(
     base: str, authority: Authority
 ) -> None:
@@ -46,28 +35,7 @@ async def test_no_worker_answers_active_after_revoke_returns(
     connector = aiohttp.TCPConnector(limit=IN_FLIGHT, force_close=True)
     async with aiohttp.ClientSession(connector=connector) as http:
         for _ in range(ROUNDS):
-            _, tok = await post(http, f"{base}/token", {"grant_type": "client_credentials"}, app)
-            token = tok["access_token"]
-            form = {"token": token}
-            warm = await asyncio.gather(
-                *(post(http, f"{base}/introspect", form, rs) for _ in range(30))
-            )
-            assert all(body["active"] for _, body in warm)
-
-            storm = [
-                asyncio.create_task(post(http, f"{base}/introspect", form, rs))
-                for _ in range(IN_FLIGHT)
-            ]
-            await asyncio.sleep(0)
-            await post(http, f"{base}/revoke", form, app)
-            returned = time.monotonic()
-            answers = await asyncio.gather(*storm)
-            after = await asyncio.gather(
-                *(post(http, f"{base}/introspect", form, rs) for _ in range(30))
-            )
-            late = [body for sent, body in answers + after if sent > returned]
-            assert late, "some introspections must start after the revocation returned"
-            assert all(body == {"active": False} for body in late)
+            await revoke_during_storm(http, [base], app, rs, IN_FLIGHT)
 
 
 async def test_api_key_patch_is_seen_by_every_worker_at_once(
@@ -88,7 +56,7 @@ async def test_api_key_patch_is_seen_by_every_worker_at_once(
             created = await resp.json()
         form = {"token": created["key"]}
         warm = await asyncio.gather(
-            *(post(http, f"{base}/introspect", form, rs) for _ in range(30))
+            *(post_form(http, f"{base}/introspect", form, rs) for _ in range(30))
         )
         assert all(body["scope"] == "old" for _, body in warm)
         async with http.patch(
@@ -96,7 +64,7 @@ async def test_api_key_patch_is_seen_by_every_worker_at_once(
         ) as resp:
             assert resp.status == 200, await resp.text()
         after = await asyncio.gather(
-            *(post(http, f"{base}/introspect", form, rs) for _ in range(60))
+            *(post_form(http, f"{base}/introspect", form, rs) for _ in range(60))
         )
         assert all(body["scope"] == "new" for _, body in after)
 
@@ -111,9 +79,9 @@ async def test_served_workers_answer_from_their_caches(base: str, authority: Aut
     rs = await register(authority, scopes=(), can_introspect=True)
     connector = aiohttp.TCPConnector(limit=16, force_close=True)
     async with aiohttp.ClientSession(connector=connector) as http:
-        _, tok = await post(http, f"{base}/token", {"grant_type": "client_credentials"}, app)
+        _, tok = await post_form(http, f"{base}/token", {"grant_type": "client_credentials"}, app)
         form = {"token": tok["access_token"]}
-        await asyncio.gather(*(post(http, f"{base}/introspect", form, rs) for _ in range(60)))
+        await asyncio.gather(*(post_form(http, f"{base}/introspect", form, rs) for _ in range(60)))
 
         async def both_layers_hit() -> bool:
             async with http.get(f"{base}/metrics") as resp:

@@ -28,6 +28,7 @@ from dataclasses import replace
 from bench.hot_path import prepared
 from introspect import credentials, rfc7662
 from introspect.credentials import Kind
+from introspect.server import freeze_startup
 from introspect.service import Authority
 from introspect.store import Credential, now
 
@@ -37,7 +38,8 @@ REVOKED, EXPIRED, UNKNOWN = 5, 2, 5
 
 
 def tracked() -> int:
-    """Objects the cyclic GC tracks now (after a full collection, so only live ones)."""
+    """Objects the cyclic GC tracks now (after a full collection, so only live ones; frozen
+    ones apart)."""
     gc.collect()
     return len(gc.get_objects())
 
@@ -78,11 +80,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Print tracked objects before and after the fill, and collection times when full."""
     p = argparse.ArgumentParser(prog="python -m bench.gc_pause", description=__doc__)
     p.add_argument("--size", type=int, help="entries (the configured cache size, 100,000)")
+    p.add_argument(
+        "--freeze",
+        action="store_true",
+        help="freeze what start-up made before the fill, as a worker does (server.freeze_startup)",
+    )
     p.add_argument("--repeat", type=int, default=7, help="collections timed per generation (7)")
     args = p.parse_args(argv)
     authority, _authorization, _forms = prepared()
     size = authority.local.size if args.size is None else args.size
     authority.local.size = authority.lookups.memo_size = size
+    if args.freeze:
+        freeze_startup()
     before = tracked()
     fill(authority, size)
     after = tracked()

@@ -7,7 +7,20 @@ import random
 import time
 from typing import Any
 
-from introspect.cache.entry import REVOKED_TTL, Entry
+from introspect.cache.entry import (
+    CACHEABLE,
+    CLIENT_GEN,
+    CLIENT_ID,
+    LOCAL_EXPIRES,
+    REFRESH_AT,
+    REVOKED_TTL,
+    SUB,
+    SUB_GEN,
+    Entry,
+    inactive,
+    lifetime,
+    placed,
+)
 from introspect.store import Client
 
 # In-process entries come due for a refresh at a random point in this span of their life.
@@ -48,21 +61,21 @@ class LocalCache:
         """The live entry for `key`, or None (missing, aged out, or of a bumped client/subject)."""
         if not self.usable or mono > self.fresh_until:
             return None
-        entry = self._entries.get(key)
+        entries = self._entries
+        entry = entries.get(key)
         if entry is None:
             return None
+        client_id, sub = entry[CLIENT_ID], entry[SUB]
         if (
-            entry.local_expires <= mono
-            or (
-                entry.client_id is not None
-                and self._client_gen.get(entry.client_id, 0) != entry.client_gen
-            )
-            or (entry.sub is not None and self._sub_gen.get(entry.sub, 0) != entry.sub_gen)
+            entry[LOCAL_EXPIRES] <= mono
+            or (client_id is not None and self._client_gen.get(client_id, 0) != entry[CLIENT_GEN])
+            or (sub is not None and self._sub_gen.get(sub, 0) != entry[SUB_GEN])
         ):
-            del self._entries[key]
+            del entries[key]
             return None
-        if entry.refresh_at <= mono:
-            entry.refresh_at = math.inf
+        if entry[REFRESH_AT] <= mono:
+            gens = entry[CLIENT_GEN], entry[SUB_GEN]
+            entries[key] = entry = placed(entry, entry[LOCAL_EXPIRES], math.inf, gens)
             self.due.append(key)
         return entry
 
@@ -72,17 +85,21 @@ class LocalCache:
         An entry that lives its full in-process life (not cut short by its
         `exp`) comes due for a refresh at a random point late in it.
         """
-        if not self.usable or epoch != self.epoch or not entry.cacheable or self.size <= 0:
+        if not self.usable or epoch != self.epoch or not entry[CACHEABLE] or self.size <= 0:
             return
-        ttl = min(self.ttl, entry.ttl(now, REVOKED_TTL))
+        ttl = min(self.ttl, lifetime(entry, now, REVOKED_TTL))
         if ttl <= 0:
             return
         mono = time.monotonic()
-        entry.local_expires = mono + ttl
+        refresh_at = math.inf
         if ttl == self.ttl:
-            entry.refresh_at = mono + ttl * random.uniform(REFRESH_FROM, REFRESH_TO)  # noqa: S311 (jitter)
-        entry.client_gen = self._client_gen.get(entry.client_id, 0) if entry.client_id else 0
-        entry.sub_gen = self._sub_gen.get(entry.sub, 0) if entry.sub else 0
+            refresh_at = mono + ttl * random.uniform(REFRESH_FROM, REFRESH_TO)  # noqa: S311 (jitter)
+        client_id, sub = entry[CLIENT_ID], entry[SUB]
+        gens = (
+            self._client_gen.get(client_id, 0) if client_id else 0,
+            self._sub_gen.get(sub, 0) if sub else 0,
+        )
+        entry = placed(entry, mono + ttl, refresh_at, gens)
         entries = self._entries
         if key not in entries and len(entries) >= self.size:
             # Oldest insertion first: a dict keeps insertion order.
@@ -155,7 +172,7 @@ class LocalCache:
             key = bytes.fromhex(hex_key)
             self._entries.pop(key, None)
             if revoked:
-                self.put(key, Entry(answer=None), self.epoch, 0)
+                self.put(key, inactive(), self.epoch, 0)
         for client_id in message.get("r", ()):
             self._clients.pop(client_id, None)
         for client_id in message.get("c", ()):

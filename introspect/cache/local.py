@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from introspect.cache.entry import (
+    ANSWER,
     CACHEABLE,
     CLIENT_GEN,
     CLIENT_ID,
@@ -28,6 +29,8 @@ REFRESH_FROM = 0.5
 REFRESH_TO = 0.9
 # Client records and remembered client authentications kept per worker (clients are few).
 CLIENT_CACHE_SIZE = 10_000
+# What a key of the final memory answers (see LocalCache.put).
+_FINAL = inactive()
 
 
 class LocalCache:
@@ -47,6 +50,10 @@ class LocalCache:
         self.usable = False
         self.fresh_until = 0.0
         self._entries: dict[bytes, Entry] = {}
+        # Keys whose answer is final: inactive, and never active again (see `put`). Kept
+        # apart from the entries, with no age, in a bound of their own (`size` more keys):
+        # neither evicts the other, and a flood of unknown values evicts no live entry.
+        self._final: dict[bytes, None] = {}
         # Keys hit since they came due for a refresh (see CredentialCache._refresh).
         self.due: list[bytes] = []
         self._clients: dict[str, tuple[Client | None, float]] = {}
@@ -64,7 +71,7 @@ class LocalCache:
         entries = self._entries
         entry = entries.get(key)
         if entry is None:
-            return None
+            return _FINAL if key in self._final else None
         client_id, sub = entry[CLIENT_ID], entry[SUB]
         if (
             entry[LOCAL_EXPIRES] <= mono
@@ -84,8 +91,25 @@ class LocalCache:
 
         An entry that lives its full in-process life (not cut short by its
         `exp`) comes due for a refresh at a random point late in it.
+
+        An inactive entry's answer is final, so only its key is kept, for as
+        long as the cache is not cleared: an unknown value never becomes known
+        (issuing draws a new value of 190 random bits, and a credential is never
+        stored under a value it was not issued with), a revoked credential
+        stays revoked, and an expired one stays expired (PATCH changes a live
+        key's expiry only, 409 otherwise). Every change to a credential sends
+        its key in an invalidation message, which drops it from here too (as
+        when a PATCH read it live while this worker, its clock ahead, read it
+        expired), under the epoch rule like every entry.
         """
         if not self.usable or epoch != self.epoch or not entry[CACHEABLE] or self.size <= 0:
+            return
+        if entry[ANSWER] is None:
+            self._entries.pop(key, None)
+            final = self._final
+            if key not in final and len(final) >= self.size:
+                del final[next(iter(final))]
+            final[key] = None
             return
         ttl = min(self.ttl, lifetime(entry, now, REVOKED_TTL))
         if ttl <= 0:
@@ -171,6 +195,7 @@ class LocalCache:
         for hex_key in message.get("k", ()):
             key = bytes.fromhex(hex_key)
             self._entries.pop(key, None)
+            self._final.pop(key, None)
             if revoked:
                 self.put(key, inactive(), self.epoch, 0)
         for client_id in message.get("r", ()):
@@ -215,6 +240,7 @@ class LocalCache:
         """Drop every entry (after a possibly missed message)."""
         self.epoch += 1
         self._entries.clear()
+        self._final.clear()
         self.due.clear()
         self._clients.clear()
         self._auth.clear()

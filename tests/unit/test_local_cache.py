@@ -6,6 +6,7 @@ import math
 import time
 
 from introspect.cache import (
+    ANSWER,
     AUD,
     CLIENT_ID,
     REFRESH_AT,
@@ -15,6 +16,7 @@ from introspect.cache import (
     LocalCache,
     answered,
     decode,
+    inactive,
 )
 
 LIVE = answered(b"{}", {}, 1)
@@ -113,3 +115,44 @@ def test_the_cache_is_usable_only_when_subscribed_to_the_vouched_server() -> Non
     local.set_state(vouched=b"restarted")
     assert local.usable
     assert len(local) == 0
+
+
+def test_a_final_answer_has_no_age() -> None:
+    """An inactive answer (unknown, revoked, expired) is final: it is still answered long after
+    a live entry would have aged out, until the cache is cleared."""
+    local = usable()
+    local.put(b"dead", inactive(7), local.epoch, now=0)
+    later = time.monotonic() + 10 * 86_400
+    answer = local.get(b"dead", later)
+    assert answer is not None
+    assert answer[ANSWER] is None
+    local.clear()
+    assert local.get(b"dead", 0.0) is None
+
+
+def test_final_answers_never_evict_live_entries() -> None:
+    """A flood of unknown values fills the final answers' own bound, not the live entries'."""
+    local = usable()
+    local.put(b"live", LIVE, local.epoch, now=0)
+    for i in range(3 * local.size):
+        local.put(b"unknown%d" % i, inactive(), local.epoch, now=0)
+    assert local.get(b"live", 0.0) is not None
+    assert local.get(b"unknown%d" % (3 * local.size - 1), 0.0) is not None
+    assert local.get(b"unknown0", 0.0) is None  # the oldest went first
+
+
+def test_a_final_answer_obeys_messages_and_the_epoch() -> None:
+    """A message naming the key drops its final answer (a change to it: a PATCH read it live
+    while this worker read it expired); one read before a message is not stored."""
+    local = usable()
+    local.put(b"k", inactive(3), local.epoch, now=0)
+    local.apply({"k": [b"k".hex()]})
+    assert local.get(b"k", 0.0) is None
+    epoch = local.epoch
+    local.apply({"c": ["someone"]})
+    local.put(b"k", inactive(3), epoch, now=0)
+    assert local.get(b"k", 0.0) is None
+    local.apply({"k": [b"k".hex()], "x": True})  # a revocation's message: final at once
+    revoked = local.get(b"k", 0.0)
+    assert revoked is not None
+    assert revoked[ANSWER] is None

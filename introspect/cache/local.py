@@ -65,7 +65,8 @@ class LocalCache:
         return len(self._entries)
 
     def get(self, key: bytes, mono: float) -> Entry | None:
-        """The live entry for `key`, or None (missing, aged out, or of a bumped client/subject)."""
+        """The entry for `key` (an inactive one for a final answer), or None (missing, aged out,
+        or of a bumped client/subject)."""
         if not self.usable or mono > self.fresh_until:
             return None
         entries = self._entries
@@ -124,6 +125,7 @@ class LocalCache:
             self._sub_gen.get(sub, 0) if sub else 0,
         )
         entry = placed(entry, mono + ttl, refresh_at, gens)
+        self._final.pop(key, None)  # the later read wins, as between entries
         entries = self._entries
         if key not in entries and len(entries) >= self.size:
             # Oldest insertion first: a dict keeps insertion order.

@@ -30,7 +30,9 @@ REVOKED_TTL = 86_400
 # first collection it survives, so a full in-process cache adds nothing to the collector's
 # work, where instances of a class (slotted or not) would each be walked by every full
 # collection: 55 ms per 100,000 entries here, a pause of every request (`python -m
-# bench.gc_pause`). Its fields, by index:
+# bench.gc_pause`). (Freezing them, gc.freeze(), would not do: entries come and go as long as
+# the worker runs.) Its fields, by index; a field added to what serving depends on goes before
+# CACHEABLE, shifting the indices after it, and `answered` and `inactive` fill it:
 ANSWER: Final = 0  # the answer's JSON; None for an inactive credential (unknown, revoked...)
 VERSION: Final = 1  # the credential's change version (0: unknown)
 AUD: Final = 2  # its audiences

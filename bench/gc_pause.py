@@ -1,6 +1,7 @@
 """`python -m bench.gc_pause`: what a full in-process cache costs CPython's cyclic GC.
 
-No server: the Authority of bench.hot_path, whose in-process cache and memo
+No server: the Authority of bench.hot_path (with the modules of a worker's web
+stack imported, whose objects a worker holds too), whose in-process cache and memo
 of keyed hashes are filled to their configured size (INTROSPECT_LOCAL_CACHE_SIZE,
 100,000) with entries made as the server makes them (`rfc7662.entry_for`,
 `LocalCache.put`), in the proportions of the `mix` scenario (88 % live
@@ -25,6 +26,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 
+import introspect.app  # noqa: F401 - a worker's web stack is among what start-up made
 from bench.hot_path import prepared
 from introspect import credentials, rfc7662
 from introspect.credentials import Kind
@@ -95,7 +97,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     before = tracked()
     fill(authority, size)
     after = tracked()
-    print(f"cache entries: {len(authority.local):,}, memo: {len(authority.hashed):,}")
+    print(f"live entries cached: {len(authority.local):,} (the rest final answers, keys only),"
+          f" memo: {len(authority.hashed):,}")  # fmt: skip
     per_entry = f" ({(after - before) / size:.2f} per entry)" if size else ""
     print(f"GC-tracked objects: {before:,} before the fill, {after:,} after{per_entry}")
     for generation in (0, 1, 2):

@@ -20,6 +20,8 @@ def _served(entry: Entry) -> tuple[object, ...]:
 
 @st.composite
 def credentials(draw: st.DrawFn, live: bool = True) -> Credential:
+    # Offsets from now, so that what is drawn does not hang on the clock (hypothesis replays).
+    lifetime = draw(st.none() | st.integers(60, 10**6))
     t = now()
     return Credential(
         id=draw(_TEXT),
@@ -33,7 +35,7 @@ def credentials(draw: st.DrawFn, live: bool = True) -> Credential:
         audiences=tuple(draw(st.lists(_TEXT, max_size=3, unique=True))),
         iat=t - 10,
         nbf=t - draw(st.integers(0, 10)),
-        exp=draw(st.none() | st.integers(t + 60, t + 10**6)) if live else t - 1,
+        exp=(None if lifetime is None else t + lifetime) if live else t - 1,
         revoked_at=None,
         metadata=draw(st.none() | st.dictionaries(_TEXT, _TEXT, max_size=2)),
         version=draw(st.integers(1, 2**40)),

@@ -58,7 +58,6 @@ def prepared() -> tuple[Authority, str, dict[str, dict[str, str]]]:
                                 owner.client_id, None, ("read",), ("https://api",), t, t,
                                 t + 3600, None, None, 1, None)  # fmt: skip
         local.put(key, rfc7662.entry_for(credential, settings.issuer), local.epoch, t)
-        local.get(key, 0.0).refresh_at = math.inf  # type: ignore[union-attr]
         authority.hashed[token] = key
         forms[kind.value] = {"token": token}
     return authority, authorization, forms

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 import orjson
 
 from introspect import rfc6749
-from introspect.cache import Entry, answered
+from introspect.cache import ANSWER, AUD, CLIENT_ID, EXP, NBF, Entry, answered, inactive
 from introspect.errors import InvalidRequest, UnauthorizedClient
 from introspect.store import Client, Credential, now
 
@@ -69,14 +69,14 @@ def active_answer(credential: Credential, issuer: str) -> dict[str, Any]:
 def entry_for(credential: Credential | None, issuer: str) -> Entry:
     """The cache entry for what Postgres holds under a hash (None: unknown)."""
     if credential is None:
-        return Entry(answer=None)
+        return inactive()
     if credential.revoked_at is not None or (
         credential.exp is not None and credential.exp <= now()
     ):
         # Revocation and expiry are final (only a live key's expiry may change, and any
         # change writes a newer version): cached as inactive, so presenting a dead
         # credential again costs no Postgres query.
-        return Entry(answer=None, version=credential.version)
+        return inactive(credential.version)
     body = active_answer(credential, issuer)
     # A copy of exact size: orjson leaves its 4 KiB output buffer attached to the bytes.
     return answered(memoryview(orjson.dumps(body)).tobytes(), body, credential.version)
@@ -192,9 +192,10 @@ async def complete(
     if entry is None:
         entry = await stores.lookup(pending.token, pending.key)
     answer = _seen_by(caller, entry, stores.local, time.monotonic())
-    if answer is None and entry.client_id is not None:
+    owner_id = entry[CLIENT_ID]
+    if answer is None and owner_id is not None:
         # Memory lacks the owner's record: read it, and decide with it.
-        owner = _Read(await stores.get_client(entry.client_id))
+        owner = _Read(await stores.get_client(owner_id))
         answer = _seen_by(caller, entry, owner, time.monotonic())
     # (With the owner's record read, `_seen_by` always answers.)
     return caller, _noted(stores, entry, answer or INACTIVE)
@@ -225,16 +226,23 @@ def _noted(memory: Memory, entry: Entry, answer: bytes) -> bytes:
 def _seen_by(caller: Client, entry: Entry, owners: Owners, mono: float) -> bytes | None:
     """The answer bytes for `entry` as `caller` may see it; None when that hangs on an owner
     whose record `owners` does not hold at `mono` (then `complete` reads it)."""
-    answer = entry.answer
+    answer = entry[ANSWER]
     if answer is None:
         return INACTIVE
     t = now()
-    if (entry.exp is not None and entry.exp <= t) or entry.nbf > t:
+    exp = entry[EXP]
+    if (exp is not None and exp <= t) or entry[NBF] > t:
         return INACTIVE
-    if caller.audiences and not entry.aud.intersection(caller.audiences):
-        return INACTIVE
-    if entry.client_id is not None:
-        found, client = owners.get_client(entry.client_id, mono)
+    audiences = caller.audiences
+    if audiences:
+        for aud in entry[AUD]:
+            if aud in audiences:
+                break
+        else:
+            return INACTIVE
+    owner_id = entry[CLIENT_ID]
+    if owner_id is not None:
+        found, client = owners.get_client(owner_id, mono)
         if not found:
             return None
         if client is None or client.disabled:

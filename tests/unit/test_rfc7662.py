@@ -8,7 +8,6 @@ noted use.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from introspect import rfc7662
-from introspect.cache import Entry
+from introspect.cache import ANSWER, CLIENT_ID, EXP, NBF, Entry, inactive
 from introspect.errors import InvalidClient, InvalidRequest, OAuth2Error, UnauthorizedClient
 from introspect.store import Client, Credential, now
 from tests.unit import test_rfc6749 as rfc6749_tests
@@ -148,7 +147,7 @@ class Worker:
     async def lookup(self, token: str, key: bytes | None) -> Entry:
         """The stored entry of `token` (inactive when unknown)."""
         self.lookups.append((token, key))
-        return self.stored.get(token, Entry(answer=None))
+        return self.stored.get(token, inactive())
 
     async def get_client(self, client_id: str) -> Client | None:
         """The stored record of a client."""
@@ -238,7 +237,7 @@ async def test_a_warm_request_is_answered_from_memory_alone() -> None:
     entry, owner = live(), a_client(OWNER)
     worker = warm(a_client(), entry, owner)
     answer = rfc7662.from_memory(worker, AUTH, {"token": TOKEN})
-    assert answer == entry.answer
+    assert answer == entry[ANSWER]
     assert worker.lookups == []
     assert worker.usage.noted == [entry]
 
@@ -284,7 +283,7 @@ async def test_the_memo_is_probed_once_on_a_miss() -> None:
     and the tail looks up by that hash without computing it again."""
     worker = warm(a_client(), live(), a_client(OWNER))
     worker.cache.by_key.clear()
-    assert await full(worker, {"token": TOKEN}) == worker.stored[TOKEN].answer
+    assert await full(worker, {"token": TOKEN}) == worker.stored[TOKEN][ANSWER]
     assert worker.hashed.probes == 1
     assert worker.lookups == [(TOKEN, KEY)]
 
@@ -292,7 +291,7 @@ async def test_the_memo_is_probed_once_on_a_miss() -> None:
 async def test_a_caller_authenticated_by_the_tail_probes_the_memo_once() -> None:
     """A caller memory does not remember: the memo is probed once, after authentication."""
     worker = cold(a_client(), live(), a_client(OWNER))
-    assert await full(worker, {"token": TOKEN}) == worker.stored[TOKEN].answer
+    assert await full(worker, {"token": TOKEN}) == worker.stored[TOKEN][ANSWER]
     assert worker.hashed.probes == 1
     assert worker.lookups == [(TOKEN, None)]
 
@@ -326,9 +325,9 @@ def facts(draw: st.DrawFn) -> tuple[Client, Entry, Client | None, dict[str, str]
         entry = rfc7662.entry_for(a_credential(audiences=draw(AUDIENCES)), ISSUER)
         # Cached while live; since then expired, or not valid before a time still to come.
         if state == "expired":
-            entry = dataclasses.replace(entry, exp=t - draw(st.integers(2, 10_000)))
+            entry = (*entry[:EXP], t - draw(st.integers(2, 10_000)), *entry[NBF:])
         elif state == "not yet":
-            entry = dataclasses.replace(entry, nbf=t + draw(st.integers(2, 10_000)))
+            entry = (*entry[:NBF], t + draw(st.integers(2, 10_000)), *entry[CLIENT_ID:])
     owner = draw(st.sampled_from([a_client(OWNER), a_client(OWNER, disabled=True), None]))
     params = draw(
         st.fixed_dictionaries(

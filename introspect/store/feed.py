@@ -59,14 +59,17 @@ async def poll_feed(
 ) -> FeedPage:
     """Apply a receiver's acknowledgements, then read the events it may see and has not
     acknowledged, oldest first (`limit` at most), and move its position past everything
-    acknowledged. A receiver's first poll starts it at the newest event; one whose
-    position fell behind the pruned events starts again there too, with a gap to tell."""
+    acknowledged. A receiver's first poll starts it at the newest event, with a gap to
+    tell; one whose position fell behind the pruned events starts again there too."""
     t = now()
     async with conn.transaction():
+        # A new position starts with a gap: whatever the receiver cached before it had one
+        # (or before it was forgotten for idleness) may be stale.
         await conn.execute(
-            "INSERT INTO feed_receivers (client_id, receiver, position, polled_at)"
-            " SELECT $1, $2, greatest((SELECT coalesce(max(id), 0) FROM feed_events),"
-            "  (SELECT pruned_through FROM feed_horizon)), $3"
+            "WITH top AS (SELECT greatest((SELECT coalesce(max(id), 0) FROM feed_events),"
+            "  (SELECT pruned_through FROM feed_horizon)) AS id)"
+            " INSERT INTO feed_receivers (client_id, receiver, position, gap, polled_at)"
+            " SELECT $1, $2, top.id, top.id, $3 FROM top"
             " ON CONFLICT DO NOTHING",
             client_id,
             receiver,

@@ -61,6 +61,14 @@ async def verified(server: Server, caller: Registered, token: str) -> Body:
     return claims
 
 
+async def start(server: Server, caller: Registered, receiver: str = "") -> None:
+    """A receiver's first poll: one feed-gap SET (whatever it cached before may be stale),
+    acknowledged; then nothing."""
+    first = await sets(server, caller, receiver=receiver)
+    assert events_of(first) == [(rfc8417.FEED_GAP, {"reason": feed.GAP_REASON})]
+    assert await sets(server, caller, receiver=receiver, ack=list(first)) == {}
+
+
 def events_of(delivered: dict[str, Body]) -> list[tuple[str, Body]]:
     """The (type, payload) of each SET, in jti order of delivery."""
     out = []
@@ -85,12 +93,13 @@ async def revoke_id(authority: Authority, key_id: str) -> None:
 async def test_revocations_arrive_in_order_until_acknowledged(
     server: Server, resource_server: Registered
 ) -> None:
-    """A receiver's first poll starts it at now; later revocations come in order, each a SET
-    addressed to it; unacknowledged ones come again, acknowledged ones never."""
+    """A receiver's first poll starts it at now (with a gap to drop what it cached); later
+    revocations come in order, each a SET addressed to it; unacknowledged ones come again,
+    acknowledged ones never."""
     authority = server.authority
     before = await api_key(authority)
     await revoke_id(authority, before["id"])  # before its first poll: not for it
-    assert await sets(server, resource_server) == {}
+    await start(server, resource_server)
     keys = [await api_key(authority) for _ in range(3)]
     for key in keys:
         await revoke_id(authority, key["id"])
@@ -111,7 +120,7 @@ async def test_max_events_pages_and_says_more_available(
 ) -> None:
     """maxEvents bounds a page and moreAvailable says another waits; 0 only acknowledges."""
     authority = server.authority
-    await sets(server, resource_server)
+    await start(server, resource_server)
     for _ in range(3):
         await revoke_id(authority, (await api_key(authority))["id"])
     page = await poll(server, resource_server, maxEvents=2)
@@ -132,7 +141,7 @@ async def test_each_change_that_alters_answers_has_its_event(
     authority = server.authority
     owner = await register(authority)
     key = await api_key(authority, client_id=owner.client_id)
-    await sets(server, resource_server)
+    await start(server, resource_server)
     await admin.update_api_key(authority, "test", key["id"], {"metadata": {"plan": "pro"}})
     await authority.revoke("test", Selection(sub=key["sub"]))
     second = await api_key(authority, client_id=owner.client_id)
@@ -161,7 +170,7 @@ async def test_a_caller_sees_only_what_it_may_introspect(server: Server) -> None
     rs_b = await register(authority, scopes=(), audiences=(api_b,), can_introspect=True)
     rs_all = await register(authority, scopes=(), can_introspect=True)
     for rs in (rs_a, rs_b, rs_all):
-        await sets(server, rs)
+        await start(server, rs)
     for_a = await api_key(authority, audiences=[api_a])
     for_b = await api_key(authority, audiences=[api_b])
     await revoke_id(authority, for_a["id"])
@@ -184,8 +193,8 @@ async def test_receivers_of_one_client_each_get_every_event(
 ) -> None:
     """Two named receivers of one client have a position each."""
     authority = server.authority
-    await sets(server, resource_server, receiver="one")
-    await sets(server, resource_server, receiver="two")
+    await start(server, resource_server, receiver="one")
+    await start(server, resource_server, receiver="two")
     key = await api_key(authority)
     await revoke_id(authority, key["id"])
     one = await sets(server, resource_server, receiver="one")
@@ -200,7 +209,7 @@ async def test_a_receiver_behind_the_retention_is_told_to_drop_its_cache(
     """When events a receiver had not read were pruned, it gets one feed-gap SET, sent again
     until acknowledged, and then the events that follow."""
     authority = server.authority
-    await sets(server, resource_server)
+    await start(server, resource_server)
     await revoke_id(authority, (await api_key(authority))["id"])
     assert await store.prune_feed(authority.pool, time.time() + 1, 0) >= 1
     gap = await sets(server, resource_server)
@@ -219,9 +228,9 @@ async def test_a_long_poll_is_answered_when_an_event_arrives(
     LONG_POLL (30 s), only that wake-up can answer it within the test's bound."""
     monkeypatch.setattr(feed, "RECHECK", 3600.0)
     authority = server.authority
-    await sets(server, resource_server)
+    await start(server, resource_server)
     key = await api_key(authority)
-    await sets(server, resource_server, receiver="parked")  # its position: before the key's
+    await start(server, resource_server, receiver="parked")  # its position: before the key's
     parked = asyncio.create_task(
         poll(server, resource_server, returnImmediately=False, receiver="parked")
     )

@@ -150,15 +150,19 @@ async def test_a_revocation_wakes_long_polls_parked_on_every_worker(
     connector = aiohttp.TCPConnector(limit=PARKED + 4, force_close=True)
     async with aiohttp.ClientSession(connector=connector) as http:
 
-        async def poll(receiver: str, wait: bool) -> dict:
-            body = {"returnImmediately": not wait, "receiver": receiver}
+        async def poll(receiver: str, wait: bool, ack: list[str]) -> dict:
+            body = {"returnImmediately": not wait, "receiver": receiver, "ack": ack}
             async with http.post(f"{base}/events", json=body, headers=rs.auth) as resp:
                 assert resp.status == 200, await resp.text()
                 return await resp.json()
 
-        for receiver in receivers:  # each starts its position now
-            assert (await poll(receiver, wait=False))["sets"] == {}
-        parked = [asyncio.create_task(poll(receiver, wait=True)) for receiver in receivers]
+        # Each starts its position now; its first answer is a feed-gap, acknowledged by the
+        # long poll that follows.
+        gaps = [list((await poll(r, wait=False, ack=[]))["sets"]) for r in receivers]
+        parked = [
+            asyncio.create_task(poll(r, wait=True, ack=gap))
+            for r, gap in zip(receivers, gaps, strict=True)
+        ]
 
         async def all_parked() -> bool:
             async with http.get(f"{base}/metrics") as resp:

@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from introspect import admin, feed, rfc8417, store
+from introspect.metrics import METRICS
 from introspect.service import Authority
 from introspect.store import Selection
 from tests.helpers import Answer, Registered, Server, register
@@ -186,6 +187,39 @@ async def test_a_caller_sees_only_what_it_may_introspect(server: Server) -> None
     assert (rfc8417.CREDENTIAL_REVOKED, {"jti": for_b["id"]}) in events_of(seen)
     # Another caller's jti of the same event acknowledges nothing for this one.
     assert len(await sets(server, rs_a, ack=list(seen))) == 1
+
+
+async def test_a_key_moved_to_another_audience_is_announced_to_both(server: Server) -> None:
+    """A PATCH of an API key's audiences is seen by the callers of the old audience (their
+    active answer is wrong now) and of the new one (their inactive answer is)."""
+    authority = server.authority
+    tag = secrets.token_hex(4)
+    api_a, api_b = f"https://a-{tag}.test", f"https://b-{tag}.test"
+    rs_a = await register(authority, scopes=(), audiences=(api_a,), can_introspect=True)
+    rs_b = await register(authority, scopes=(), audiences=(api_b,), can_introspect=True)
+    for rs in (rs_a, rs_b):
+        await start(server, rs)
+    key = await api_key(authority, audiences=[api_a])
+    await admin.update_api_key(authority, "test", key["id"], {"audiences": [api_b]})
+    for rs in (rs_a, rs_b):
+        assert events_of(await sets(server, rs)) == [
+            (rfc8417.CREDENTIAL_CHANGED, {"jti": key["id"]})
+        ]
+
+
+async def test_deliveries_are_counted_with_their_lag(
+    server: Server, resource_server: Registered
+) -> None:
+    """Events published and SETs delivered are counted; the lag histogram is exposed."""
+    await start(server, resource_server)
+    published, delivered = METRICS.events_published.value(), METRICS.events_delivered.value()
+    await revoke_id(server.authority, (await api_key(server.authority))["id"])
+    assert METRICS.events_published.value() == published + 1
+    assert len(await sets(server, resource_server)) == 1
+    assert METRICS.events_delivered.value() == delivered + 1
+    exposed = (await server.request("GET", "/metrics")).body.decode()
+    assert "introspect_feed_delivery_lag_seconds_count" in exposed
+    assert "introspect_feed_polls_waiting" in exposed
 
 
 async def test_receivers_of_one_client_each_get_every_event(

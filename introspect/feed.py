@@ -131,6 +131,7 @@ class Feed:
                 or page.more
                 or page.gap is not None
                 or request.return_immediately
+                or not request.max_events  # acknowledging only (§2.4)
                 or self.waker.closed
                 or left <= 0
             ):

@@ -127,11 +127,29 @@ async def test_max_events_pages_and_says_more_available(
     page = await poll(server, resource_server, maxEvents=2)
     assert len(page.json()["sets"]) == 2
     assert page.json()["moreAvailable"] is True
-    ack_only = await poll(server, resource_server, maxEvents=0, ack=list(page.json()["sets"]))
+    ack_only = await poll(
+        server,
+        resource_server,
+        maxEvents=0,
+        ack=list(page.json()["sets"]),
+        returnImmediately=False,  # nothing to wait for: it only acknowledges
+    )
     assert ack_only.json() == {"sets": {}, "moreAvailable": True}
     rest = await poll(server, resource_server, maxEvents=2)
     assert len(rest.json()["sets"]) == 1
     assert rest.json()["moreAvailable"] is False
+    # Only acknowledging, with nothing left: answered at once, not parked.
+    done = poll(
+        server,
+        resource_server,
+        maxEvents=0,
+        ack=list(rest.json()["sets"]),
+        returnImmediately=False,
+    )
+    assert (await asyncio.wait_for(done, WOKEN_WITHIN)).json() == {
+        "sets": {},
+        "moreAvailable": False,
+    }
 
 
 async def test_each_change_that_alters_answers_has_its_event(

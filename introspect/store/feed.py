@@ -47,6 +47,12 @@ async def add_client_event(conn: asyncpg.Connection, event_type: str, client_id:
     )
 
 
+async def reset_receivers(conn: asyncpg.Connection, client_id: str) -> None:
+    """Give every receiver of `client_id` a gap at its position: what it may see changed, so
+    everything it cached may be wrong."""
+    await conn.execute("UPDATE feed_receivers SET gap = position WHERE client_id = $1", client_id)
+
+
 async def poll_feed(
     conn: asyncpg.Connection,
     client_id: str,

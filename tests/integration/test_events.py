@@ -225,6 +225,22 @@ async def test_a_key_moved_to_another_audience_is_announced_to_both(server: Serv
         ]
 
 
+async def test_a_caller_whose_audiences_change_is_told_to_drop_its_cache(server: Server) -> None:
+    """What a caller may introspect changed with its audiences: each of its receivers gets a
+    feed-gap; a change of its name does nothing of the kind."""
+    authority = server.authority
+    rs = await register(authority, scopes=(), audiences=("https://x.test",), can_introspect=True)
+    await start(server, rs, receiver="one")
+    await start(server, rs, receiver="two")
+    await admin.update_client(authority, "test", rs.client_id, {"name": "renamed"})
+    assert await sets(server, rs, receiver="one") == {}
+    await admin.update_client(authority, "test", rs.client_id, {"audiences": ["https://y.test"]})
+    for receiver in ("one", "two"):
+        gap = await sets(server, rs, receiver=receiver)
+        assert events_of(gap) == [(rfc8417.FEED_GAP, {"reason": feed.GAP_REASON})]
+        assert await sets(server, rs, receiver=receiver, ack=list(gap)) == {}
+
+
 async def test_deliveries_are_counted_with_their_lag(
     server: Server, resource_server: Registered
 ) -> None:

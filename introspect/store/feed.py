@@ -50,7 +50,9 @@ async def add_client_event(conn: asyncpg.Connection, event_type: str, client_id:
 async def reset_receivers(conn: asyncpg.Connection, client_id: str) -> None:
     """Give every receiver of `client_id` a gap at its position: what it may see changed, so
     everything it cached may be wrong."""
-    await conn.execute("UPDATE feed_receivers SET gap = position WHERE client_id = $1", client_id)
+    await conn.execute(
+        "UPDATE feed_receivers SET gap = nextval('feed_gaps') WHERE client_id = $1", client_id
+    )
 
 
 async def poll_feed(
@@ -75,7 +77,7 @@ async def poll_feed(
             "WITH top AS (SELECT greatest((SELECT coalesce(max(id), 0) FROM feed_events),"
             "  (SELECT pruned_through FROM feed_horizon)) AS id)"
             " INSERT INTO feed_receivers (client_id, receiver, position, gap, polled_at)"
-            " SELECT $1, $2, top.id, top.id, $3 FROM top"
+            " SELECT $1, $2, top.id, nextval('feed_gaps'), $3 FROM top"
             " ON CONFLICT DO NOTHING",
             client_id,
             receiver,
@@ -119,7 +121,8 @@ async def poll_feed(
         ]
         if behind:
             # Events it may need are gone: start again at the newest, and say so.
-            position, acked, gap = top, set(), top
+            position, acked = top, set()
+            gap = await conn.fetchval("SELECT nextval('feed_gaps')")
         else:
             position = events[0].id - 1 if events else top
             acked = {a for a in acked if position < a <= top}

@@ -62,12 +62,14 @@ async def verified(server: Server, caller: Registered, token: str) -> Body:
     return claims
 
 
-async def start(server: Server, caller: Registered, receiver: str = "") -> None:
+async def start(server: Server, caller: Registered, receiver: str = "") -> str:
     """A receiver's first poll: one feed-gap SET (whatever it cached before may be stale),
-    acknowledged; then nothing."""
+    acknowledged; then nothing. Its jti."""
     first = await sets(server, caller, receiver=receiver)
     assert events_of(first) == [(rfc8417.FEED_GAP, {"reason": feed.GAP_REASON})]
     assert await sets(server, caller, receiver=receiver, ack=list(first)) == {}
+    (jti,) = first
+    return jti
 
 
 def events_of(delivered: dict[str, Body]) -> list[tuple[str, Body]]:
@@ -230,14 +232,14 @@ async def test_a_caller_whose_audiences_change_is_told_to_drop_its_cache(server:
     feed-gap; a change of its name does nothing of the kind."""
     authority = server.authority
     rs = await register(authority, scopes=(), audiences=("https://x.test",), can_introspect=True)
-    await start(server, rs, receiver="one")
-    await start(server, rs, receiver="two")
+    started = {receiver: await start(server, rs, receiver=receiver) for receiver in ("1", "2")}
     await admin.update_client(authority, "test", rs.client_id, {"name": "renamed"})
-    assert await sets(server, rs, receiver="one") == {}
+    assert await sets(server, rs, receiver="1") == {}
     await admin.update_client(authority, "test", rs.client_id, {"audiences": ["https://y.test"]})
-    for receiver in ("one", "two"):
+    for receiver, first in started.items():
         gap = await sets(server, rs, receiver=receiver)
         assert events_of(gap) == [(rfc8417.FEED_GAP, {"reason": feed.GAP_REASON})]
+        assert first not in gap  # a new gap, not one already acknowledged
         assert await sets(server, rs, receiver=receiver, ack=list(gap)) == {}
 
 

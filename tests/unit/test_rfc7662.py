@@ -180,9 +180,9 @@ def live() -> Entry:
 async def full(worker: Worker, params: dict[str, str]) -> bytes:
     """The answer through both steps, as the view runs them."""
     answer = rfc7662.from_memory(worker, AUTH, params)
-    if isinstance(answer, bytes):
-        return answer
-    return (await rfc7662.complete(worker, AUTH, params, answer))[1]
+    if isinstance(answer, rfc7662.Answer):
+        return answer.body
+    return (await rfc7662.complete(worker, AUTH, params, answer))[1].body
 
 
 # --- the answer's shape (§2.2 and SPEC) -------------------------------------------------
@@ -237,7 +237,7 @@ async def test_a_warm_request_is_answered_from_memory_alone() -> None:
     entry, owner = live(), a_client(OWNER)
     worker = warm(a_client(), entry, owner)
     answer = rfc7662.from_memory(worker, AUTH, {"token": TOKEN})
-    assert answer == entry[ANSWER]
+    assert answer == rfc7662.Answer(entry[ANSWER], entry)
     assert worker.lookups == []
     assert worker.usage.noted == [entry]
 
@@ -273,7 +273,7 @@ async def test_an_owner_memory_lacks_is_read_then_decides() -> None:
     assert isinstance(pending, rfc7662.Pending)
     assert pending.entry is entry
     _caller, answer = await rfc7662.complete(worker, AUTH, {"token": TOKEN}, pending)
-    assert answer == rfc7662.INACTIVE
+    assert answer == rfc7662.INACTIVE_ANSWER
     assert worker.lookups == []
     assert worker.usage.noted == []
 
@@ -347,7 +347,7 @@ async def outcome(worker: Worker, params: dict[str, str], *, step_only: bool) ->
     try:
         if step_only:
             answer = rfc7662.from_memory(worker, AUTH, params)
-            result: Any = answer if isinstance(answer, bytes) else None
+            result: Any = answer.body if isinstance(answer, rfc7662.Answer) else None
         else:
             result = await full(worker, params)
     except OAuth2Error as exc:
@@ -382,3 +382,24 @@ async def test_memory_and_the_stores_decide_alike(
     if step[0] is not None:
         assert step == expected
     assert await outcome(partly_warm(), params, step_only=False) == expected
+
+
+# --- Cache-Control (SPEC "Revocation feed") -----------------------------------------------
+
+
+@pytest.mark.parametrize(("exp_in", "expected"), [(None, 60), (3600, 60), (60, 60), (7, 7), (0, 0)])
+def test_an_active_answer_may_be_reused_for_the_rs_lifetime_never_past_exp(
+    exp_in: int | None, expected: int
+) -> None:
+    """max-age is INTROSPECT_RS_CACHE_TTL, cut at the credential's exp."""
+    t = now()
+    entry = live()
+    entry = (*entry[:EXP], None if exp_in is None else t + exp_in, *entry[EXP + 1 :])
+    answer = rfc7662.Answer(entry[ANSWER] or b"", entry)
+    assert rfc7662.max_age(answer, 60, 30, t) == expected
+
+
+def test_an_inactive_answer_is_reused_no_longer_than_the_server_keeps_its_own() -> None:
+    """An inactive answer's max-age is the shorter of the RS lifetime and the negative TTL."""
+    assert rfc7662.max_age(rfc7662.INACTIVE_ANSWER, 60, 30, now()) == 30
+    assert rfc7662.max_age(rfc7662.INACTIVE_ANSWER, 10, 30, now()) == 10

@@ -25,7 +25,14 @@ ITEMS = ("apples", "pears")
 async def list_items(request: web.Request) -> web.Response:
     """The items, and who asked."""
     answer = request[INTROSPECTION]
-    return web.json_response({"items": ITEMS, "sub": answer.sub, "client_id": answer.client_id})
+    return web.json_response(
+        {
+            "items": ITEMS,
+            "sub": answer.sub,
+            "client_id": answer.client_id,
+            "metadata": dict(answer.metadata),
+        }
+    )
 
 
 @require_scope("write")

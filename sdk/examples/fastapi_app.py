@@ -34,7 +34,12 @@ def create_app(guard: Guard) -> FastAPI:
 
     @app.get("/items")
     async def list_items(answer: Reader) -> dict[str, Any]:
-        return {"items": ITEMS, "sub": answer.sub, "client_id": answer.client_id}
+        return {
+            "items": ITEMS,
+            "sub": answer.sub,
+            "client_id": answer.client_id,
+            "metadata": dict(answer.metadata),
+        }
 
     @app.post("/items", status_code=201)
     async def add_item(answer: Writer) -> dict[str, Any]:

@@ -58,6 +58,9 @@ class Settings:
     local_cache_ttl: float = 10.0
     redis_cache_ttl: int = 300
     negative_cache_ttl: int = 30
+    # How long a resource server following the revocation feed may reuse an introspection
+    # answer (its Cache-Control max-age, never past the credential's exp).
+    rs_cache_ttl: int = 60
     # Limits.
     max_body_size: int = 64 * 1024
     # Seconds an idle keep-alive connection is kept open.
@@ -65,6 +68,16 @@ class Settings:
     access_log: bool = False
     # Seconds a developer portal session lasts at most (sign-out ends it sooner).
     portal_session_ttl: int = 8 * 3600
+
+    @property
+    def longest_cache_ttl(self) -> int:
+        """The longest time any cache (ours or a resource server's) may hold an answer."""
+        return max(
+            int(self.local_cache_ttl),
+            self.redis_cache_ttl,
+            self.negative_cache_ttl,
+            self.rs_cache_ttl,
+        )
 
     @property
     def embedded(self) -> bool:
@@ -156,6 +169,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         local_cache_ttl=float(_int(env, "INTROSPECT_LOCAL_CACHE_TTL", 10)),
         redis_cache_ttl=_int(env, "INTROSPECT_REDIS_CACHE_TTL", 300),
         negative_cache_ttl=_int(env, "INTROSPECT_NEGATIVE_CACHE_TTL", 30, minimum=1),
+        rs_cache_ttl=_int(env, "INTROSPECT_RS_CACHE_TTL", 60),
         keepalive_timeout=_int(env, "INTROSPECT_KEEPALIVE_TIMEOUT", 75, minimum=1),
         access_log=env.get("INTROSPECT_ACCESS_LOG", "") in ("1", "true", "yes"),
         portal_session_ttl=_int(env, "INTROSPECT_PORTAL_SESSION_TTL", 8 * 3600, minimum=60),

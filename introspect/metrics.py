@@ -120,6 +120,28 @@ class Metrics:
                 "Replays of the change log into a Redis whose history was not vouched for",
             )
         )
+        self.events_published = LocalCounter(
+            Counter(
+                "introspect_feed_events_published_total",
+                "Revocation feed events recorded (each becomes one SET per receiver that sees it)",
+            )
+        )
+        self.events_delivered = LocalCounter(
+            Counter("introspect_feed_sets_delivered_total", "SETs delivered by /events polls")
+        )
+        # Not on the hot path: observed directly.
+        self.event_lag = Histogram(
+            "introspect_feed_delivery_lag_seconds",
+            "From an event's write to a poll answer carrying it (each delivery)",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+        )
+        self._polls_waiting = Gauge(
+            "introspect_feed_polls_waiting",
+            "Long polls of /events parked, waiting for an event, summed over live workers",
+            multiprocess_mode="livesum",
+        )
+        # A callable giving this worker's parked polls, read at each flush.
+        self.polls_waiting: Callable[[], int] = lambda: 0
         self._pools = Gauge(
             "introspect_pool_connections",
             "Connections of each store pool by state, summed over live workers",
@@ -140,6 +162,8 @@ class Metrics:
             self.history_replays,
             self.invalidations_received,
             self.tokens_issued,
+            self.events_published,
+            self.events_delivered,
         ]
         # Counted since the last flush, per route.
         self._routes: dict[str, _RouteTally] = {}
@@ -173,6 +197,7 @@ class Metrics:
         refused, self._refused = self._refused, {}
         for reason, count in refused.items():
             self._admin_refusals.labels(reason).inc(count)
+        self._polls_waiting.set(self.polls_waiting())
         for pool, probe in self.pool_probes.items():
             in_use, idle = probe()
             self._pools.labels(pool, "in_use").set(in_use)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 
@@ -37,6 +37,26 @@ from introspect.store import Client, Credential, now
 
 INACTIVE = b'{"active":false}'
 HINTS = frozenset({"access_token", "api_key", "refresh_token"})
+
+
+class Answer(NamedTuple):
+    """An introspection answer: its bytes, and the entry it answers active (None: inactive)."""
+
+    body: bytes
+    entry: Entry | None
+
+
+INACTIVE_ANSWER = Answer(INACTIVE, None)
+
+
+def cache_control(answer: Answer, rs_ttl: int, negative_ttl: int, t: int) -> str:
+    """`Cache-Control` of an introspection answer: how long a resource server that follows
+    the revocation feed may reuse it (SPEC "Revocation feed"). An active answer: the
+    resource-server lifetime, never past the credential's `exp`; an inactive one: no longer
+    than this server keeps its own negative answers either."""
+    entry = answer.entry
+    ttl = min(rs_ttl, negative_ttl) if entry is None else entry.ttl(t, rs_ttl)
+    return f"private, max-age={ttl}"
 
 
 def active_answer(credential: Credential, issuer: str) -> dict[str, Any]:
@@ -163,7 +183,7 @@ def token_parameter(params: dict[str, str]) -> str:
 
 def from_memory(
     memory: Memory, authorization: str | None, params: dict[str, str]
-) -> bytes | Pending | None:
+) -> Answer | Pending | None:
     """The answer when all it needs is in this process's memory; else where it stopped
     (`Pending`), or None when memory does not know the caller. Raises the error the full
     path would for a remembered caller that may not introspect, or a missing `token`."""
@@ -179,13 +199,13 @@ async def complete(
     authorization: str | None,
     params: dict[str, str],
     pending: Pending | None = None,
-) -> tuple[Client, bytes]:
+) -> tuple[Client, Answer]:
     """The caller and the answer, going on from where `from_memory` stopped (`pending`; None
     when it did not know the caller, or was not asked)."""
     if pending is None:
         caller = await stores.authenticate(authorization, params)
         step = _step(stores, caller, params, time.monotonic())
-        if isinstance(step, bytes):
+        if isinstance(step, Answer):
             return caller, step
         pending = step
     caller, entry = pending.caller, pending.entry
@@ -200,7 +220,7 @@ async def complete(
     return caller, _noted(stores, entry, answer or INACTIVE)
 
 
-def _step(memory: Memory, caller: Client, params: dict[str, str], mono: float) -> bytes | Pending:
+def _step(memory: Memory, caller: Client, params: dict[str, str], mono: float) -> Answer | Pending:
     """The decision for an authenticated caller, as far as memory takes it."""
     if not caller.can_introspect:
         raise UnauthorizedClient("this client may not introspect")
@@ -215,11 +235,12 @@ def _step(memory: Memory, caller: Client, params: dict[str, str], mono: float) -
     return _noted(memory, entry, answer)
 
 
-def _noted(memory: Memory, entry: Entry, answer: bytes) -> bytes:
+def _noted(memory: Memory, entry: Entry, answer: bytes) -> Answer:
     """`answer`, after noting the use of an API key answered active."""
-    if answer is not INACTIVE:
-        memory.usage.note_use(entry)
-    return answer
+    if answer is INACTIVE:
+        return INACTIVE_ANSWER
+    memory.usage.note_use(entry)
+    return Answer(answer, entry)
 
 
 def _seen_by(caller: Client, entry: Entry, owners: Owners, mono: float) -> bytes | None:

@@ -44,6 +44,7 @@ from introspect.client_records import ClientRecords
 from introspect.config import Settings
 from introspect.credentials import Kind
 from introspect.discovery import Discovery
+from introspect.feed import RETENTION_MARGIN, Feed
 from introspect.ids import new_id
 from introspect.issuance import AccessTokens
 from introspect.jwts import Jwts
@@ -123,6 +124,7 @@ class Authority:
             self.lazy_pool, self.keyring, settings.secrets, self.issuer
         )
         self.discovery = Discovery(pool, self.local, self.issuer)
+        self.feed = Feed(pool, self.jwts, settings.longest_cache_ttl + RETENTION_MARGIN)
         self.assertions = rfc7523.Assertions(
             audiences=frozenset([self.issuer, *rfc8414.endpoints(self.issuer).values()]),
             first_use=AssertionReplay(self.cache, settings.secrets).first_use,
@@ -136,13 +138,17 @@ class Authority:
     async def listen(self) -> None:
         """Subscribe to invalidations; the in-process cache is used only while subscribed."""
         await self.cache.start()
-        self.listener = Listener(self.cache.redis, self.local)
+        self.listener = Listener(self.cache.redis, self.local, on_change=self.feed.waker.wake)
+        self.feed.listening = self.listener.subscribed.is_set
         self.listener.start()
+        self.feed.start()
+        METRICS.polls_waiting = lambda: self.feed.waiting
         self.cache.start_sweeper()
         self.usage.start()
 
     async def close(self) -> None:
         """Stop the listener and background tasks (the pools are closed by their owner)."""
+        await self.feed.close()
         if self.listener is not None:
             await self.listener.stop()
         await self.usage.stop()

@@ -11,8 +11,18 @@ import logging
 from aiohttp import web
 from multidict import CIMultiDict
 
-from introspect import forms, metrics, rfc6749, rfc7009, rfc7662, rfc9701, signing
-from introspect.errors import InvalidRequest
+from introspect import (
+    forms,
+    metrics,
+    rfc6749,
+    rfc7009,
+    rfc7662,
+    rfc8936,
+    rfc9701,
+    signing,
+    store,
+)
+from introspect.errors import InvalidRequest, UnauthorizedClient
 from introspect.service import Authority
 from introspect.store import Client
 from introspect.web.errors import json_response
@@ -23,8 +33,6 @@ routes = web.RouteTableDef()
 
 FORM = "application/x-www-form-urlencoded"
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-# The headers of every introspection answer, built once (each Response copies them).
-JSON_NO_STORE = CIMultiDict({"Content-Type": "application/json", **NO_STORE})
 
 
 async def read_form(request: web.Request) -> tuple[dict[str, str], dict[str, list[str]]]:
@@ -75,13 +83,39 @@ async def introspect(request: web.Request) -> web.Response:
     params, _ = await read_form(request)
     authorization = request.headers.get("Authorization")
     if rfc9701.wants_jwt(request.headers.get("Accept")):
-        caller, body = await rfc7662.complete(authority, authorization, params)
-        jwt = await authority.sign_introspection(caller, body)
-        return web.Response(body=jwt, content_type=rfc9701.MEDIA_TYPE, headers=NO_STORE)
-    answer = rfc7662.from_memory(authority, authorization, params)
-    if not isinstance(answer, bytes):
-        _caller, answer = await rfc7662.complete(authority, authorization, params, answer)
-    return web.Response(body=answer, headers=JSON_NO_STORE)
+        caller, answer = await rfc7662.complete(authority, authorization, params)
+        jwt = await authority.sign_introspection(caller, answer.body)
+        headers = {"Cache-Control": cache_control(authority, answer)}
+        return web.Response(body=jwt, content_type=rfc9701.MEDIA_TYPE, headers=headers)
+    found = rfc7662.from_memory(authority, authorization, params)
+    if isinstance(found, rfc7662.Answer):
+        answer = found
+    else:
+        _caller, answer = await rfc7662.complete(authority, authorization, params, found)
+    return web.Response(body=answer.body, headers=json_headers(cache_control(authority, answer)))
+
+
+def cache_control(authority: Authority, answer: rfc7662.Answer) -> str:
+    """The `Cache-Control` of an introspection answer (see rfc7662.cache_control)."""
+    settings = authority.settings
+    return rfc7662.cache_control(
+        answer, settings.rs_cache_ttl, settings.negative_cache_ttl, store.now()
+    )
+
+
+# The headers of introspection answers by Cache-Control value, each built once (a Response
+# copies them): a few dozen values at most (one per max-age).
+_JSON_HEADERS: dict[str, CIMultiDict[str]] = {}
+
+
+def json_headers(cache: str) -> CIMultiDict[str]:
+    """The headers of a JSON introspection answer with this `Cache-Control`."""
+    headers = _JSON_HEADERS.get(cache)
+    if headers is None:
+        headers = _JSON_HEADERS[cache] = CIMultiDict(
+            {"Content-Type": "application/json", "Cache-Control": cache}
+        )
+    return headers
 
 
 @routes.post("/revoke")
@@ -95,6 +129,23 @@ async def revoke(request: web.Request) -> web.Response:
         presented, actor=f"client:{client.client_id}", owner=client.client_id
     )
     return web.Response(status=rfc7009.STATUS, headers=NO_STORE)
+
+
+@routes.post("/events")
+async def events(request: web.Request) -> web.Response:
+    """RFC 8936 §2.4: the revocation feed, polled by resource servers (introspect/feed.py).
+
+    The caller authenticates as on /introspect (HTTP Basic, or the client
+    authentication members in the JSON body) and must be allowed to introspect.
+    """
+    authority = request.app[AUTHORITY]
+    if request.content_type != rfc8936.MEDIA_TYPE:
+        raise InvalidRequest(f"the body must be {rfc8936.MEDIA_TYPE}")
+    poll = rfc8936.parse(await request.read())
+    caller = await authenticated(authority, request, poll.auth)
+    if not caller.can_introspect:
+        raise UnauthorizedClient("this client may not introspect")
+    return json_response(await authority.feed.poll(caller, poll), headers=NO_STORE)
 
 
 @routes.get("/.well-known/oauth-authorization-server")

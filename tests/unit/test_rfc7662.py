@@ -181,9 +181,9 @@ def live() -> Entry:
 async def full(worker: Worker, params: dict[str, str]) -> bytes:
     """The answer through both steps, as the view runs them."""
     answer = rfc7662.from_memory(worker, AUTH, params)
-    if isinstance(answer, bytes):
-        return answer
-    return (await rfc7662.complete(worker, AUTH, params, answer))[1]
+    if isinstance(answer, rfc7662.Answer):
+        return answer.body
+    return (await rfc7662.complete(worker, AUTH, params, answer))[1].body
 
 
 # --- the answer's shape (§2.2 and SPEC) -------------------------------------------------
@@ -238,7 +238,7 @@ async def test_a_warm_request_is_answered_from_memory_alone() -> None:
     entry, owner = live(), a_client(OWNER)
     worker = warm(a_client(), entry, owner)
     answer = rfc7662.from_memory(worker, AUTH, {"token": TOKEN})
-    assert answer == entry.answer
+    assert answer == rfc7662.Answer(entry.answer, entry)
     assert worker.lookups == []
     assert worker.usage.noted == [entry]
 
@@ -274,7 +274,7 @@ async def test_an_owner_memory_lacks_is_read_then_decides() -> None:
     assert isinstance(pending, rfc7662.Pending)
     assert pending.entry is entry
     _caller, answer = await rfc7662.complete(worker, AUTH, {"token": TOKEN}, pending)
-    assert answer == rfc7662.INACTIVE
+    assert answer == rfc7662.INACTIVE_ANSWER
     assert worker.lookups == []
     assert worker.usage.noted == []
 
@@ -348,7 +348,7 @@ async def outcome(worker: Worker, params: dict[str, str], *, step_only: bool) ->
     try:
         if step_only:
             answer = rfc7662.from_memory(worker, AUTH, params)
-            result: Any = answer if isinstance(answer, bytes) else None
+            result: Any = answer.body if isinstance(answer, rfc7662.Answer) else None
         else:
             result = await full(worker, params)
     except OAuth2Error as exc:

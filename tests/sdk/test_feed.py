@@ -1,0 +1,150 @@
+"""The SDK's cache and the revocation feed, against a real server: answers are reused only
+while the feed is followed, a revocation reaches a busy app at once, and a lost feed (server
+restarted) drops the cache so no stale 200 follows."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from introspect_sdk import ClientAuth, Guard
+from tests.helpers import Registered, eventually
+from tests.sdk.conftest import (
+    FRAMEWORKS,
+    Example,
+    Issuer,
+    access_token,
+    example_app,
+    revoke,
+)
+
+IN_FLIGHT = 200
+# Generous: the bench measures the distribution (target p99 < 250 ms).
+REVOKED_WITHIN = 5.0
+
+
+async def cached(example: Example, token: str) -> None:
+    """Wait (bounded) until the app answers `token` from its cache."""
+    await example.following()
+
+    async def hit() -> bool:
+        before = example.guard.metrics.hits
+        assert await example.status("/items", token) == 200
+        return example.guard.metrics.hits > before
+
+    await eventually(hit, within=10)
+
+
+async def test_answers_are_reused_while_following_the_feed(
+    example: Example, issuer: Issuer, reader: Registered
+) -> None:
+    """Once the feed is followed, a token's answer and an unknown token's are served from
+    the cache: one introspection each for many requests."""
+    token = await access_token(issuer.running, reader)
+    await cached(example, token)
+    misses = example.guard.metrics.misses
+    for _ in range(5):
+        assert await example.status("/items", token) == 200
+        assert await example.status("/items", "itok_unknown") == 401
+    assert example.guard.metrics.misses <= misses + 1  # the unknown token's first answer
+
+
+async def test_without_the_feed_nothing_is_cached(
+    issuer: Issuer, rs: Registered, reader: Registered
+) -> None:
+    """A guard that does not follow the feed asks introspect for every request."""
+    auth = ClientAuth.with_secret(rs.client_id, rs.secret)
+    async with Guard(issuer.url, auth, follow_feed=False) as guard:
+        token = await access_token(issuer.running, reader)
+        for _ in range(3):
+            assert (await guard.introspect(token)).answer.active
+        assert (guard.metrics.hits, guard.metrics.misses, len(guard.cache)) == (0, 3, 0)
+
+
+async def test_concurrent_misses_make_one_request(
+    issuer: Issuer, rs: Registered, reader: Registered
+) -> None:
+    """Fifty concurrent lookups of an uncached token share one introspection."""
+    auth = ClientAuth.with_secret(rs.client_id, rs.secret)
+    async with Guard(issuer.url, auth) as guard:
+        token = await access_token(issuer.running, reader)
+        outcomes = await asyncio.gather(*(guard.introspect(token) for _ in range(50)))
+        assert all(o.answer.active for o in outcomes)
+        assert guard.metrics.coalesced == 49
+
+
+async def test_revocation_reaches_a_busy_app_at_once(
+    example: Example, issuer: Issuer, reader: Registered
+) -> None:
+    """With IN_FLIGHT requests in flight on a cached token, the app answers 401 within
+    REVOKED_WITHIN seconds of /revoke returning, and never 200 again after its first 401."""
+    token = await access_token(issuer.running, reader)
+    await cached(example, token)
+    seen: list[tuple[float, float, int]] = []  # (sent, answered, status)
+    stop = asyncio.Event()
+
+    async def hammer() -> None:
+        while not stop.is_set():
+            sent = time.monotonic()
+            status = await example.status("/items", token)
+            seen.append((sent, time.monotonic(), status))
+            # In-process ASGI calls answered from the cache never suspend: let others run.
+            await asyncio.sleep(0)
+
+    tasks = [asyncio.create_task(hammer()) for _ in range(IN_FLIGHT)]
+    try:
+
+        async def busy() -> bool:
+            return len(seen) >= IN_FLIGHT
+
+        await eventually(busy, within=30)
+        await revoke(issuer.running, reader, token)
+        returned = time.monotonic()
+
+        async def refused() -> bool:
+            return any(sent > returned and status == 401 for sent, _, status in seen)
+
+        await eventually(refused, within=REVOKED_WITHIN)
+        count = len(seen)
+
+        async def more() -> bool:
+            return len(seen) >= count + IN_FLIGHT
+
+        await eventually(more, within=30)
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+    first = min(answered for _, answered, status in seen if status == 401)
+    assert {status for sent, _, status in seen if sent > first} == {401}
+    assert {status for _, _, status in seen} <= {200, 401}
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+async def test_feed_lost_drops_the_cache(
+    framework: str, own_issuer: Issuer, rs: Registered, reader: Registered
+) -> None:
+    """A cached token, revoked while the feed is down (the server restarting): the SDK has
+    dropped its cache, so its next answer comes from introspect (401), not from memory (200)."""
+    guard = Guard(own_issuer.url, ClientAuth.with_secret(rs.client_id, rs.secret))
+    example = await example_app(framework, guard)
+    try:
+        token = await access_token(own_issuer.running, reader)
+        await cached(example, token)
+        authority = own_issuer.running.authority
+        await own_issuer.stop()
+
+        async def lost() -> bool:
+            return guard.feed is not None and not guard.feed.following
+
+        await eventually(lost, within=10)
+        assert len(guard.cache) == 0
+        assert guard.metrics.drops >= 1
+        del authority
+        await own_issuer.start()
+        await revoke(own_issuer.running, reader, token)
+        assert await example.status("/items", token) == 401
+    finally:
+        for close in example.closers:
+            await close()

@@ -42,8 +42,8 @@ class Issuer:
 
     @property
     def url(self) -> str:
-        """Its issuer and base URL."""
-        return f"http://127.0.0.1:{self.port}"
+        """Its issuer: the URL resource servers reach it at."""
+        return self.settings.issuer
 
     async def start(self) -> Server:
         """Serve (again)."""
@@ -65,10 +65,12 @@ class Issuer:
         return self.server
 
 
-async def issuer_of(settings: Settings) -> Issuer:
-    """A started Issuer on a free port."""
+async def issuer_of(settings: Settings, public_port: int | None = None) -> Issuer:
+    """A started Issuer on a free port, its issuer that port's URL or `public_port`'s (where
+    a relay forwards to it)."""
     port = free_port()
-    issuer = Issuer(replace(settings, issuer_override=f"http://127.0.0.1:{port}"), port)
+    public = f"http://127.0.0.1:{public_port or port}"
+    issuer = Issuer(replace(settings, issuer_override=public), port)
     await issuer.start()
     return issuer
 

@@ -5,18 +5,23 @@ restarted) drops the cache so no stale 200 follows."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import pytest
 
+from introspect import admin
+from introspect.config import Settings
+from introspect.service import Authority
 from introspect_sdk import ClientAuth, Guard
-from tests.helpers import Registered, eventually
+from tests.helpers import Registered, eventually, free_port
 from tests.sdk.conftest import (
     FRAMEWORKS,
     Example,
     Issuer,
     access_token,
     example_app,
+    issuer_of,
     revoke,
 )
 
@@ -121,30 +126,99 @@ async def test_revocation_reaches_a_busy_app_at_once(
     assert {status for _, _, status in seen} <= {200, 401}
 
 
+async def lost(guard: Guard) -> None:
+    """Wait (bounded) until the guard has noticed that its feed is gone."""
+
+    async def not_following() -> bool:
+        return guard.feed is not None and not guard.feed.following
+
+    await eventually(not_following, within=10)
+
+
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 async def test_feed_lost_drops_the_cache(
-    framework: str, own_issuer: Issuer, rs: Registered, reader: Registered
+    framework: str, own_issuer: Issuer, authority: Authority, rs: Registered, reader: Registered
 ) -> None:
-    """A cached token, revoked while the feed is down (the server restarting): the SDK has
-    dropped its cache, so its next answer comes from introspect (401), not from memory (200)."""
+    """A cached token revoked while this server is down (by another node): the SDK dropped its
+    cache when the feed went, so it answers 503 rather than a stale 200, and 401 once the
+    server is back."""
     guard = Guard(own_issuer.url, ClientAuth.with_secret(rs.client_id, rs.secret))
     example = await example_app(framework, guard)
     try:
         token = await access_token(own_issuer.running, reader)
         await cached(example, token)
-        authority = own_issuer.running.authority
         await own_issuer.stop()
-
-        async def lost() -> bool:
-            return guard.feed is not None and not guard.feed.following
-
-        await eventually(lost, within=10)
+        await lost(guard)
         assert len(guard.cache) == 0
-        assert guard.metrics.drops >= 1
-        del authority
+        assert guard.metrics.drops == 1
+        await admin.revoke(authority, "test", {"token": token})
+        assert await example.status("/items", token) == 503
         await own_issuer.start()
-        await revoke(own_issuer.running, reader, token)
         assert await example.status("/items", token) == 401
     finally:
         for close in example.closers:
             await close()
+
+
+class Relay:
+    """A TCP relay on loopback in front of a server, whose connections can be cut."""
+
+    def __init__(self, port: int, target: int) -> None:
+        self.port = port
+        self.target = target
+        self.server: asyncio.Server | None = None
+        self.writers: set[asyncio.StreamWriter] = set()
+
+    async def open(self) -> None:
+        """Accept and relay connections."""
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+
+    async def cut(self) -> None:
+        """Stop accepting, and reset every relayed connection."""
+        assert self.server is not None
+        self.server.close()
+        for writer in list(self.writers):
+            writer.transport.abort()
+        await self.server.wait_closed()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
+        self.writers |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        self.writers -= {writer, up_writer}
+
+
+async def test_connection_cut_drops_the_cache(
+    settings: Settings, rs: Registered, reader: Registered
+) -> None:
+    """Connections to introspect cut (a relay resetting them and refusing new ones): the SDK
+    drops its cache, answers 503 for a token revoked meanwhile, and 401 once it can ask."""
+    relay_port = free_port()
+    issuer = await issuer_of(settings, public_port=relay_port)
+    relay = Relay(relay_port, issuer.port)
+    await relay.open()
+    guard = Guard(issuer.url, ClientAuth.with_secret(rs.client_id, rs.secret))
+    example = await example_app("aiohttp", guard)
+    try:
+        token = await access_token(issuer.running, reader)
+        await cached(example, token)
+        await relay.cut()
+        await lost(guard)
+        assert len(guard.cache) == 0
+        await revoke(issuer.running, reader, token)
+        assert await example.status("/items", token) == 503
+        await relay.open()
+        assert await example.status("/items", token) == 401
+    finally:
+        for close in example.closers:
+            await close()
+        await relay.cut()
+        await issuer.stop()

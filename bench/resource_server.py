@@ -37,6 +37,7 @@ import aiohttp
 import orjson
 
 from bench import loadgen, procs
+from bench.http import basic_auth
 from bench.loadgen import Load
 
 HOST = "127.0.0.1"
@@ -136,11 +137,15 @@ async def sdk_counters(http: aiohttp.ClientSession, port: int) -> dict[str, floa
         return counters
 
 
+def svc_auth(stack: Stack) -> dict[str, str]:
+    """The service client's client_secret_basic header."""
+    return {"Authorization": basic_auth(stack.svc["client_id"], stack.svc["client_secret"])}
+
+
 async def token(http: aiohttp.ClientSession, stack: Stack) -> str:
     """A fresh access token of the service client."""
-    auth = aiohttp.BasicAuth(stack.svc["client_id"], stack.svc["client_secret"])
     form = {"grant_type": "client_credentials"}
-    async with http.post(f"{stack.url}/token", data=form, auth=auth) as resp:
+    async with http.post(f"{stack.url}/token", data=form, headers=svc_auth(stack)) as resp:
         assert resp.status == 200, await resp.text()
         value: str = (await resp.json())["access_token"]
         return value
@@ -230,8 +235,8 @@ async def revocation_once(
     tasks = [asyncio.create_task(hammer()) for _ in range(CONCURRENCY)]
     try:
         await asyncio.sleep(0.1)
-        auth = aiohttp.BasicAuth(stack.svc["client_id"], stack.svc["client_secret"])
-        async with http.post(f"{stack.url}/revoke", data={"token": bearer}, auth=auth) as resp:
+        form = {"token": bearer}
+        async with http.post(f"{stack.url}/revoke", data=form, headers=svc_auth(stack)) as resp:
             assert resp.status == 200, resp.status
         returned = time.perf_counter()
         deadline = returned + BOUND

@@ -2,7 +2,7 @@
 `POST /items` scope `write`, `/healthz` is public and shows the SDK's counters.
 
     INTROSPECT_ISSUER=http://127.0.0.1:8080 INTROSPECT_CLIENT_ID=... \\
-    INTROSPECT_CLIENT_SECRET=... python sdk/examples/aiohttp_app.py   # listens on :8081
+    INTROSPECT_CLIENT_SECRET=... python sdk/examples/aiohttp_app.py   # listens on :8090
 
 (or INTROSPECT_ACCESS_KEY=iak_... instead of the id and secret). The client must be
 allowed to introspect. `EXAMPLE_NO_CACHE=1` asks introspect on every request.
@@ -66,5 +66,5 @@ def guard_from_env(env: Mapping[str, str]) -> Guard:
 
 
 if __name__ == "__main__":
-    port = int(os.environ.get("EXAMPLE_PORT", "8081"))
+    port = int(os.environ.get("EXAMPLE_PORT", "8090"))
     web.run_app(create_app(guard_from_env(os.environ)), host="127.0.0.1", port=port)

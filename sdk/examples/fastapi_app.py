@@ -3,7 +3,7 @@
 
     pip install 'introspect-sdk[fastapi]' uvicorn
     INTROSPECT_ISSUER=http://127.0.0.1:8080 INTROSPECT_CLIENT_ID=... \\
-    INTROSPECT_CLIENT_SECRET=... uvicorn --factory fastapi_app:from_env --port 8082
+    INTROSPECT_CLIENT_SECRET=... uvicorn --factory fastapi_app:from_env --port 8091
 
 (run from sdk/examples; or INTROSPECT_ACCESS_KEY=iak_... instead of the id and secret).
 """

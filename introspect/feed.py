@@ -131,6 +131,7 @@ class Feed:
                 or page.more
                 or page.gap is not None
                 or request.return_immediately
+                or not request.max_events  # acknowledging only (§2.4)
                 or self.waker.closed
                 or left <= 0
             ):
@@ -187,7 +188,9 @@ class Feed:
                 await self._pruner
 
 
-GAP_REASON = "events older than the retention were pruned before this receiver read them"
+# The payload of every feed-gap: a new position, events pruned before it read them, or a
+# change of its own audiences.
+GAP_REASON = "this receiver may have missed events: drop every cached answer"
 
 
 def _acknowledged(client_id: str, jtis: Sequence[str]) -> tuple[list[int], int | None]:

@@ -36,8 +36,9 @@ MAX_JTI = 256
 # The body members the client authentication may use (RFC 6749 §2.3.1, RFC 7523 §2.2).
 AUTH_MEMBERS = ("client_id", "client_secret", "client_assertion", "client_assertion_type")
 _RECEIVER = re.compile(r"[A-Za-z0-9._~-]{1,64}")
-# A SET's jti: "e<event id>.<client_id>" for an event, "g<position>.<client_id>" for a gap
-# notice. The client_id makes each SET's jti its own (§2.2 of RFC 7519: no two alike).
+# A SET's jti: "e<event id>.<client_id>" for an event, "g<gap number>.<client_id>" for a
+# gap notice (each gap its own number). The client_id makes each SET's jti its own (RFC
+# 7519 §4.1.7: no two alike).
 _JTI = re.compile(r"([eg])([0-9]{1,18})\.(.+)", re.DOTALL)
 EVENT = "e"
 GAP = "g"
@@ -141,7 +142,8 @@ def _auth(body: dict[str, Any]) -> dict[str, str]:
 
 
 def jti(kind: str, number: int, client_id: str) -> str:
-    """The jti of a SET for `client_id`: an event's (EVENT, its id) or a gap notice's (GAP)."""
+    """The jti of a SET for `client_id`: an event's (EVENT, its id) or a gap notice's (GAP,
+    its number)."""
     return f"{kind}{number}.{client_id}"
 
 

@@ -133,6 +133,9 @@ async def update_client(
             # Its credentials' answers change: resource servers hear it (introspect/feed.py).
             kind = rfc8417.CLIENT_DISABLED if changes["disabled"] else rfc8417.CLIENT_ENABLED
             await feed.record_client_event(conn, kind, client_id)
+        if set(changes.get("audiences", current.audiences)) != set(current.audiences):
+            # What it sees by introspection changed: its feed receivers drop everything.
+            await store.reset_receivers(conn, client_id)
         return await changed_client(conn, actor, client_id, changes, changes)
 
     client, _ = await authority.change(apply)

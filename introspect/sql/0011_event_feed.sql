@@ -41,12 +41,15 @@ INSERT INTO feed_horizon (pruned_through) VALUES (0);
 -- Each receiver's position: every event it may see up to `position` is
 -- acknowledged, and so are the ids in `acked` (above it). A receiver is a
 -- client polling with an optional receiver name of its choosing.
+CREATE SEQUENCE feed_gaps;
 CREATE TABLE feed_receivers (
     client_id text NOT NULL,
     receiver  text NOT NULL,
     position  bigint NOT NULL,
     acked     bigint[] NOT NULL DEFAULT '{}',
-    -- The position it was moved to after a gap, until the gap SET is acknowledged.
+    -- The number of the feed-gap SET it is owed (from feed_gaps: each gap its own
+    -- jti), until it acknowledges it: a new position, events pruned before it read
+    -- them, or a change of its own audiences.
     gap       bigint,
     polled_at bigint NOT NULL,
     PRIMARY KEY (client_id, receiver)

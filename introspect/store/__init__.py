@@ -77,7 +77,13 @@ from introspect.store.credentials import (
     touch_credentials,
     update_credential,
 )
-from introspect.store.feed import add_client_event, add_feed_event, poll_feed, prune_feed
+from introspect.store.feed import (
+    add_client_event,
+    add_feed_event,
+    poll_feed,
+    prune_feed,
+    reset_receivers,
+)
 from introspect.store.pool import (
     ACQUIRE_TIMEOUT,
     COMMAND_TIMEOUT,
@@ -193,6 +199,7 @@ __all__ = [
     "prune_changes",
     "prune_feed",
     "rehash",
+    "reset_receivers",
     "revoke_admin_key",
     "revoke_recorded",
     "rotate_client_secret",

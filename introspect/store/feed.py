@@ -47,6 +47,14 @@ async def add_client_event(conn: asyncpg.Connection, event_type: str, client_id:
     )
 
 
+async def reset_receivers(conn: asyncpg.Connection, client_id: str) -> None:
+    """Give every receiver of `client_id` a gap at its position: what it may see changed, so
+    everything it cached may be wrong."""
+    await conn.execute(
+        "UPDATE feed_receivers SET gap = nextval('feed_gaps') WHERE client_id = $1", client_id
+    )
+
+
 async def poll_feed(
     conn: asyncpg.Connection,
     client_id: str,
@@ -59,14 +67,17 @@ async def poll_feed(
 ) -> FeedPage:
     """Apply a receiver's acknowledgements, then read the events it may see and has not
     acknowledged, oldest first (`limit` at most), and move its position past everything
-    acknowledged. A receiver's first poll starts it at the newest event; one whose
-    position fell behind the pruned events starts again there too, with a gap to tell."""
+    acknowledged. A receiver's first poll starts it at the newest event, with a gap to
+    tell; one whose position fell behind the pruned events starts again there too."""
     t = now()
     async with conn.transaction():
+        # A new position starts with a gap: whatever the receiver cached before it had one
+        # (or before it was forgotten for idleness) may be stale.
         await conn.execute(
-            "INSERT INTO feed_receivers (client_id, receiver, position, polled_at)"
-            " SELECT $1, $2, greatest((SELECT coalesce(max(id), 0) FROM feed_events),"
-            "  (SELECT pruned_through FROM feed_horizon)), $3"
+            "WITH top AS (SELECT greatest((SELECT coalesce(max(id), 0) FROM feed_events),"
+            "  (SELECT pruned_through FROM feed_horizon)) AS id)"
+            " INSERT INTO feed_receivers (client_id, receiver, position, gap, polled_at)"
+            " SELECT $1, $2, top.id, nextval('feed_gaps'), $3 FROM top"
             " ON CONFLICT DO NOTHING",
             client_id,
             receiver,
@@ -110,7 +121,8 @@ async def poll_feed(
         ]
         if behind:
             # Events it may need are gone: start again at the newest, and say so.
-            position, acked, gap = top, set(), top
+            position, acked = top, set()
+            gap = await conn.fetchval("SELECT nextval('feed_gaps')")
         else:
             position = events[0].id - 1 if events else top
             acked = {a for a in acked if position < a <= top}

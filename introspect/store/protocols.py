@@ -166,6 +166,9 @@ class Feed(Protocol):
         """Record an event about a client, seen by the callers that may see one of its live
         credentials (by their audiences, as /introspect decides)."""
 
+    async def reset_receivers(self, conn: asyncpg.Connection, client_id: str) -> None:
+        """Give every receiver of `client_id` a gap at its position."""
+
     async def poll_feed(
         self,
         conn: asyncpg.Connection,

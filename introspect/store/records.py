@@ -251,7 +251,8 @@ class FeedEvent:
 @dataclass(frozen=True, slots=True)
 class FeedPage:
     """What one poll reads for a receiver: the events (oldest first), whether more wait, and
-    the position of an unacknowledged gap (events it may have needed were pruned), if any."""
+    the number of the gap it is owed and has not acknowledged (it may have missed events),
+    if any."""
 
     events: list[FeedEvent]
     more: bool

@@ -12,11 +12,14 @@ import orjson
 import pytest
 
 from introspect import admin, feed, rfc8417, store
+from introspect.metrics import METRICS
 from introspect.service import Authority
 from introspect.store import Selection
 from tests.helpers import Answer, Registered, Server, register
 
 Body = dict[str, Any]
+# A bound for the test only, well under the LONG_POLL a poll waits when nothing wakes it.
+WOKEN_WITHIN = 20
 
 
 async def poll(server: Server, caller: Registered, **body: Any) -> Answer:
@@ -59,6 +62,16 @@ async def verified(server: Server, caller: Registered, token: str) -> Body:
     return claims
 
 
+async def start(server: Server, caller: Registered, receiver: str = "") -> str:
+    """A receiver's first poll: one feed-gap SET (whatever it cached before may be stale),
+    acknowledged; then nothing. Its jti."""
+    first = await sets(server, caller, receiver=receiver)
+    assert events_of(first) == [(rfc8417.FEED_GAP, {"reason": feed.GAP_REASON})]
+    assert await sets(server, caller, receiver=receiver, ack=list(first)) == {}
+    (jti,) = first
+    return jti
+
+
 def events_of(delivered: dict[str, Body]) -> list[tuple[str, Body]]:
     """The (type, payload) of each SET, in jti order of delivery."""
     out = []
@@ -83,12 +96,13 @@ async def revoke_id(authority: Authority, key_id: str) -> None:
 async def test_revocations_arrive_in_order_until_acknowledged(
     server: Server, resource_server: Registered
 ) -> None:
-    """A receiver's first poll starts it at now; later revocations come in order, each a SET
-    addressed to it; unacknowledged ones come again, acknowledged ones never."""
+    """A receiver's first poll starts it at now (with a gap to drop what it cached); later
+    revocations come in order, each a SET addressed to it; unacknowledged ones come again,
+    acknowledged ones never."""
     authority = server.authority
     before = await api_key(authority)
     await revoke_id(authority, before["id"])  # before its first poll: not for it
-    assert await sets(server, resource_server) == {}
+    await start(server, resource_server)
     keys = [await api_key(authority) for _ in range(3)]
     for key in keys:
         await revoke_id(authority, key["id"])
@@ -109,17 +123,35 @@ async def test_max_events_pages_and_says_more_available(
 ) -> None:
     """maxEvents bounds a page and moreAvailable says another waits; 0 only acknowledges."""
     authority = server.authority
-    await sets(server, resource_server)
+    await start(server, resource_server)
     for _ in range(3):
         await revoke_id(authority, (await api_key(authority))["id"])
     page = await poll(server, resource_server, maxEvents=2)
     assert len(page.json()["sets"]) == 2
     assert page.json()["moreAvailable"] is True
-    ack_only = await poll(server, resource_server, maxEvents=0, ack=list(page.json()["sets"]))
+    ack_only = await poll(
+        server,
+        resource_server,
+        maxEvents=0,
+        ack=list(page.json()["sets"]),
+        returnImmediately=False,  # nothing to wait for: it only acknowledges
+    )
     assert ack_only.json() == {"sets": {}, "moreAvailable": True}
     rest = await poll(server, resource_server, maxEvents=2)
     assert len(rest.json()["sets"]) == 1
     assert rest.json()["moreAvailable"] is False
+    # Only acknowledging, with nothing left: answered at once, not parked.
+    done = poll(
+        server,
+        resource_server,
+        maxEvents=0,
+        ack=list(rest.json()["sets"]),
+        returnImmediately=False,
+    )
+    assert (await asyncio.wait_for(done, WOKEN_WITHIN)).json() == {
+        "sets": {},
+        "moreAvailable": False,
+    }
 
 
 async def test_each_change_that_alters_answers_has_its_event(
@@ -130,7 +162,7 @@ async def test_each_change_that_alters_answers_has_its_event(
     authority = server.authority
     owner = await register(authority)
     key = await api_key(authority, client_id=owner.client_id)
-    await sets(server, resource_server)
+    await start(server, resource_server)
     await admin.update_api_key(authority, "test", key["id"], {"metadata": {"plan": "pro"}})
     await authority.revoke("test", Selection(sub=key["sub"]))
     second = await api_key(authority, client_id=owner.client_id)
@@ -159,7 +191,7 @@ async def test_a_caller_sees_only_what_it_may_introspect(server: Server) -> None
     rs_b = await register(authority, scopes=(), audiences=(api_b,), can_introspect=True)
     rs_all = await register(authority, scopes=(), can_introspect=True)
     for rs in (rs_a, rs_b, rs_all):
-        await sets(server, rs)
+        await start(server, rs)
     for_a = await api_key(authority, audiences=[api_a])
     for_b = await api_key(authority, audiences=[api_b])
     await revoke_id(authority, for_a["id"])
@@ -177,13 +209,62 @@ async def test_a_caller_sees_only_what_it_may_introspect(server: Server) -> None
     assert len(await sets(server, rs_a, ack=list(seen))) == 1
 
 
+async def test_a_key_moved_to_another_audience_is_announced_to_both(server: Server) -> None:
+    """A PATCH of an API key's audiences is seen by the callers of the old audience (their
+    active answer is wrong now) and of the new one (their inactive answer is)."""
+    authority = server.authority
+    tag = secrets.token_hex(4)
+    api_a, api_b = f"https://a-{tag}.test", f"https://b-{tag}.test"
+    rs_a = await register(authority, scopes=(), audiences=(api_a,), can_introspect=True)
+    rs_b = await register(authority, scopes=(), audiences=(api_b,), can_introspect=True)
+    for rs in (rs_a, rs_b):
+        await start(server, rs)
+    key = await api_key(authority, audiences=[api_a])
+    await admin.update_api_key(authority, "test", key["id"], {"audiences": [api_b]})
+    for rs in (rs_a, rs_b):
+        assert events_of(await sets(server, rs)) == [
+            (rfc8417.CREDENTIAL_CHANGED, {"jti": key["id"]})
+        ]
+
+
+async def test_a_caller_whose_audiences_change_is_told_to_drop_its_cache(server: Server) -> None:
+    """What a caller may introspect changed with its audiences: each of its receivers gets a
+    feed-gap; a change of its name does nothing of the kind."""
+    authority = server.authority
+    rs = await register(authority, scopes=(), audiences=("https://x.test",), can_introspect=True)
+    started = {receiver: await start(server, rs, receiver=receiver) for receiver in ("1", "2")}
+    await admin.update_client(authority, "test", rs.client_id, {"name": "renamed"})
+    assert await sets(server, rs, receiver="1") == {}
+    await admin.update_client(authority, "test", rs.client_id, {"audiences": ["https://y.test"]})
+    for receiver, first in started.items():
+        gap = await sets(server, rs, receiver=receiver)
+        assert events_of(gap) == [(rfc8417.FEED_GAP, {"reason": feed.GAP_REASON})]
+        assert first not in gap  # a new gap, not one already acknowledged
+        assert await sets(server, rs, receiver=receiver, ack=list(gap)) == {}
+
+
+async def test_deliveries_are_counted_with_their_lag(
+    server: Server, resource_server: Registered
+) -> None:
+    """Events published and SETs delivered are counted; the lag histogram is exposed."""
+    await start(server, resource_server)
+    published, delivered = METRICS.events_published.value(), METRICS.events_delivered.value()
+    await revoke_id(server.authority, (await api_key(server.authority))["id"])
+    assert METRICS.events_published.value() == published + 1
+    assert len(await sets(server, resource_server)) == 1
+    assert METRICS.events_delivered.value() == delivered + 1
+    exposed = (await server.request("GET", "/metrics")).body.decode()
+    assert "introspect_feed_delivery_lag_seconds_count" in exposed
+    assert "introspect_feed_polls_waiting" in exposed
+
+
 async def test_receivers_of_one_client_each_get_every_event(
     server: Server, resource_server: Registered
 ) -> None:
     """Two named receivers of one client have a position each."""
     authority = server.authority
-    await sets(server, resource_server, receiver="one")
-    await sets(server, resource_server, receiver="two")
+    await start(server, resource_server, receiver="one")
+    await start(server, resource_server, receiver="two")
     key = await api_key(authority)
     await revoke_id(authority, key["id"])
     one = await sets(server, resource_server, receiver="one")
@@ -198,7 +279,7 @@ async def test_a_receiver_behind_the_retention_is_told_to_drop_its_cache(
     """When events a receiver had not read were pruned, it gets one feed-gap SET, sent again
     until acknowledged, and then the events that follow."""
     authority = server.authority
-    await sets(server, resource_server)
+    await start(server, resource_server)
     await revoke_id(authority, (await api_key(authority))["id"])
     assert await store.prune_feed(authority.pool, time.time() + 1, 0) >= 1
     gap = await sets(server, resource_server)
@@ -213,14 +294,13 @@ async def test_a_receiver_behind_the_retention_is_told_to_drop_its_cache(
 async def test_a_long_poll_is_answered_when_an_event_arrives(
     server: Server, resource_server: Registered, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A parked poll is woken by the invalidation of a change made elsewhere (here, by
-    another process's Authority over the same stores); with no re-read before LONG_POLL, only
-    that wake-up can answer it with the event."""
+    """A parked poll is woken by the invalidation of the change: with no re-read before
+    LONG_POLL (30 s), only that wake-up can answer it within the test's bound."""
     monkeypatch.setattr(feed, "RECHECK", 3600.0)
     authority = server.authority
-    await sets(server, resource_server)
+    await start(server, resource_server)
     key = await api_key(authority)
-    await sets(server, resource_server, receiver="parked")  # its position: before the key's
+    await start(server, resource_server, receiver="parked")  # its position: before the key's
     parked = asyncio.create_task(
         poll(server, resource_server, returnImmediately=False, receiver="parked")
     )
@@ -228,7 +308,7 @@ async def test_a_long_poll_is_answered_when_an_event_arrives(
         assert not parked.done(), (await parked).body
         await asyncio.sleep(0.01)
     await revoke_id(authority, key["id"])
-    answer = await parked
+    answer = await asyncio.wait_for(parked, WOKEN_WITHIN)
     assert answer.status == 200
     (token,) = answer.json()["sets"].values()
     claims = await verified(server, resource_server, token)

@@ -7,8 +7,10 @@ import time
 from collections.abc import AsyncIterator
 
 import aiohttp
+import jwt
 import pytest
 
+from introspect import rfc8417
 from introspect.admin import create_admin_key
 from introspect.config import Settings
 from introspect.service import Authority
@@ -17,6 +19,9 @@ from tests.helpers import Registered, eventually, register, serve_subprocess
 WORKERS = 3
 ROUNDS = 20
 IN_FLIGHT = 200
+# Long polls parked at once, and how long they may take to be woken (a test bound only).
+PARKED = 6
+WOKEN_WITHIN = 20
 
 
 @pytest.fixture(scope="module")
@@ -130,3 +135,52 @@ async def test_served_workers_answer_from_their_caches(base: str, authority: Aut
 
         # Workers hand their counters to /metrics every second: wait for them, bounded.
         await eventually(both_layers_hit, within=10)
+
+
+async def test_a_revocation_wakes_long_polls_parked_on_every_worker(
+    base: str, authority: Authority
+) -> None:
+    """Long polls of /events parked on several connections (so, over the workers) are all
+    answered with the SET of a revocation made through any worker: each worker wakes its
+    own polls on the invalidation it receives. Bounded well under the 30 s a poll would
+    wait unwoken (while subscribed, a parked poll does not read again before that)."""
+    app = await register(authority)
+    rs = await register(authority, scopes=(), can_introspect=True)
+    receivers = [f"r{i}" for i in range(PARKED)]
+    connector = aiohttp.TCPConnector(limit=PARKED + 4, force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as http:
+
+        async def poll(receiver: str, wait: bool, ack: list[str]) -> dict:
+            body = {"returnImmediately": not wait, "receiver": receiver, "ack": ack}
+            async with http.post(f"{base}/events", json=body, headers=rs.auth) as resp:
+                assert resp.status == 200, await resp.text()
+                return await resp.json()
+
+        # Each starts its position now; its first answer is a feed-gap, acknowledged by the
+        # long poll that follows.
+        gaps = [list((await poll(r, wait=False, ack=[]))["sets"]) for r in receivers]
+        parked = [
+            asyncio.create_task(poll(r, wait=True, ack=gap))
+            for r, gap in zip(receivers, gaps, strict=True)
+        ]
+
+        async def all_parked() -> bool:
+            async with http.get(f"{base}/metrics") as resp:
+                text = await resp.text()
+            waiting = sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith("introspect_feed_polls_waiting")
+            )
+            return waiting >= PARKED
+
+        await eventually(all_parked, within=10)
+        _, tok = await post(http, f"{base}/token", {"grant_type": "client_credentials"}, app)
+        await post(http, f"{base}/revoke", {"token": tok["access_token"]}, app)
+        answers = await asyncio.wait_for(asyncio.gather(*parked), WOKEN_WITHIN)
+    for answer in answers:
+        (token,) = answer["sets"].values()
+        claims = jwt.decode(token, options={"verify_signature": False})
+        ((event_type, _payload),) = claims["events"].items()
+        assert event_type == rfc8417.CREDENTIAL_REVOKED
+        assert claims["aud"] == rs.client_id

@@ -24,7 +24,8 @@ class Metadata:
     introspection_endpoint: str
     revocation_endpoint: str | None
     jwks_uri: str
-    # RFC 8936 names no metadata field for a poll endpoint; introspect serves it at /events.
+    # RFC 8936 names no metadata member for a poll endpoint: introspect's own member,
+    # `introspect_events_endpoint`, or where introspect serves it.
     events_endpoint: str
 
     @classmethod
@@ -42,10 +43,11 @@ class Metadata:
         except KeyError as missing:
             raise DiscoveryError(f"the metadata has no {missing.args[0]}") from None
         revocation = document.get("revocation_endpoint")
+        events = document.get("introspect_events_endpoint")
         return cls(
             issuer=issuer,
             revocation_endpoint=revocation if isinstance(revocation, str) else None,
-            events_endpoint=f"{issuer}/events",
+            events_endpoint=events if isinstance(events, str) else f"{issuer}/events",
             **urls,
         )
 

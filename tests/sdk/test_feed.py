@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import time
 
 import pytest
@@ -222,3 +223,38 @@ async def test_connection_cut_drops_the_cache(
             await close()
         await relay.cut()
         await issuer.stop()
+
+
+@pytest.mark.parametrize("selector", ["client_id", "sub", "id"])
+async def test_events_by_client_subject_or_key_evict(
+    example: Example, issuer: Issuer, reader: Registered, selector: str
+) -> None:
+    """A cached API key dies at the app when everything of its client or subject is revoked,
+    or the key itself (the events name client_id, sub, jti)."""
+    sub = "user-" + secrets.token_hex(4)
+    body = {"client_id": reader.client_id, "sub": sub, "scopes": ["read"]}
+    made = await admin.create_api_key(issuer.running.authority, "test", body)
+    key = made["key"]
+    await cached(example, key)
+    value = {"client_id": reader.client_id, "sub": sub, "id": made["id"]}[selector]
+    await admin.revoke(issuer.running.authority, "test", {selector: value})
+
+    async def refused() -> bool:
+        return await example.status("/items", key) == 401
+
+    await eventually(refused, within=REVOKED_WITHIN)
+
+
+async def test_a_changed_key_is_seen_at_once(
+    example: Example, issuer: Issuer, reader: Registered
+) -> None:
+    """An API key whose scopes are changed (PATCH) is evicted: the app sees the new scopes."""
+    body = {"client_id": reader.client_id, "scopes": ["read"]}
+    made = await admin.create_api_key(issuer.running.authority, "test", body)
+    await cached(example, made["key"])
+    await admin.update_api_key(issuer.running.authority, "test", made["id"], {"scopes": []})
+
+    async def refused() -> bool:
+        return await example.status("/items", made["key"]) == 403
+
+    await eventually(refused, within=REVOKED_WITHIN)

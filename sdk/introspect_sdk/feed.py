@@ -100,7 +100,6 @@ class Feed:
         self.keys = Keys(session, metadata.jwks_uri, timeout)
         self.epoch = 0
         self._answered_at: float | None = None  # monotonic time of the last answered poll
-        self.connected = asyncio.Event()
 
     @property
     def following(self) -> bool:
@@ -118,7 +117,6 @@ class Feed:
         if self._answered_at is not None:
             log.warning("revocation feed lost (%s): cache dropped until it answers again", why)
         self._answered_at = None
-        self.connected.clear()
         self.epoch += 1
         self._drop()
 
@@ -136,7 +134,6 @@ class Feed:
                 if self._answered_at is None:
                     self.epoch += 1
                 self._answered_at = time.monotonic()
-                self.connected.set()
                 immediately = answer["moreAvailable"]
                 delay = BACKOFF[0]
             except asyncio.CancelledError:

@@ -258,3 +258,27 @@ async def test_a_changed_key_is_seen_at_once(
         return await example.status("/items", made["key"]) == 403
 
     await eventually(refused, within=REVOKED_WITHIN)
+
+
+async def test_a_silent_feed_drops_the_cache(
+    issuer: Issuer, rs: Registered, reader: Registered
+) -> None:
+    """A feed that answers nothing for two long-poll periods counts as lost (here the guard
+    is told a period is 0.25 s, while the server parks an idle poll for up to 30 s): the
+    cache is dropped though no poll failed."""
+    auth = ClientAuth.with_secret(rs.client_id, rs.secret)
+    async with Guard(issuer.url, auth, long_poll=0.25) as guard:
+        token = await access_token(issuer.running, reader)
+
+        async def stored() -> bool:
+            await guard.introspect(token)
+            return len(guard.cache) == 1
+
+        await eventually(stored, within=10)
+
+        async def silent() -> bool:
+            return guard.feed is not None and not guard.feed.following
+
+        await eventually(silent, within=5)
+        assert len(guard.cache) == 0
+        assert guard.metrics.feed_errors == 0

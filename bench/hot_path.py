@@ -69,7 +69,7 @@ async def main() -> None:
     authority, authorization, forms = prepared()
     for kind, form in forms.items():
         answer = rfc7662.from_memory(authority, authorization, form)
-        if not (isinstance(answer, bytes) and answer.startswith(b'{"active":true')):
+        if not (isinstance(answer, rfc7662.Answer) and answer.body.startswith(b'{"active":true')):
             raise SystemExit(f"{kind}: not answered active from memory: {answer!r}")
         ns = {"step": rfc7662.from_memory, "a": authority, "h": authorization, "f": form}
         best = min(timeit.repeat("step(a, h, f)", globals=ns, number=CALLS, repeat=RUNS))

@@ -70,10 +70,10 @@ class Settings:
     portal_session_ttl: int = 8 * 3600
 
     @property
-    def longest_cache_ttl(self) -> int:
+    def longest_cache_ttl(self) -> float:
         """The longest time any cache (ours or a resource server's) may hold an answer."""
         return max(
-            int(self.local_cache_ttl),
+            self.local_cache_ttl,
             self.redis_cache_ttl,
             self.negative_cache_ttl,
             self.rs_cache_ttl,

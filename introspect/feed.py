@@ -86,7 +86,7 @@ async def record_client_event(conn: asyncpg.Connection, event_type: str, client_
 class Feed:
     """Answers polls of `/events` for authenticated callers."""
 
-    def __init__(self, pool: asyncpg.Pool, jwts: Jwts, retention: int) -> None:
+    def __init__(self, pool: asyncpg.Pool, jwts: Jwts, retention: float) -> None:
         self.pool = pool
         self.jwts = jwts
         # Seconds an event is kept at least: the longest cache lifetime and a margin.

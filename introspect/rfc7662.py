@@ -49,14 +49,18 @@ class Answer(NamedTuple):
 INACTIVE_ANSWER = Answer(INACTIVE, None)
 
 
-def cache_control(answer: Answer, rs_ttl: int, negative_ttl: int, t: int) -> str:
-    """`Cache-Control` of an introspection answer: how long a resource server that follows
-    the revocation feed may reuse it (SPEC "Revocation feed"). An active answer: the
-    resource-server lifetime, never past the credential's `exp`; an inactive one: no longer
-    than this server keeps its own negative answers either."""
+def max_age(answer: Answer, rs_ttl: int, negative_ttl: int, t: int) -> int:
+    """How long a resource server that follows the revocation feed may reuse `answer` (SPEC
+    "Revocation feed"), in seconds: for an active answer the resource-server lifetime, never
+    past the credential's `exp`; for an inactive one, no longer than this server keeps its
+    own negative answers either."""
     entry = answer.entry
-    ttl = min(rs_ttl, negative_ttl) if entry is None else entry.ttl(t, rs_ttl)
-    return f"private, max-age={ttl}"
+    if entry is None:
+        return min(rs_ttl, negative_ttl)
+    exp = entry.exp
+    if exp is None or exp - t >= rs_ttl:
+        return rs_ttl
+    return max(0, exp - t)
 
 
 def active_answer(credential: Credential, issuer: str) -> dict[str, Any]:

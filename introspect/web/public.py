@@ -7,6 +7,7 @@ in `introspect/rfc*.py`) or the authority, and writes the answer.
 from __future__ import annotations
 
 import logging
+import time
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -20,7 +21,6 @@ from introspect import (
     rfc8936,
     rfc9701,
     signing,
-    store,
 )
 from introspect.errors import InvalidRequest, UnauthorizedClient
 from introspect.service import Authority
@@ -85,37 +85,34 @@ async def introspect(request: web.Request) -> web.Response:
     if rfc9701.wants_jwt(request.headers.get("Accept")):
         caller, answer = await rfc7662.complete(authority, authorization, params)
         jwt = await authority.sign_introspection(caller, answer.body)
-        headers = {"Cache-Control": cache_control(authority, answer)}
+        headers = {"Cache-Control": caching(authority, answer)["Cache-Control"]}
         return web.Response(body=jwt, content_type=rfc9701.MEDIA_TYPE, headers=headers)
     found = rfc7662.from_memory(authority, authorization, params)
     if isinstance(found, rfc7662.Answer):
         answer = found
     else:
         _caller, answer = await rfc7662.complete(authority, authorization, params, found)
-    return web.Response(body=answer.body, headers=json_headers(cache_control(authority, answer)))
+    return web.Response(body=answer.body, headers=caching(authority, answer))
 
 
-def cache_control(authority: Authority, answer: rfc7662.Answer) -> str:
-    """The `Cache-Control` of an introspection answer (see rfc7662.cache_control)."""
+def caching(authority: Authority, answer: rfc7662.Answer) -> CIMultiDict[str]:
+    """The headers of a JSON introspection answer: its `Cache-Control` is the one decision of
+    how long a resource server may reuse it (see rfc7662.max_age)."""
     settings = authority.settings
-    return rfc7662.cache_control(
-        answer, settings.rs_cache_ttl, settings.negative_cache_ttl, store.now()
+    age = rfc7662.max_age(
+        answer, settings.rs_cache_ttl, settings.negative_cache_ttl, int(time.time())
     )
-
-
-# The headers of introspection answers by Cache-Control value, each built once (a Response
-# copies them): a few dozen values at most (one per max-age).
-_JSON_HEADERS: dict[str, CIMultiDict[str]] = {}
-
-
-def json_headers(cache: str) -> CIMultiDict[str]:
-    """The headers of a JSON introspection answer with this `Cache-Control`."""
-    headers = _JSON_HEADERS.get(cache)
+    headers = _JSON_HEADERS.get(age)
     if headers is None:
-        headers = _JSON_HEADERS[cache] = CIMultiDict(
-            {"Content-Type": "application/json", "Cache-Control": cache}
+        headers = _JSON_HEADERS[age] = CIMultiDict(
+            {"Content-Type": "application/json", "Cache-Control": f"private, max-age={age}"}
         )
     return headers
+
+
+# The headers of introspection answers by max-age, each built once (a Response copies them):
+# one per second of INTROSPECT_RS_CACHE_TTL at most.
+_JSON_HEADERS: dict[int, CIMultiDict[str]] = {}
 
 
 @routes.post("/revoke")

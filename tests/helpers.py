@@ -74,8 +74,10 @@ class Server:
 class HardenedTestServer(TestServer):
     """aiohttp's TestServer over the connection layer `introspect serve` uses."""
 
-    def __init__(self, app: web.Application, *, head_timeout: float = HEAD_TIMEOUT) -> None:
-        super().__init__(app)
+    def __init__(
+        self, app: web.Application, *, head_timeout: float = HEAD_TIMEOUT, port: int | None = None
+    ) -> None:
+        super().__init__(app, port=port)
         self.head_timeout = head_timeout
 
     async def _make_runner(self, **kwargs: Any) -> BaseRunner:
@@ -89,11 +91,11 @@ class HardenedTestServer(TestServer):
 
 
 async def start_server(
-    settings: Settings, *, head_timeout: float = HEAD_TIMEOUT
+    settings: Settings, *, head_timeout: float = HEAD_TIMEOUT, port: int | None = None
 ) -> tuple[TestServer, Server]:
-    """Start an app on a free port and wait until its listener is subscribed."""
+    """Start an app on `port` (default: a free one) and wait until its listener is subscribed."""
     app = create_app(settings, settings.database_url or "", settings.redis_url or "")
-    test_server = HardenedTestServer(app, head_timeout=head_timeout)
+    test_server = HardenedTestServer(app, head_timeout=head_timeout, port=port)
     await test_server.start_server()
     listener = app[AUTHORITY].listener
     assert listener is not None

@@ -8,10 +8,11 @@ STAMP := $(VENV)/.installed
 .PHONY: run test lint format bench drills lock clean chromium screenshots
 
 # --no-build-isolation: the build backend (setuptools) is pinned in the lock like the rest.
-$(STAMP): pyproject.toml requirements/test.lock
+$(STAMP): pyproject.toml sdk/pyproject.toml requirements/test.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -r requirements/test.lock
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e sdk
 	touch $(STAMP)
 
 run: $(STAMP)

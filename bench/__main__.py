@@ -27,6 +27,12 @@ def parse(argv: Sequence[str] | None = None) -> Options:
         action="store_true",
         help="100k credentials, 5 s per scenario, 100 revocations (about 2.5 minutes)",
     )
+    p.add_argument(
+        "--cluster",
+        action="store_true",
+        help="instead: single node beside 2 instances on a 3+3 Valkey Cluster"
+        " (the other options: python -m bench.cluster --help)",
+    )
     p.add_argument("--workers", type=int, default=2, help="server worker processes (2)")
     p.add_argument("--connections", type=int, default=32, help="closed-loop connections (32)")
     p.add_argument("--duration", type=float, help="seconds per scenario (20; quick 5)")
@@ -107,7 +113,12 @@ def parse(argv: Sequence[str] | None = None) -> Options:
 
 
 def main() -> int:
-    """Entry point of `python -m bench`."""
+    """Entry point of `python -m bench` (`--cluster`: `python -m bench.cluster`)."""
+    argv = sys.argv[1:]
+    if "--cluster" in argv:
+        from bench import cluster
+
+        return cluster.main([a for a in argv if a != "--cluster"])
     return run(parse())
 
 

@@ -33,7 +33,8 @@ class Row:
     errors: dict[str, int]
     cpu: dict[str, float | None]  # cores busy on average: server, stores, generator, other
     cpu_us: float | None  # server and stores CPU microseconds per request
-    work: dict[str, float | None]  # per request, from the server's /metrics
+    # Per request, from the server's /metrics; and its full GCs and loop lag (Delta.pauses).
+    work: dict[str, float | None]
     notes: list[str] = field(default_factory=list)
     # Open loop: the ceiling's latencies at the same offered rate, measured just before it.
     ceiling_latency_ms: dict[str, float] = field(default_factory=dict)
@@ -83,6 +84,12 @@ class Results:
 
 def _fmt(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _collections(work: dict[str, float | None]) -> str:
+    """`count x mean ms` of the full collections a scenario saw."""
+    mean = work.get("gc_full_ms")
+    return "-" if mean is None else f"{work.get('gc_full') or 0:.0f} x {mean:.0f}"
 
 
 BESIDE_CEILING = ("ceil p50", "ceil p99", "ceil max", "p99 / ceil")
@@ -258,7 +265,9 @@ def render(results: Results, checks: Sequence[Target]) -> str:
         " of the scenario's), which other processes disturb less; latency in ms; CPU in cores busy"
         " (srv: server workers, db: Postgres and Redis, gen: the load generator, other:"
         " everything else on the machine); us/req: srv and db CPU microseconds per request;"
-        " Redis calls and Postgres queries per request from the server's /metrics",
+        " Redis calls and Postgres queries per request from the server's /metrics; full GCs:"
+        " the workers' generation-2 collections during the scenario x their mean pause (ms); lag"
+        " p99: the event loop's lag (ms, bucket bound) from the same /metrics",
         "",
     ]
     headers = [
@@ -280,6 +289,8 @@ def render(results: Results, checks: Sequence[Target]) -> str:
         "us/req",
         "redis/req",
         "pg/req",
+        "full GCs",
+        "lag p99",
     ]
     rows = []
     for r in results.rows:
@@ -304,6 +315,8 @@ def render(results: Results, checks: Sequence[Target]) -> str:
                 _fmt(r.cpu_us, 0),
                 _fmt(r.work.get("redis_calls")),
                 _fmt(r.work.get("pg_queries")),
+                _collections(r.work),
+                _fmt(r.work.get("lag_p99_ms")),
             ]
         )
     if rows:

@@ -16,15 +16,20 @@ from bench.procs import get
 Sample = tuple[str, frozenset[tuple[str, str]]]
 
 
+# Histograms whose every series is kept: where a latency tail comes from.
+PAUSES = ("introspect_gc_pause_seconds", "introspect_event_loop_lag_seconds")
+
+
 async def scrape(host: str, port: int) -> dict[Sample, float]:
-    """Every counter sample of the server (the `_total` series), by name and labels."""
+    """Every counter sample of the server (the `_total` series) and the series of PAUSES, by
+    name and labels."""
     status, body = await get(host, port, "/metrics")
     if status != 200:
         raise RuntimeError(f"/metrics answered {status}")
     out: dict[Sample, float] = {}
     for family in text_string_to_metric_families(body.decode()):
         for sample in family.samples:
-            if sample.name.endswith("_total"):
+            if sample.name.endswith("_total") or family.name in PAUSES:
                 out[(sample.name, frozenset(sample.labels.items()))] = sample.value
     return out
 
@@ -62,3 +67,26 @@ class Delta:
             "redis_misses": per(self.total("introspect_cache_misses_total", layer="redis")),
             "uncached": None if not count else max(0.0, 1 - (local_hits + redis_hits) / count),
         }
+
+    def pauses(self) -> dict[str, float | None]:
+        """Full collections of the GC (how many, their mean pause in ms) and the event loop's
+        lag p99 (ms, the upper bound of its bucket), summed over the workers."""
+        full = self.total("introspect_gc_pause_seconds_count", generation="2")
+        seconds = self.total("introspect_gc_pause_seconds_sum", generation="2")
+        return {
+            "gc_full": full,
+            "gc_full_ms": seconds / full * 1000 if full else None,
+            "lag_p99_ms": self.quantile("introspect_event_loop_lag_seconds", 0.99),
+        }
+
+    def quantile(self, histogram: str, q: float) -> float | None:
+        """The upper bound (ms) of the bucket holding quantile `q` of `histogram`."""
+        buckets: dict[float, float] = {}
+        for (name, labels), value in self.values.items():
+            if name == histogram + "_bucket":
+                bound = float(dict(labels)["le"])
+                buckets[bound] = buckets.get(bound, 0.0) + value
+        total = buckets.get(float("inf"), 0.0)
+        if not total:
+            return None
+        return next(b * 1000 for b in sorted(buckets) if buckets[b] >= q * total)

@@ -93,6 +93,7 @@ async def revocations(
     tokens: Sequence[tuple[str, int]],
     per_worker: int = 1,
     on_progress: Callable[[int], None] | None = None,
+    others: Sequence[tuple[int, Sequence[int]]] = (),
 ) -> Propagation:
     """Revoke each (token, owner app index) once every worker caches it; time until all say so.
 
@@ -104,9 +105,12 @@ async def revocations(
     the last worker answered inactive. Since /revoke returns only once every
     worker acknowledged the invalidation, an active answer after it returned
     breaks SPEC promise 2: those are counted. The probes stay idle while
-    /revoke runs, so they do not slow down what they measure.
+    /revoke runs, so they do not slow down what they measure. With `others`
+    (the port and worker pids of more instances), their workers are probed too.
     """
     pinned = await pinned_connections(host, port, workers, per_worker)
+    for other_port, other_workers in others:  # more instances: their workers are probed too
+        pinned.update(await pinned_connections(host, other_port, other_workers, per_worker))
     probes = [conn for conns in pinned.values() for conn in conns]
     introspect = _Client(host, port, "/introspect", resource_server)
     owners = [_Client(host, port, "/revoke", app) for app in apps]

@@ -34,7 +34,12 @@ def create_app(settings: Settings, database_url: str, redis_url: str) -> web.App
             app[AUTHORITY] = authority
             yield
 
+    async def answer_parked_polls(app: web.Application) -> None:
+        # Before the server waits for its handlers: a long poll of /events ends now.
+        app[AUTHORITY].feed.waker.close()
+
     app.cleanup_ctx.append(authority_ctx)
+    app.on_shutdown.append(answer_parked_polls)
     app.cleanup_ctx.append(metrics.flushing)
     app.add_routes(public.routes)
     app.add_routes(admin.docs)

@@ -45,6 +45,8 @@ class Settings:
     database_url: str | None
     redis_url: str | None
     data_dir: Path
+    # INTROSPECT_REDIS_CLUSTER: `redis_url` names seed nodes (comma-separated) of a cluster.
+    redis_cluster: bool = False
     host: str = "127.0.0.1"
     port: int = 8080
     admin_port: int | None = None
@@ -58,6 +60,9 @@ class Settings:
     local_cache_ttl: float = 10.0
     redis_cache_ttl: int = 300
     negative_cache_ttl: int = 30
+    # How long a resource server following the revocation feed may reuse an introspection
+    # answer (its Cache-Control max-age, never past the credential's exp).
+    rs_cache_ttl: int = 60
     # Limits.
     max_body_size: int = 64 * 1024
     # Seconds an idle keep-alive connection is kept open.
@@ -65,6 +70,16 @@ class Settings:
     access_log: bool = False
     # Seconds a developer portal session lasts at most (sign-out ends it sooner).
     portal_session_ttl: int = 8 * 3600
+
+    @property
+    def longest_cache_ttl(self) -> float:
+        """The longest time any cache (ours or a resource server's) may hold an answer."""
+        return max(
+            self.local_cache_ttl,
+            self.redis_cache_ttl,
+            self.negative_cache_ttl,
+            self.rs_cache_ttl,
+        )
 
     @property
     def embedded(self) -> bool:
@@ -126,7 +141,16 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     database_url = env.get("INTROSPECT_DATABASE_URL") or None
     redis_url = env.get("INTROSPECT_REDIS_URL") or None
     _validate_url("INTROSPECT_DATABASE_URL", database_url, ("postgresql", "postgres"))
-    _validate_url("INTROSPECT_REDIS_URL", redis_url, ("redis", "rediss", "unix"))
+    redis_cluster = env.get("INTROSPECT_REDIS_CLUSTER", "") in ("1", "true", "yes")
+    if redis_cluster and redis_url is None:
+        raise ConfigError(
+            "INTROSPECT_REDIS_CLUSTER=true needs INTROSPECT_REDIS_URL: a seed node of the cluster"
+        )
+    if redis_cluster:  # cluster nodes are reached over TCP, whatever a seed looks like
+        for seed in (redis_url or "").split(","):
+            _validate_url("INTROSPECT_REDIS_URL", seed.strip(), ("redis", "rediss"))
+    else:
+        _validate_url("INTROSPECT_REDIS_URL", redis_url, ("redis", "rediss", "unix"))
     data_dir = Path(env.get("INTROSPECT_DATA_DIR") or "./.introspect").absolute()
 
     raw_secret = env.get("INTROSPECT_SECRET") or ""
@@ -147,6 +171,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         database_url=database_url,
         redis_url=redis_url,
         data_dir=data_dir,
+        redis_cluster=redis_cluster,
         host=env.get("INTROSPECT_HOST") or "127.0.0.1",
         port=_int(env, "INTROSPECT_PORT", 8080),
         admin_port=_int(env, "INTROSPECT_ADMIN_PORT", 0) if admin_port_raw else None,
@@ -156,6 +181,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         local_cache_ttl=float(_int(env, "INTROSPECT_LOCAL_CACHE_TTL", 10)),
         redis_cache_ttl=_int(env, "INTROSPECT_REDIS_CACHE_TTL", 300),
         negative_cache_ttl=_int(env, "INTROSPECT_NEGATIVE_CACHE_TTL", 30, minimum=1),
+        rs_cache_ttl=_int(env, "INTROSPECT_RS_CACHE_TTL", 60),
         keepalive_timeout=_int(env, "INTROSPECT_KEEPALIVE_TIMEOUT", 75, minimum=1),
         access_log=env.get("INTROSPECT_ACCESS_LOG", "") in ("1", "true", "yes"),
         portal_session_ttl=_int(env, "INTROSPECT_PORTAL_SESSION_TTL", 8 * 3600, minimum=60),

@@ -45,6 +45,12 @@ NOSAVE` (an older snapshot loaded without a restart), and demoting a primary
 to a replica behind the same address without closing its clients'
 connections, which the once-a-second watch sees within a second.
 
+On a Valkey Cluster (introspect/redis/cluster.py) the "server" is the whole
+cluster: its identity is a digest of its layout and of every primary's run id
+and replication id, and every primary holds a copy of the marker, read with
+its entries. A failover, a restarted or replaced primary, or a moved slot is
+another cluster: every slot is answered from Postgres until the replay.
+
 Any other state is a history this worker cannot vouch for: it answers from
 Postgres only (neither from Redis nor from its in-process cache, which is
 dropped and starts empty once it is usable again) until it vouches again.
@@ -103,8 +109,7 @@ from redis.exceptions import RedisError
 
 from introspect import store
 from introspect.metrics import METRICS
-from introspect.redis import resp
-from introspect.redis.lean import LeanRedis
+from introspect.redis import open_redis, resp
 from introspect.redis.port import EvictingRedis, HistoryUnknown, Redis
 
 __all__ = ["EvictingRedis", "History", "HistoryUnknown", "Marker", "refuse_eviction"]
@@ -154,10 +159,11 @@ def refuse_eviction(server: resp.Server) -> None:
         )
 
 
-async def refuse_evicting(url: str) -> None:
-    """At start: raise EvictingRedis if the Redis at `url` may evict keys (unreachable: pass,
-    the server then answers from Postgres until it can vouch for one)."""
-    redis = LeanRedis(url)
+async def refuse_evicting(url: str, *, cluster: bool = False) -> None:
+    """At start: raise EvictingRedis if the Redis at `url` (a cluster: any of its primaries)
+    may evict keys (unreachable: pass, the server then answers from Postgres until it can
+    vouch for one)."""
+    redis = open_redis(url, cluster=cluster)
     try:
         server = await redis.server()
     except (RedisConnectionError, OSError, TimeoutError):

@@ -1,11 +1,11 @@
 """JWTs under our signing keys: presented access tokens admitted (RFC 9068), introspection
-answers signed (RFC 9701)."""
+answers (RFC 9701) and revocation feed events (RFC 8417) signed."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from introspect import rfc9068, rfc9701, signing, store
+from introspect import rfc8417, rfc9068, rfc9701, signing, store
 from introspect.store import Client
 
 
@@ -33,3 +33,18 @@ class Jwts:
         claims = rfc9701.response_claims(answer, self.issuer, caller.client_id, iat)
         signed = await self.keyring.sign(claims, rfc9701.TYP, iat + rfc9701.VERIFY_WINDOW)
         return signed.encode()
+
+    async def sign_event(
+        self, audience: str, jti: str, event_type: str, payload: dict[str, Any]
+    ) -> str:
+        """RFC 8417: one event as a SET signed for `audience` (a client_id)."""
+        iat = store.now()
+        claims = rfc8417.set_claims(
+            issuer=self.issuer,
+            audience=audience,
+            iat=iat,
+            jti=jti,
+            event_type=event_type,
+            payload=payload,
+        )
+        return await self.keyring.sign(claims, rfc8417.TYP, iat + rfc8417.VERIFY_WINDOW)

@@ -13,11 +13,11 @@ from typing import Any
 import asyncpg
 
 from introspect import credentials, rfc7662, rfc9068, store
-from introspect.cache import Coalescer, CredentialCache, Entry
+from introspect.cache import Coalescer, CredentialCache, Entry, inactive, uncacheable
 from introspect.credentials import Kind
 from introspect.metrics import METRICS
 
-_INACTIVE = Entry(answer=None, cacheable=False)
+_INACTIVE = inactive(cacheable=False)
 
 
 class CredentialLookup:
@@ -83,7 +83,7 @@ class CredentialLookup:
                 # Stored under an older server secret: move it to the current one,
                 # and cache nothing until writers and readers agree on the key.
                 await store.rehash(self.pool, found.id, found.hash, primary)
-                entry.cacheable = False
+                entry = uncacheable(entry)
             return entry
 
         entry = await self.cache.lookup(primary, load, admit)

@@ -18,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import gc
 import os
+import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -35,6 +37,10 @@ from prometheus_client import multiprocess as _multiprocess
 
 FLUSH_INTERVAL = 1.0
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5)
+# Pauses of the cyclic GC and lags of the event loop: from a tenth of a millisecond up.
+_PAUSE_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+# The event loop's lag is probed this often (seconds): a timer that should fire now.
+LAG_INTERVAL = 0.1
 
 
 class LocalCounter:
@@ -63,15 +69,41 @@ class LocalCounter:
             self._pending = 0
 
 
-class _RouteTally:
+class _Tally:
+    """Observations since the last flush: a count per bucket of `bounds` (the last one is
+    +Inf), and their sum."""
+
+    __slots__ = ("bounds", "buckets", "seconds")
+
+    def __init__(self, bounds: tuple[float, ...] = _LATENCY_BUCKETS) -> None:
+        self.bounds = bounds
+        self.buckets = [0] * (len(bounds) + 1)
+        self.seconds = 0.0
+
+    def observe(self, seconds: float) -> None:
+        """Count one observation of `seconds`."""
+        self.buckets[bisect.bisect_left(self.bounds, seconds)] += 1
+        self.seconds += seconds
+
+    def flush_into(self, child: Histogram) -> None:
+        """Add the observations to a Histogram (as its `observe` would) and start over."""
+        # Histogram stores per-bucket counts and a sum; the last index is its +Inf bucket.
+        child._sum.inc(self.seconds)
+        for index, count in enumerate(self.buckets):
+            if count:
+                child._buckets[index].inc(count)
+                self.buckets[index] = 0
+        self.seconds = 0.0
+
+
+class _RouteTally(_Tally):
     """One route's requests since the last flush: by status, by latency bucket, total time."""
 
-    __slots__ = ("buckets", "seconds", "statuses")
+    __slots__ = ("statuses",)
 
     def __init__(self) -> None:
+        super().__init__()
         self.statuses: dict[int, int] = {}
-        self.buckets = [0] * (len(_LATENCY_BUCKETS) + 1)
-        self.seconds = 0.0
 
 
 class Metrics:
@@ -140,6 +172,28 @@ class Metrics:
                 " over-admission these may add is at most this",
             )
         )
+        self.events_published = LocalCounter(
+            Counter(
+                "introspect_feed_events_published_total",
+                "Revocation feed events recorded (each becomes one SET per receiver that sees it)",
+            )
+        )
+        self.events_delivered = LocalCounter(
+            Counter("introspect_feed_sets_delivered_total", "SETs delivered by /events polls")
+        )
+        # Not on the hot path: observed directly.
+        self.event_lag = Histogram(
+            "introspect_feed_delivery_lag_seconds",
+            "From an event's write to a poll answer carrying it (each delivery)",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+        )
+        self._polls_waiting = Gauge(
+            "introspect_feed_polls_waiting",
+            "Long polls of /events parked, waiting for an event, summed over live workers",
+            multiprocess_mode="livesum",
+        )
+        # A callable giving this worker's parked polls, read at each flush.
+        self.polls_waiting: Callable[[], int] = lambda: 0
         self._pools = Gauge(
             "introspect_pool_connections",
             "Connections of each store pool by state, summed over live workers",
@@ -164,6 +218,8 @@ class Metrics:
             self.limit_refused_window,
             self.limit_refused_credits,
             self.limit_unreconciled,
+            self.events_published,
+            self.events_delivered,
         ]
         # Counted since the last flush, per route.
         self._routes: dict[str, _RouteTally] = {}
@@ -175,6 +231,23 @@ class Metrics:
         )
         # Counted since the last flush, per reason.
         self._refused: dict[str, int] = {}
+        # Where a request's tail comes from when it is not the request: the loop was busy.
+        self._gc_pause = Histogram(
+            "introspect_gc_pause_seconds",
+            "Collections of CPython's cyclic GC by generation, and how long each stopped the"
+            " worker",
+            ["generation"],
+            buckets=_PAUSE_BUCKETS,
+        )
+        self._loop_lag = Histogram(
+            "introspect_event_loop_lag_seconds",
+            f"How late a timer due every {LAG_INTERVAL} s ran: what any request waiting on the"
+            " event loop waited then",
+            buckets=_PAUSE_BUCKETS,
+        )
+        self._gc_pauses = [_Tally(_PAUSE_BUCKETS) for _generation in range(3)]
+        self._loop_lags = _Tally(_PAUSE_BUCKETS)
+        self._gc_started = 0.0
 
     def request(self, route: str, status: int, seconds: float) -> None:
         """Count one answered request and its latency."""
@@ -190,6 +263,21 @@ class Metrics:
         """Count one admin API request refused for `reason` (one of a fixed few)."""
         self._refused[reason] = self._refused.get(reason, 0) + 1
 
+    def gc_phase(self, phase: str, info: dict[str, int]) -> None:
+        """A `gc.callbacks` hook: time each collection, by generation."""
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self._gc_pauses[info["generation"]].observe(time.perf_counter() - self._gc_started)
+
+    async def probe_loop_lag(self) -> None:
+        """Every LAG_INTERVAL, how much later than due a timer ran, until cancelled."""
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + LAG_INTERVAL
+            await asyncio.sleep(LAG_INTERVAL)
+            self._loop_lags.observe(max(0.0, loop.time() - due))
+
     def flush(self) -> None:
         """Hand everything counted since the last flush to Prometheus."""
         for counter in self._counters:
@@ -197,6 +285,7 @@ class Metrics:
         refused, self._refused = self._refused, {}
         for reason, count in refused.items():
             self._admin_refusals.labels(reason).inc(count)
+        self._polls_waiting.set(self.polls_waiting())
         for pool, probe in self.pool_probes.items():
             in_use, idle = probe()
             self._pools.labels(pool, "in_use").set(in_use)
@@ -205,13 +294,10 @@ class Metrics:
         for route, tally in routes.items():
             for status, count in tally.statuses.items():
                 self._requests.labels(route, str(status)).inc(count)
-            child = self._latency.labels(route)
-            # Histogram stores per-bucket counts and a sum, as Histogram.observe does;
-            # index len(_LATENCY_BUCKETS) is the implicit +Inf bucket.
-            child._sum.inc(tally.seconds)
-            for index, count in enumerate(tally.buckets):
-                if count:
-                    child._buckets[index].inc(count)
+            tally.flush_into(self._latency.labels(route))
+        for generation, pauses in enumerate(self._gc_pauses):
+            pauses.flush_into(self._gc_pause.labels(str(generation)))
+        self._loop_lags.flush_into(self._loop_lag)
 
     async def flush_forever(self) -> None:
         """Flush every FLUSH_INTERVAL seconds until cancelled, and once more then."""
@@ -252,11 +338,20 @@ def _exposition() -> bytes:
 
 
 async def flushing(_app: object) -> AsyncIterator[None]:
-    """An aiohttp cleanup context: the periodic flush, for the life of the app."""
-    task = asyncio.get_running_loop().create_task(METRICS.flush_forever())
+    """An aiohttp cleanup context: the periodic flush, the GC's timing and the event loop's lag
+    probe, for the life of the app."""
+    loop = asyncio.get_running_loop()
+    tasks = [loop.create_task(METRICS.flush_forever()), loop.create_task(METRICS.probe_loop_lag())]
+    # One hook per process, whichever of its apps added it.
+    hooked = METRICS.gc_phase not in gc.callbacks
+    if hooked:
+        gc.callbacks.append(METRICS.gc_phase)
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        if hooked:
+            gc.callbacks.remove(METRICS.gc_phase)
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -4,10 +4,11 @@ RFC 7009's `/revoke` (`introspect/rfc7009.py` decides what a presented token
 names), the admin API's and the CLI's revocations and a client delete all
 revoke through `record`: one statement (`store.revoke_recorded`) revokes the
 live credentials a `Selection` names, appends an audit entry for each and
-records the invalidation in the outbox, so no revocation commits without its
-invalidation. After the commit, `announce` publishes it: the one place where
-cache invalidations are published (`CredentialCache.announce`), so that when
-the call returns no worker answers the old state (SPEC promise 2).
+records the invalidation in the outbox and the revocation feed's events, so no
+revocation commits without its invalidation and its events. After the commit,
+`announce` publishes it: the one place where cache invalidations are
+published (`CredentialCache.announce`), so that when the call returns no
+worker answers the old state (SPEC promise 2).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import asyncpg
 
 from introspect import store
 from introspect.cache import Announced, CredentialCache, Invalidation
+from introspect.metrics import METRICS
 from introspect.store import Selection
 
 
@@ -74,6 +76,8 @@ async def record(
     transaction changed, tombstoned by the same invalidation).
     """
     outbox_id, rows = await store.revoke_recorded(db, actor, selection, records=records)
+    clients, subs = selection.dropped()
+    METRICS.events_published.inc((1 if rows else 0) if clients or subs else len(rows))
     return Recorded(outbox_id, rows, invalidation(selection, rows, records))
 
 

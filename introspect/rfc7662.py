@@ -30,12 +30,12 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 
 from introspect import limits, rfc6749
-from introspect.cache import Entry, answered
+from introspect.cache import ANSWER, AUD, CLIENT_ID, EXP, LIMITS, NBF, Entry, answered, inactive
 from introspect.errors import InvalidRequest, UnauthorizedClient
 from introspect.limits import Metered
 from introspect.limits.meter import INACTIVE
@@ -43,6 +43,30 @@ from introspect.store import Client, Credential, now
 from introspect.store.records import Limits
 
 HINTS = frozenset({"access_token", "api_key", "refresh_token"})
+
+
+class Answer(NamedTuple):
+    """An introspection answer: its bytes, and the entry it answers active (None: inactive)."""
+
+    body: bytes
+    entry: Entry | None
+
+
+INACTIVE_ANSWER = Answer(INACTIVE, None)
+
+
+def max_age(answer: Answer, rs_ttl: int, negative_ttl: int, t: int) -> int:
+    """How long a resource server that follows the revocation feed may reuse `answer` (SPEC
+    "Revocation feed"), in seconds: for an active answer the resource-server lifetime, never
+    past the credential's `exp`; for an inactive one, no longer than this server keeps its
+    own negative answers either."""
+    entry = answer.entry
+    if entry is None:
+        return min(rs_ttl, negative_ttl)
+    exp = entry[EXP]
+    if exp is None or exp - t >= rs_ttl:
+        return rs_ttl
+    return max(0, exp - t)
 
 
 def active_answer(credential: Credential, issuer: str) -> dict[str, Any]:
@@ -75,14 +99,14 @@ def active_answer(credential: Credential, issuer: str) -> dict[str, Any]:
 def entry_for(credential: Credential | None, issuer: str) -> Entry:
     """The cache entry for what Postgres holds under a hash (None: unknown)."""
     if credential is None:
-        return Entry(answer=None)
+        return inactive()
     if credential.revoked_at is not None or (
         credential.exp is not None and credential.exp <= now()
     ):
         # Revocation and expiry are final (only a live key's expiry may change, and any
         # change writes a newer version): cached as inactive, so presenting a dead
         # credential again costs no Postgres query.
-        return Entry(answer=None, version=credential.version)
+        return inactive(credential.version)
     body = active_answer(credential, issuer)
     # A copy of exact size: orjson leaves its 4 KiB output buffer attached to the bytes.
     answer = memoryview(orjson.dumps(body)).tobytes()
@@ -174,7 +198,7 @@ def token_parameter(params: dict[str, str]) -> str:
 
 def from_memory(
     memory: Memory, authorization: str | None, params: dict[str, str]
-) -> bytes | Metered | Pending | None:
+) -> Answer | Metered | Pending | None:
     """The answer when all it needs is in this process's memory; else where it stopped
     (`Pending`), or None when memory does not know the caller. Raises the error the full
     path would for a remembered caller that may not introspect, or a missing `token`."""
@@ -190,7 +214,7 @@ async def complete(
     authorization: str | None,
     params: dict[str, str],
     pending: Pending | None = None,
-) -> tuple[Client, bytes | Metered]:
+) -> tuple[Client, Answer | Metered]:
     """The caller and the answer, going on from where `from_memory` stopped (`pending`; None
     when it did not know the caller, or was not asked)."""
     if pending is None:
@@ -203,9 +227,10 @@ async def complete(
     if entry is None:
         entry = await stores.lookup(pending.token, pending.key)
     answer = _seen_by(caller, entry, stores.local, time.monotonic())
-    if answer is None and entry.client_id is not None:
+    owner_id = entry[CLIENT_ID]
+    if answer is None and owner_id is not None:
         # Memory lacks the owner's record: read it, and decide with it.
-        owner = _Read(await stores.get_client(entry.client_id))
+        owner = _Read(await stores.get_client(owner_id))
         answer = _seen_by(caller, entry, owner, time.monotonic())
     # (With the owner's record read, `_seen_by` always answers.)
     if isinstance(answer, Limited):
@@ -218,7 +243,7 @@ async def complete(
 
 def _step(
     memory: Memory, caller: Client, params: dict[str, str], mono: float
-) -> bytes | Metered | Pending:
+) -> Answer | Metered | Pending:
     """The decision for an authenticated caller, as far as memory takes it."""
     if not caller.can_introspect:
         raise UnauthorizedClient("this client may not introspect")
@@ -243,11 +268,12 @@ def _step(
     return _noted(memory, entry, answer)
 
 
-def _noted(memory: Memory, entry: Entry, answer: bytes) -> bytes:
+def _noted(memory: Memory, entry: Entry, answer: bytes) -> Answer:
     """`answer`, after noting the use of an API key answered active."""
-    if answer is not INACTIVE:
-        memory.usage.note_use(entry)
-    return answer
+    if answer is INACTIVE:
+        return INACTIVE_ANSWER
+    memory.usage.note_use(entry)
+    return Answer(answer, entry)
 
 
 def _counted(memory: Memory, entry: Entry, metered: Metered) -> Metered:
@@ -270,16 +296,23 @@ def _seen_by(caller: Client, entry: Entry, owners: Owners, mono: float) -> bytes
     """The answer bytes for `entry` as `caller` may see it (`Limited` when limits apply to
     it); None when that hangs on an owner whose record `owners` does not hold at `mono` (then
     `complete` reads it)."""
-    answer = entry.answer
+    answer = entry[ANSWER]
     if answer is None:
         return INACTIVE
     t = now()
-    if (entry.exp is not None and entry.exp <= t) or entry.nbf > t:
+    exp = entry[EXP]
+    if (exp is not None and exp <= t) or entry[NBF] > t:
         return INACTIVE
-    if caller.audiences and not entry.aud.intersection(caller.audiences):
-        return INACTIVE
-    if entry.client_id is not None:
-        found, client = owners.get_client(entry.client_id, mono)
+    audiences = caller.audiences
+    if audiences:
+        for aud in entry[AUD]:
+            if aud in audiences:
+                break
+        else:
+            return INACTIVE
+    owner_id = entry[CLIENT_ID]
+    if owner_id is not None:
+        found, client = owners.get_client(owner_id, mono)
         if not found:
             return None
         if client is None or client.disabled:
@@ -287,10 +320,11 @@ def _seen_by(caller: Client, entry: Entry, owners: Owners, mono: float) -> bytes
             return INACTIVE
         if client.limits is not None:
             # The client's limits count every credential it holds; a key's own apply too.
-            own = () if entry.limits is None else (entry.limits,)
-            return Limited(answer, (*own, client.limits))
-    if entry.limits is not None:
-        return Limited(answer, (entry.limits,))
+            own = entry[LIMITS]
+            return Limited(answer, (client.limits,) if own is None else (own, client.limits))
+    own = entry[LIMITS]
+    if own is not None:
+        return Limited(answer, (own,))
     return answer
 
 

@@ -1,6 +1,10 @@
 """RFC 8414: OAuth 2.0 authorization server metadata (§2), served at
 `/.well-known/oauth-authorization-server` (§3), with RFC 7523
-`private_key_jwt` and RFC 9701 signed introspection answers advertised."""
+`private_key_jwt` and RFC 9701 signed introspection answers advertised.
+
+One member is not in the IANA registry: `introspect_events_endpoint`, the
+revocation feed (RFC 8936 poll delivery, introspect/feed.py), for which
+RFC 8414 defines no member; its name says whose it is."""
 
 from __future__ import annotations
 
@@ -18,6 +22,8 @@ def endpoints(issuer: str) -> dict[str, str]:
         "token_endpoint": f"{issuer}/token",
         "introspection_endpoint": f"{issuer}/introspect",
         "revocation_endpoint": f"{issuer}/revoke",
+        # Not standard (see the module docstring).
+        "introspect_events_endpoint": f"{issuer}/events",
     }
 
 

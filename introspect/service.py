@@ -44,13 +44,14 @@ from introspect.client_records import ClientRecords
 from introspect.config import Settings
 from introspect.credentials import Kind
 from introspect.discovery import Discovery
+from introspect.feed import RETENTION_MARGIN, Feed
 from introspect.ids import new_id
 from introspect.issuance import AccessTokens
 from introspect.jwts import Jwts
 from introspect.limits import Meter
 from introspect.lookup import CredentialLookup
 from introspect.metrics import METRICS
-from introspect.redis import LeanRedis, Redis
+from introspect.redis import Redis, open_redis
 from introspect.replay import AssertionReplay
 from introspect.revocation import NOTHING_REVOKED, Revoked
 from introspect.rfc6749 import Grant
@@ -126,6 +127,7 @@ class Authority:
             self.lazy_pool, self.keyring, settings.secrets, self.issuer
         )
         self.discovery = Discovery(pool, self.local, self.issuer)
+        self.feed = Feed(pool, self.jwts, settings.longest_cache_ttl + RETENTION_MARGIN)
         self.assertions = rfc7523.Assertions(
             audiences=frozenset([self.issuer, *rfc8414.endpoints(self.issuer).values()]),
             first_use=AssertionReplay(self.cache, settings.secrets).first_use,
@@ -139,14 +141,18 @@ class Authority:
     async def listen(self) -> None:
         """Subscribe to invalidations; the in-process cache is used only while subscribed."""
         await self.cache.start()
-        self.listener = Listener(self.cache.redis, self.local)
+        self.listener = Listener(self.cache.redis, self.local, on_change=self.feed.waker.wake)
+        self.feed.listening = self.listener.subscribed.is_set
         self.listener.start()
+        self.feed.start()
+        METRICS.polls_waiting = lambda: self.feed.waiting
         self.cache.start_sweeper()
         self.usage.start()
         self.meter.start()
 
     async def close(self) -> None:
         """Stop the listener and background tasks (the pools are closed by their owner)."""
+        await self.feed.close()
         if self.listener is not None:
             await self.listener.stop()
         await self.usage.stop()
@@ -307,7 +313,7 @@ async def open_authority(
         database_url, min_size=1, max_size=4, synchronous_commit=False
     )
     # Every Redis command goes through the port (introspect/redis/port.py).
-    redis = LeanRedis(redis_url, timeout=REDIS_TIMEOUT)
+    redis = open_redis(redis_url, cluster=settings.redis_cluster, timeout=REDIS_TIMEOUT)
     authority = Authority(settings, pool, redis, lazy_pool)
     probes = {
         "postgres": functools.partial(_pool_usage, pool),

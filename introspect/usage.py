@@ -13,7 +13,7 @@ import logging
 import asyncpg
 
 from introspect import store
-from introspect.cache import Entry
+from introspect.cache import KEY_ID, Entry
 from introspect.metrics import METRICS
 
 log = logging.getLogger(__name__)
@@ -33,8 +33,9 @@ class UsageLog:
 
     def note_use(self, entry: Entry) -> None:
         """Remember that an API key was just answered active (a dict write, no I/O)."""
-        if entry.key_id is not None:
-            self._used[entry.key_id] = store.now()
+        key_id = entry[KEY_ID]
+        if key_id is not None:
+            self._used[key_id] = store.now()
 
     def note_admin_use(self, key_id: str) -> None:
         """Remember that an admin key was just accepted (a dict write, no I/O)."""

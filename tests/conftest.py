@@ -20,8 +20,10 @@ import pytest
 
 from introspect import embedded
 from introspect.config import Settings
+from introspect.embedded.cluster import DevCluster
 from introspect.history import History
 from introspect.redis import LeanRedis
+from introspect.redis.cluster import ClusterRedis
 from introspect.service import Authority, open_authority
 from introspect.store.migrate import migrate
 from tests.helpers import AdminAPI, Registered, Server, admin_api, register, start_server
@@ -81,6 +83,34 @@ async def migrated(stores: Stores) -> Stores:
 
 async def _nothing_to_replay(_since: int, _identity: bytes) -> int:
     return 0
+
+
+@pytest.fixture(scope="session")
+def valkey_cluster(stores: Stores) -> Iterator[DevCluster]:
+    """A 3-primary, 3-replica Valkey Cluster on loopback, formed once for the session.
+
+    Tests may kill a primary or move slots: the cluster heals by itself (a replica is
+    promoted), and every test reads the layout it finds rather than the one formed.
+    """
+    cluster = DevCluster(stores.data_dir / "cluster")
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+async def cluster_url(migrated: Stores, valkey_cluster: DevCluster) -> str:
+    """The cluster's seeds, its first history vouched for (like the session Valkey's)."""
+    pool = await asyncpg.create_pool(migrated.database_url, min_size=1, max_size=1)
+    redis = ClusterRedis(valkey_cluster.url)
+    try:
+        await History(redis, pool, _nothing_to_replay, window=0).vouch()
+    finally:
+        redis.close()
+        await pool.close()
+    return valkey_cluster.url
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -74,8 +74,10 @@ class Server:
 class HardenedTestServer(TestServer):
     """aiohttp's TestServer over the connection layer `introspect serve` uses."""
 
-    def __init__(self, app: web.Application, *, head_timeout: float = HEAD_TIMEOUT) -> None:
-        super().__init__(app)
+    def __init__(
+        self, app: web.Application, *, head_timeout: float = HEAD_TIMEOUT, port: int | None = None
+    ) -> None:
+        super().__init__(app, port=port)
         self.head_timeout = head_timeout
 
     async def _make_runner(self, **kwargs: Any) -> BaseRunner:
@@ -89,11 +91,11 @@ class HardenedTestServer(TestServer):
 
 
 async def start_server(
-    settings: Settings, *, head_timeout: float = HEAD_TIMEOUT
+    settings: Settings, *, head_timeout: float = HEAD_TIMEOUT, port: int | None = None
 ) -> tuple[TestServer, Server]:
-    """Start an app on a free port and wait until its listener is subscribed."""
+    """Start an app on `port` (default: a free one) and wait until its listener is subscribed."""
     app = create_app(settings, settings.database_url or "", settings.redis_url or "")
-    test_server = HardenedTestServer(app, head_timeout=head_timeout)
+    test_server = HardenedTestServer(app, head_timeout=head_timeout, port=port)
     await test_server.start_server()
     listener = app[AUTHORITY].listener
     assert listener is not None
@@ -238,3 +240,45 @@ async def admin_api(server: Server) -> AdminAPI:
         server.authority, "test", {"name": "t-" + secrets.token_hex(4)}
     )
     return AdminAPI(server, minted["id"], minted["key"])
+
+
+async def post_form(
+    http: aiohttp.ClientSession, url: str, data: dict[str, str], auth: Registered
+) -> tuple[float, dict[str, Any]]:
+    """POST a form; return when it was sent (monotonic) and the JSON answer (200 required)."""
+    sent = time.monotonic()
+    async with http.post(url, data=data, headers=auth.auth) as resp:
+        assert resp.status == 200, await resp.text()
+        return sent, await resp.json() if resp.content_length else {}
+
+
+async def revoke_during_storm(
+    http: aiohttp.ClientSession,
+    bases: Sequence[str],
+    app: Registered,
+    rs: Registered,
+    in_flight: int = 200,
+) -> None:
+    """One round: a token warmed on every server (`bases`: instances), `in_flight`
+    introspections spread over them while the first revokes it; none sent after the
+    revocation returned may answer active."""
+    _, tok = await post_form(http, f"{bases[0]}/token", {"grant_type": "client_credentials"}, app)
+    form = {"token": tok["access_token"]}
+
+    def spread(count: int) -> list[asyncio.Task[tuple[float, dict[str, Any]]]]:
+        return [
+            asyncio.create_task(post_form(http, f"{bases[i % len(bases)]}/introspect", form, rs))
+            for i in range(count)
+        ]
+
+    warm = await asyncio.gather(*spread(30))
+    assert all(body["active"] for _, body in warm)
+    storm = spread(in_flight)
+    await asyncio.sleep(0)
+    await post_form(http, f"{bases[0]}/revoke", form, app)
+    returned = time.monotonic()
+    answers = await asyncio.gather(*storm)
+    after = await asyncio.gather(*spread(30))
+    late = [body for sent, body in answers + after if sent > returned]
+    assert late, "some introspections must start after the revocation returned"
+    assert all(body == {"active": False} for body in late)

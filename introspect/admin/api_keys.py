@@ -7,7 +7,7 @@ from typing import Any
 
 import asyncpg
 
-from introspect import credentials, store
+from introspect import credentials, feed, rfc8417, store
 from introspect.admin import audit, limits, validation
 from introspect.cache import Invalidation
 from introspect.credentials import Kind
@@ -173,6 +173,9 @@ async def update_api_key(
                 validation.within(changes["scopes"], client)
         changed = await store.update_credential(conn, key_id, changes)
         await audit.record(conn, actor, "api_key.update", key_id, changes)
+        # Seen by the callers that saw it before the change and those that see it after.
+        seen_by = sorted({*key.audiences, *changes.get("audiences", ())})
+        await feed.record_credential_event(conn, rfc8417.CREDENTIAL_CHANGED, key_id, seen_by)
         return await _credential(conn, key_id), Invalidation.for_credentials([changed])
 
     updated, _ = await authority.change(apply)
@@ -214,6 +217,7 @@ async def rotate_api_key(
         )
         await store.insert_credential(conn, new)
         changed = await store.update_credential(conn, key_id, {"exp": ends})
+        await feed.record_credential_event(conn, rfc8417.CREDENTIAL_CHANGED, key_id, old.audiences)
         details = {"new_id": new_key_id, "grace_period": grace, "exp": ends}
         await audit.record(conn, actor, "api_key.rotate", key_id, details)
         await audit.record(conn, actor, "api_key.create", new_key_id, {"rotated_from": key_id})

@@ -8,7 +8,7 @@ from typing import Any
 
 import asyncpg
 
-from introspect import credentials, revocation, rfc6749, rfc7523, store
+from introspect import credentials, feed, revocation, rfc6749, rfc7523, rfc8417, store
 from introspect.admin import audit, cursors, limits, validation
 from introspect.cache import Invalidation
 from introspect.credentials import Kind
@@ -153,6 +153,13 @@ async def update_client(
             and current.token_endpoint_auth_method == rfc6749.CLIENT_SECRET_BASIC
         ):
             await store.delete_client_secrets(conn, client_id)
+        if changes.get("disabled", current.disabled) != current.disabled:
+            # Its credentials' answers change: resource servers hear it (introspect/feed.py).
+            kind = rfc8417.CLIENT_DISABLED if changes["disabled"] else rfc8417.CLIENT_ENABLED
+            await feed.record_client_event(conn, kind, client_id)
+        if set(changes.get("audiences", current.audiences)) != set(current.audiences):
+            # What it sees by introspection changed: its feed receivers drop everything.
+            await store.reset_receivers(conn, client_id)
         return await changed_client(conn, actor, client_id, changes, changes)
 
     client, _ = await authority.change(apply)
@@ -168,7 +175,9 @@ async def delete_client(authority: Authority, actor: str, client_id: str) -> Rev
     invalidation also tombstones the client record (introspect/revocation.py).
     """
     async with authority.pool.acquire() as conn, conn.transaction():
-        await locked_client(conn, client_id)
+        current = await locked_client(conn, client_id)
+        if not current.disabled:
+            await feed.record_client_event(conn, rfc8417.CLIENT_DISABLED, client_id)
         deleted = await store.update_client(conn, client_id, {"disabled": True, "jwks": None})
         await store.delete_client_secrets(conn, client_id)
         recorded = await revocation.record(

@@ -19,7 +19,7 @@ import orjson
 from introspect import acks, store
 from introspect.cache.invalidation import CHANNEL, Invalidation
 from introspect.metrics import METRICS
-from introspect.redis.port import Redis
+from introspect.redis.port import Redis, Unwritten
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -78,6 +78,9 @@ class Announcer:
             receivers = await self.redis.publish(
                 CHANNEL, orjson.dumps(invalidation.message(nonce)), invalidation.writes()
             )
+        except Unwritten as exc:  # received, yet pending: once every listener applied it
+            await self._collector.wait(nonce, exc.receivers, time.monotonic() + ACK_TIMEOUT)
+            raise
         except BaseException:
             self._collector.forget(nonce)
             raise

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, fields
-from typing import Any, TypeVar
+from dataclasses import fields
+from typing import Any, Final, TypeVar
 
 import orjson
 
@@ -27,49 +27,69 @@ TOMBSTONE_TTL = 600
 REVOKED_TTL = 86_400
 
 
-@dataclass(slots=True)
-class Entry:
-    """What a lookup yields: a pre-serialized active answer and what serving it depends on.
+# An entry is what a lookup yields: a pre-serialized active answer and what serving it depends
+# on, with the in-process cache's bookkeeping. It is a tuple of atomic values only (bytes, int,
+# float, str, None, and a tuple of str): CPython's cyclic GC stops tracking such a tuple at the
+# first collection it survives, so a full in-process cache adds nothing to the collector's
+# work, where instances of a class (slotted or not) would each be walked by every full
+# collection: 55 ms per 100,000 entries here, a pause of every request (`python -m
+# bench.gc_pause`). (Freezing them, gc.freeze(), would not do: entries come and go as long as
+# the worker runs.) Its fields, by index; a field added to what serving depends on goes before
+# CACHEABLE, shifting the indices after it, and `answered` and `inactive` fill it:
+ANSWER: Final = 0  # the answer's JSON; None for an inactive credential (unknown, revoked...)
+VERSION: Final = 1  # the credential's change version (0: unknown)
+AUD: Final = 2  # its audiences
+EXP: Final = 3  # its `exp`; None for a credential that never expires
+NBF: Final = 4
+CLIENT_ID: Final = 5
+SUB: Final = 6
+KEY_ID: Final = 7  # an API key's id, whose `last_used_at` is kept (see usage.UsageLog.note_use)
+# An API key's own rate limits and credits: None for most, which the hot path checks alone (a
+# limited key's entry stays tracked by the GC: they are few).
+LIMITS: Final = 8
+CACHEABLE: Final = 9  # False: serve it for this request only
+# In-process bookkeeping, set by LocalCache.put: when the entry ages out and comes due for a
+# refresh (time.monotonic()), and the generations of its client and subject it was filled at.
+LOCAL_EXPIRES: Final = 10
+REFRESH_AT: Final = 11
+CLIENT_GEN: Final = 12
+SUB_GEN: Final = 13
+Entry = tuple[
+    bytes | None, int, tuple[str, ...], int | None, int, str | None, str | None, str | None,
+    Limits | None, bool, float, float, int, int,
+]  # fmt: skip
 
-    `answer` is None for an inactive credential (unknown, revoked). `exp` is
-    None for a credential that never expires.
-    """
 
-    answer: bytes | None
-    version: int = 0
-    aud: frozenset[str] = frozenset()
-    exp: int | None = None
-    nbf: int = 0
-    client_id: str | None = None
-    sub: str | None = None
-    # The id of an API key, whose `last_used_at` is kept (see usage.UsageLog.note_use).
-    key_id: str | None = None
-    # An API key's own rate limits and credits (None for most: the hot path checks only this).
-    limits: Limits | None = None
-    cacheable: bool = True
-    # In-process bookkeeping: set by LocalCache.put.
-    local_expires: float = 0.0
-    refresh_at: float = math.inf
-    client_gen: int = 0
-    sub_gen: int = 0
+def inactive(version: int = 0, *, cacheable: bool = True) -> Entry:
+    """The entry of an inactive credential: unknown (`version` 0), revoked or expired."""
+    return (None, version, (), None, 0, None, None, None, None, cacheable, 0.0, math.inf, 0, 0)
 
-    def ttl(self, now: int, cap: int) -> int:
-        """Seconds this entry may live in a cache: capped, and never past `exp`."""
-        if self.exp is None:
-            return cap
-        return max(0, min(cap, self.exp - now))
+
+def lifetime(entry: Entry, now: int, cap: int) -> int:
+    """Seconds `entry` may live in a cache: capped, and never past its `exp`."""
+    exp = entry[EXP]
+    if exp is None:
+        return cap
+    return max(0, min(cap, exp - now))
+
+
+def placed(entry: Entry, local_expires: float, refresh_at: float, gens: tuple[int, int]) -> Entry:
+    """`entry` with its in-process bookkeeping (`gens`: its client's and subject's)."""
+    return (*entry[:LOCAL_EXPIRES], local_expires, refresh_at, *gens)
+
+
+def uncacheable(entry: Entry) -> Entry:
+    """`entry`, to be served for this request only."""
+    return (*entry[:CACHEABLE], False, *entry[LOCAL_EXPIRES:])
 
 
 def encode(entry: Entry) -> bytes:
     """The Redis value of an entry: `<version>|<answer JSON>` or `<version>|0`; an API key
     with limits `<version>|L<limits JSON>\n<answer JSON>`."""
-    if entry.answer is not None and entry.limits is not None:
-        limits = orjson.dumps(entry.limits.stored())
-        return b"%d|%s%s\n%s" % (entry.version, LIMITED, limits, entry.answer)
-    return b"%d|%s" % (
-        entry.version,
-        entry.answer if entry.answer is not None else INACTIVE_PAYLOAD,
-    )
+    answer, limits = entry[ANSWER], entry[LIMITS]
+    if answer is not None and limits is not None:
+        return b"%d|%s%s\n%s" % (entry[VERSION], LIMITED, orjson.dumps(limits.stored()), answer)
+    return b"%d|%s" % (entry[VERSION], answer if answer is not None else INACTIVE_PAYLOAD)
 
 
 # Client ids, subjects and audience sets repeat across cached entries: one object each.
@@ -103,16 +123,21 @@ def answered(
     """
     aud = body.get("aud")
     client_id, sub = body.get("client_id"), body.get("sub")
-    return Entry(
-        answer=answer,
-        version=version,
-        aud=shared(frozenset((aud,) if isinstance(aud, str) else (aud or ()))),
-        exp=body.get("exp"),
-        nbf=body.get("nbf", 0),
-        client_id=None if client_id is None else shared(client_id),
-        sub=None if sub is None else shared(sub),
-        key_id=body.get("jti") if body.get("kind") == "api_key" else None,
-        limits=limits,
+    return (
+        answer,
+        version,
+        shared((aud,) if isinstance(aud, str) else tuple(aud or ())),
+        body.get("exp"),
+        body.get("nbf", 0),
+        None if client_id is None else shared(client_id),
+        None if sub is None else shared(sub),
+        body.get("jti") if body.get("kind") == "api_key" else None,
+        limits,
+        True,
+        0.0,
+        math.inf,
+        0,
+        0,
     )
 
 
@@ -122,7 +147,7 @@ def decode(raw: bytes) -> Entry | None:
     if payload == TOMBSTONE:
         return None
     if payload == INACTIVE_PAYLOAD:
-        return Entry(answer=None, version=int(version))
+        return inactive(int(version))
     if payload[:1] == LIMITED:
         stored, _, payload = payload[1:].partition(b"\n")
         body = orjson.loads(payload)

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Callable
 
 import orjson
 from redis.exceptions import RedisError
@@ -41,11 +42,16 @@ class Listener:
     and Postgres, which the writer updated before publishing.
     """
 
-    def __init__(self, redis: Redis, local: LocalCache) -> None:
+    def __init__(
+        self, redis: Redis, local: LocalCache, on_change: Callable[[], None] | None = None
+    ) -> None:
         # Subscribed on a connection of its own, which never reconnects silently: a drop must
         # be seen (promise 4).
         self._redis = redis
         self.local = local
+        # Called after each invalidation applied, and when the subscription is lost (the
+        # revocation feed's wake-up).
+        self.on_change = on_change
         # Only this listener subscribes to it: its heartbeats come back on its connection.
         self.heartbeat_channel = f"introspect:heartbeat:{os.urandom(8).hex()}".encode()
         # Set once subscribed and a first heartbeat came back: the cache is usable.
@@ -104,6 +110,8 @@ class Listener:
         self.local.set_state(subscribed=False)
         self.local.fresh_until = 0.0
         self.subscribed.clear()
+        if self.on_change is not None:
+            self.on_change()
 
     async def _beat(self) -> None:
         """Publish this process's monotonic time to the heartbeat channel, every interval."""
@@ -136,6 +144,8 @@ class Listener:
             log.warning("ignored a malformed invalidation message")
             return
         METRICS.invalidations_received.inc()
+        if self.on_change is not None:
+            self.on_change()
         task = asyncio.get_running_loop().create_task(self._acknowledge(nonce))
         self._acks.add(task)
         task.add_done_callback(self._acks.discard)

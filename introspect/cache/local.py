@@ -7,7 +7,21 @@ import random
 import time
 from typing import Any
 
-from introspect.cache.entry import REVOKED_TTL, Entry
+from introspect.cache.entry import (
+    ANSWER,
+    CACHEABLE,
+    CLIENT_GEN,
+    CLIENT_ID,
+    LOCAL_EXPIRES,
+    REFRESH_AT,
+    REVOKED_TTL,
+    SUB,
+    SUB_GEN,
+    Entry,
+    inactive,
+    lifetime,
+    placed,
+)
 from introspect.store import Client
 
 # In-process entries come due for a refresh at a random point in this span of their life.
@@ -15,6 +29,8 @@ REFRESH_FROM = 0.5
 REFRESH_TO = 0.9
 # Client records and remembered client authentications kept per worker (clients are few).
 CLIENT_CACHE_SIZE = 10_000
+# What a key of the final memory answers (see LocalCache.put).
+_FINAL = inactive()
 
 
 class LocalCache:
@@ -34,6 +50,10 @@ class LocalCache:
         self.usable = False
         self.fresh_until = 0.0
         self._entries: dict[bytes, Entry] = {}
+        # Keys whose answer is final: inactive, and never active again (see `put`). Kept
+        # apart from the entries, with no age, in a bound of their own (`size` more keys):
+        # neither evicts the other, and a flood of unknown values evicts no live entry.
+        self._final: dict[bytes, None] = {}
         # Keys hit since they came due for a refresh (see CredentialCache._refresh).
         self.due: list[bytes] = []
         self._clients: dict[str, tuple[Client | None, float]] = {}
@@ -45,24 +65,25 @@ class LocalCache:
         return len(self._entries)
 
     def get(self, key: bytes, mono: float) -> Entry | None:
-        """The live entry for `key`, or None (missing, aged out, or of a bumped client/subject)."""
+        """The entry for `key` (an inactive one for a final answer), or None (missing, aged out,
+        or of a bumped client/subject)."""
         if not self.usable or mono > self.fresh_until:
             return None
-        entry = self._entries.get(key)
+        entries = self._entries
+        entry = entries.get(key)
         if entry is None:
-            return None
+            return _FINAL if key in self._final else None
+        client_id, sub = entry[CLIENT_ID], entry[SUB]
         if (
-            entry.local_expires <= mono
-            or (
-                entry.client_id is not None
-                and self._client_gen.get(entry.client_id, 0) != entry.client_gen
-            )
-            or (entry.sub is not None and self._sub_gen.get(entry.sub, 0) != entry.sub_gen)
+            entry[LOCAL_EXPIRES] <= mono
+            or (client_id is not None and self._client_gen.get(client_id, 0) != entry[CLIENT_GEN])
+            or (sub is not None and self._sub_gen.get(sub, 0) != entry[SUB_GEN])
         ):
-            del self._entries[key]
+            del entries[key]
             return None
-        if entry.refresh_at <= mono:
-            entry.refresh_at = math.inf
+        if entry[REFRESH_AT] <= mono:
+            gens = entry[CLIENT_GEN], entry[SUB_GEN]
+            entries[key] = entry = placed(entry, entry[LOCAL_EXPIRES], math.inf, gens)
             self.due.append(key)
         return entry
 
@@ -71,18 +92,40 @@ class LocalCache:
 
         An entry that lives its full in-process life (not cut short by its
         `exp`) comes due for a refresh at a random point late in it.
+
+        An inactive entry's answer is final, so only its key is kept, for as
+        long as the cache is not cleared: an unknown value never becomes known
+        (issuing draws a new value of 190 random bits, and a credential is never
+        stored under a value it was not issued with), a revoked credential
+        stays revoked, and an expired one stays expired (PATCH changes a live
+        key's expiry only, 409 otherwise). Every change to a credential sends
+        its key in an invalidation message, which drops it from here too (as
+        when a PATCH read it live while this worker, its clock ahead, read it
+        expired), under the epoch rule like every entry.
         """
-        if not self.usable or epoch != self.epoch or not entry.cacheable or self.size <= 0:
+        if not self.usable or epoch != self.epoch or not entry[CACHEABLE] or self.size <= 0:
             return
-        ttl = min(self.ttl, entry.ttl(now, REVOKED_TTL))
+        if entry[ANSWER] is None:
+            self._entries.pop(key, None)
+            final = self._final
+            if key not in final and len(final) >= self.size:
+                del final[next(iter(final))]
+            final[key] = None
+            return
+        ttl = min(self.ttl, lifetime(entry, now, REVOKED_TTL))
         if ttl <= 0:
             return
         mono = time.monotonic()
-        entry.local_expires = mono + ttl
+        refresh_at = math.inf
         if ttl == self.ttl:
-            entry.refresh_at = mono + ttl * random.uniform(REFRESH_FROM, REFRESH_TO)  # noqa: S311 (jitter)
-        entry.client_gen = self._client_gen.get(entry.client_id, 0) if entry.client_id else 0
-        entry.sub_gen = self._sub_gen.get(entry.sub, 0) if entry.sub else 0
+            refresh_at = mono + ttl * random.uniform(REFRESH_FROM, REFRESH_TO)  # noqa: S311 (jitter)
+        client_id, sub = entry[CLIENT_ID], entry[SUB]
+        gens = (
+            self._client_gen.get(client_id, 0) if client_id else 0,
+            self._sub_gen.get(sub, 0) if sub else 0,
+        )
+        entry = placed(entry, mono + ttl, refresh_at, gens)
+        self._final.pop(key, None)  # the later read wins, as between entries
         entries = self._entries
         if key not in entries and len(entries) >= self.size:
             # Oldest insertion first: a dict keeps insertion order.
@@ -154,8 +197,9 @@ class LocalCache:
         for hex_key in message.get("k", ()):
             key = bytes.fromhex(hex_key)
             self._entries.pop(key, None)
+            self._final.pop(key, None)
             if revoked:
-                self.put(key, Entry(answer=None), self.epoch, 0)
+                self.put(key, inactive(), self.epoch, 0)
         for client_id in message.get("r", ()):
             self._clients.pop(client_id, None)
         for client_id in message.get("c", ()):
@@ -198,6 +242,7 @@ class LocalCache:
         """Drop every entry (after a possibly missed message)."""
         self.epoch += 1
         self._entries.clear()
+        self._final.clear()
         self.due.clear()
         self._clients.clear()
         self._auth.clear()

@@ -21,14 +21,19 @@ from introspect import store
 from introspect.cache.announce import Announcer
 from introspect.cache.coalescer import Coalescer
 from introspect.cache.entry import (
+    ANSWER,
+    CACHEABLE,
     KEY_PREFIX,
     REVOKED_TTL,
+    VERSION,
     Entry,
     client_key,
     decode,
     decode_client,
     encode,
     encode_client,
+    inactive,
+    lifetime,
 )
 from introspect.cache.health import HISTORY_MARGIN, Health
 from introspect.cache.invalidation import Announced, Invalidation
@@ -147,7 +152,7 @@ class CredentialCache:
         marker = self.history.value
         METRICS.local_misses.inc()
         if admit is not None and not await admit():
-            return Entry(answer=None, cacheable=False)
+            return inactive(cacheable=False)
         if self.health.ok and self.redis_ttl:
             raw = await self._redis_get(key)
             if raw is not None:
@@ -163,7 +168,7 @@ class CredentialCache:
         entry = await load()
         if self.before_fill is not None:
             await self.before_fill(key)
-        if entry.cacheable and marker is not None and self._may_fill(started):
+        if entry[CACHEABLE] and marker is not None and self._may_fill(started):
             await self._redis_fill(key, entry, marker)
         local.put(key, entry, epoch, store.now())
         return entry
@@ -218,12 +223,12 @@ class CredentialCache:
 
     async def _redis_fill(self, key: bytes, entry: Entry, marker: bytes) -> None:
         now = store.now()
-        if entry.answer is None:
-            ttl = REVOKED_TTL if entry.version else self.negative_ttl
+        if entry[ANSWER] is None:
+            ttl = REVOKED_TTL if entry[VERSION] else self.negative_ttl
         else:
-            ttl = entry.ttl(now, self.redis_ttl)
+            ttl = lifetime(entry, now, self.redis_ttl)
         if ttl > 0:
-            await self._fill_key(key, entry.version, encode(entry), ttl, marker)
+            await self._fill_key(key, entry[VERSION], encode(entry), ttl, marker)
 
     async def _fill_key(
         self, key: bytes, version: int, value: bytes, ttl: int, marker: bytes

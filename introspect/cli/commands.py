@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import os
+import signal
 import sys
+import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -86,6 +89,23 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         raise CommandError("the admin port must differ from the main port")
     workers = args.workers or len(os.sched_getaffinity(0))
     return serve(settings, workers=workers, run_migrations=not args.no_migrate)
+
+
+def cmd_dev_cluster(args: argparse.Namespace, _settings: Settings) -> int:
+    """introspect dev-cluster: form a 3+3 cluster, print how to use it, run until stopped."""
+    from pathlib import Path
+
+    from introspect.embedded.cluster import dev_cluster
+
+    with dev_cluster(None if args.dir is None else Path(args.dir)) as cluster:
+        print("INTROSPECT_REDIS_CLUSTER=true", flush=True)
+        print(f"INTROSPECT_REDIS_URL={cluster.url}", flush=True)
+        print("(Ctrl-C stops the cluster)", file=sys.stderr, flush=True)
+        stopped = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+        with contextlib.suppress(KeyboardInterrupt):
+            stopped.wait()
+    return 0
 
 
 def cmd_migrate(_args: argparse.Namespace, settings: Settings) -> int:

@@ -23,6 +23,7 @@ from introspect.cli.commands import (
     cmd_client_rotate_secret,
     cmd_client_show,
     cmd_client_update,
+    cmd_dev_cluster,
     cmd_keys_rotate,
     cmd_migrate,
     cmd_portal_link,
@@ -182,6 +183,10 @@ def parser(description: str) -> argparse.ArgumentParser:
     )
     serve.add_argument("--no-migrate", action="store_true")
     _command(sub, "migrate", "apply the SQL migrations", cmd_migrate)
+    cluster = _command(
+        sub, "dev-cluster", "run a 3+3 Valkey Cluster on loopback until stopped", cmd_dev_cluster
+    )
+    cluster.add_argument("--dir", help="where the nodes keep their files (default: a temp dir)")
 
     _add_client_commands(sub)
     _add_api_key_commands(sub)

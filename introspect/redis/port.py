@@ -2,9 +2,9 @@
 
 The cache, its history (introspect/history.py), the acknowledgements of
 invalidations (introspect/acks.py) and the readiness probe ask Redis for
-nothing else: a new way to reach Redis (a Valkey Cluster, say) is a new
-implementation of `Redis` beside introspect/redis/lean.py, and no caller
-changes. What every implementation keeps:
+nothing else: a new way to reach Redis is a new implementation of `Redis`
+(introspect/redis/lean.py: one server; introspect/redis/cluster.py: a Valkey
+Cluster), and no caller changes. What every implementation keeps:
 
 * Identity. An operation that names an `identity` (`resp.Server.identity`:
   a server process and its replication history) runs only on a connection
@@ -29,6 +29,8 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import NamedTuple, Protocol
 
+from redis.exceptions import ConnectionError
+
 from introspect.redis.resp import Server, ServerChanged
 
 __all__ = [
@@ -40,6 +42,7 @@ __all__ = [
     "Server",
     "ServerChanged",
     "Subscription",
+    "Unwritten",
     "Write",
 ]
 
@@ -54,6 +57,16 @@ class HistoryUnknown(ServerChanged):
 
 class EvictingRedis(HistoryUnknown):
     """Redis may drop keys by itself under memory pressure: it can never be vouched for."""
+
+
+class Unwritten(ConnectionError):
+    """`publish` sent its message to `receivers` listeners, but some of its writes failed
+    (a cluster node down): the caller waits for those listeners, then keeps the change
+    pending (its outbox row is replayed)."""
+
+    def __init__(self, cause: BaseException, receivers: int) -> None:
+        super().__init__(f"invalidation published, writes failed: {type(cause).__name__}")
+        self.receivers = receivers
 
 
 class Write(NamedTuple):
@@ -131,7 +144,8 @@ class Redis(Protocol):
     async def publish(
         self, channel: str | bytes, message: bytes, writes: Sequence[Write] = ()
     ) -> int:
-        """Run `writes`, then publish `message`, in one round trip; how many received it."""
+        """Run `writes`, then publish `message`; how many received it. Where the writes go
+        to several servers, a failed write does not stop the message: `Unwritten`."""
 
     def subscription(self) -> Subscription:
         """A new subscription, on a connection of its own that never reconnects silently."""

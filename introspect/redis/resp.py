@@ -379,13 +379,23 @@ class Client:
         self._protocol = None
 
 
+# The subscribe command, and the kinds of the pushes: a message, a confirmation, an end.
+_CLASSIC = ("SUBSCRIBE", b"message", b"subscribe", b"unsubscribe")
+_SHARDED = ("SSUBSCRIBE", b"smessage", b"ssubscribe", b"sunsubscribe")
+
+
 class Subscription:
     """A connection in subscribed mode: every message to `on_message(channel, data)`."""
 
-    def __init__(self, url: str, timeout: float = 2.0, *, identify: bool = False) -> None:
+    def __init__(
+        self, url: str, timeout: float = 2.0, *, identify: bool = False, sharded: bool = False
+    ) -> None:
         self.endpoint = Endpoint.from_url(url)
         self.timeout = timeout
         self.identify = identify
+        # Sharded pub/sub (SSUBSCRIBE, on a cluster): the server ends it by itself when the
+        # channel's slot moves (an `sunsubscribe` push), which drops the connection here.
+        self._verbs = _SHARDED if sharded else _CLASSIC
         self._protocol: _Protocol | None = None
 
     @property
@@ -399,22 +409,25 @@ class Subscription:
         """Subscribe; returns once every channel is confirmed, with a future set when it drops."""
         confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         pending = set(c.encode() for c in channels)
+        command, message, subscribed, unsubscribed = self._verbs
 
         def on_push(reply: Any) -> None:
             if not isinstance(reply, list) or len(reply) < 3:
                 return
             kind = reply[0]
-            if kind == b"message":
+            if kind == message:
                 on_message(reply[1], reply[2])
-            elif kind == b"subscribe":
+            elif kind == subscribed:
                 pending.discard(reply[1])
                 if not pending and not confirmed.done():
                     confirmed.set_result(None)
+            elif kind == unsubscribed:  # never asked for: the server ended it
+                self.close()
 
         protocol = await connect(self.endpoint, self.timeout, on_push, identify=self.identify)
         self._protocol = protocol
         assert protocol.transport is not None
-        protocol.transport.write(pack([("SUBSCRIBE", *channels)]))
+        protocol.transport.write(pack([(command, *channels)]))
         try:
             async with asyncio.timeout(self.timeout):
                 await asyncio.wait([confirmed, protocol.lost], return_when=asyncio.FIRST_COMPLETED)

@@ -148,6 +148,45 @@ class ChangeLog(Protocol):
         """Record a Redis history whose replay started at `started_at`; whether one came before."""
 
 
+class Feed(Protocol):
+    """The revocation feed's events and receivers (asyncpg: `feed.py`)."""
+
+    async def add_feed_event(
+        self,
+        conn: asyncpg.Connection,
+        event_type: str,
+        subject: dict[str, Any],
+        audiences: Sequence[str],
+    ) -> None:
+        """Record an event seen by callers sharing one of `audiences` (and those without any)."""
+
+    async def add_client_event(
+        self, conn: asyncpg.Connection, event_type: str, client_id: str
+    ) -> None:
+        """Record an event about a client, seen by the callers that may see one of its live
+        credentials (by their audiences, as /introspect decides)."""
+
+    async def reset_receivers(self, conn: asyncpg.Connection, client_id: str) -> None:
+        """Give every receiver of `client_id` a gap at its position."""
+
+    async def poll_feed(
+        self,
+        conn: asyncpg.Connection,
+        client_id: str,
+        receiver: str,
+        audiences: Sequence[str],
+        *,
+        acks: Sequence[int],
+        gap_acked: int | None,
+        limit: int,
+    ) -> records.FeedPage:
+        """Apply a receiver's acknowledgements, then read the events it may see and has not
+        acknowledged, oldest first, and move its position past everything acknowledged."""
+
+    async def prune_feed(self, conn: Executor, before: float, idle_before: int) -> int:
+        """Forget the events written before `before`, and receivers idle since `idle_before`."""
+
+
 class AuditLog(Protocol):
     """The append-only audit log (asyncpg: `audit_log.py`)."""
 
@@ -227,6 +266,7 @@ class Store:
     credentials: Credentials
     revocations: Revocations
     changes: ChangeLog
+    feed: Feed
     audit: AuditLog
     admin_keys: AdminKeys
     signing_keys: SigningKeys

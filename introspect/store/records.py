@@ -328,6 +328,28 @@ class Selection:
 
 
 @dataclass(frozen=True, slots=True)
+class FeedEvent:
+    """An event of the revocation feed as stored: its id, when it was written (epoch seconds),
+    its type URI and its payload."""
+
+    id: int
+    created_at: float
+    type: str
+    subject: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class FeedPage:
+    """What one poll reads for a receiver: the events (oldest first), whether more wait, and
+    the number of the gap it is owed and has not acknowledged (it may have missed events),
+    if any."""
+
+    events: list[FeedEvent]
+    more: bool
+    gap: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class StoredSigningKey:
     """A published signing key as stored: its private part sealed (see introspect/signing.py)."""
 

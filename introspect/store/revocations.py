@@ -12,12 +12,13 @@ from collections.abc import Sequence
 import asyncpg
 import orjson
 
+from introspect import rfc8417
 from introspect.store.credentials import LIVE
 from introspect.store.query import where_clause
 from introspect.store.records import Selection, now
 
 # The parameters before the selection's own (see revoke_recorded).
-_FIXED = 7
+_FIXED = 10
 
 
 def _conditions(selection: Selection) -> list[tuple[str, object]]:
@@ -50,6 +51,10 @@ async def revoke_recorded(
     their keys to evict, unless the selection names every credential of its
     clients or subjects: see `Selection.dropped`), and the tombstones of the
     client `records` (id, version) changed in the caller's transaction.
+    The revocation feed's events go in too (`feed_event`): one naming the
+    client or the subject for a selection of all its credentials, else one
+    per credential revoked, each seen by the callers sharing an audience with
+    what it revoked.
     Returns the outbox id and the (id, hash, version) rows; when nothing
     matched and no record is named, nothing is written and the id is None.
     """
@@ -59,7 +64,7 @@ async def revoke_recorded(
         "WITH r AS ("
         "  UPDATE credentials SET revoked_at = $1, version = nextval('change_version')"
         f"  {where} AND {LIVE.format('$1')}"
-        "  RETURNING id, kind, hash, version),"
+        "  RETURNING id, kind, hash, version, audiences),"
         " a AS (INSERT INTO audit_log (at, actor, action, target_kind, target_id)"
         "  SELECT $1, $2, 'credential.revoke',"
         "   CASE WHEN kind = 'api_key' THEN 'api_key' ELSE 'access_token' END, id"
@@ -74,7 +79,14 @@ async def revoke_recorded(
         "   'c', $4::text::json, 's', $5::text::json,"
         "   'all', false, 'x', true)::text, 'UTF8'), $1"
         "  WHERE EXISTS (SELECT FROM r) OR json_array_length($6::text::json) > 0"
-        "  RETURNING id)"
+        "  RETURNING id),"
+        " f AS (INSERT INTO feed_events (type, subject, audiences)"
+        "  SELECT $8::text, $9::text::jsonb, coalesce((SELECT array_agg(DISTINCT a)"
+        "   FROM r, unnest(r.audiences) a), '{}')"
+        "  WHERE $8::text IS NOT NULL AND EXISTS (SELECT FROM r)"
+        "  UNION ALL"
+        "  SELECT * FROM (SELECT $10::text, jsonb_build_object('jti', id), audiences FROM r"
+        "   WHERE $8::text IS NULL ORDER BY id) per_credential)"
         " SELECT o.id AS outbox_id, r.id, r.hash, r.version FROM o LEFT JOIN r ON true",
         now(),
         actor,
@@ -83,7 +95,26 @@ async def revoke_recorded(
         orjson.dumps(subs).decode(),
         orjson.dumps([client_id for client_id, _version in records]).decode(),
         orjson.dumps([version for _client_id, version in records]).decode(),
+        *_feed_event(clients, subs),
         *values,
     )
     revoked = [(r["id"], bytes(r["hash"]), r["version"]) for r in rows if r["id"] is not None]
     return (rows[0]["outbox_id"] if rows else None), revoked
+
+
+def _feed_event(clients: list[str], subs: list[str]) -> tuple[str | None, str | None, str]:
+    """The statement's parameters for the feed: the type and subject of one event naming
+    the client or the subject (None, None: one event per credential), and the type of those."""
+    if clients:
+        return (
+            rfc8417.CLIENT_CREDENTIALS_REVOKED,
+            orjson.dumps({"client_id": clients[0]}).decode(),
+            rfc8417.CREDENTIAL_REVOKED,
+        )
+    if subs:
+        return (
+            rfc8417.SUBJECT_CREDENTIALS_REVOKED,
+            orjson.dumps({"sub": subs[0]}).decode(),
+            rfc8417.CREDENTIAL_REVOKED,
+        )
+    return None, None, rfc8417.CREDENTIAL_REVOKED

@@ -13,8 +13,10 @@ import time
 from typing import Any
 
 import asyncpg
+from redis.exceptions import RedisError
 
 from introspect import store
+from introspect.redis import ClusterRedis
 from introspect.service import Authority
 from introspect.supervisor import Board
 
@@ -43,8 +45,12 @@ class Readiness:
                 self._checking = None
 
     async def _check(self, authority: Authority, board: Board | None) -> tuple[dict[str, Any], int]:
-        postgres, redis = await asyncio.gather(_postgres(authority), _redis(authority))
+        postgres, redis, nodes = await asyncio.gather(
+            _postgres(authority), _redis(authority), _redis_nodes(authority)
+        )
         body: dict[str, Any] = {"postgres": postgres, "redis": redis}
+        if nodes is not None:
+            body["redis_nodes"] = nodes
         degraded = redis != "ok"
         if board is not None:
             alive = board.alive()
@@ -71,6 +77,18 @@ async def _postgres(authority: Authority) -> str:
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError):
         return "unreachable"
     return "ok"
+
+
+async def _redis_nodes(authority: Authority) -> dict[str, str] | None:
+    """On a cluster: each primary (`host:port`), `reachable` or `unreachable`; else None."""
+    redis = authority.cache.redis
+    if not isinstance(redis, ClusterRedis):
+        return None
+    try:
+        found = await redis.reachable()
+    except (RedisError, OSError, TimeoutError):
+        return {}  # no node told which primaries there are
+    return {node: "reachable" if up else "unreachable" for node, up in found.items()}
 
 
 async def _redis(authority: Authority) -> str:

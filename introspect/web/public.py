@@ -7,12 +7,23 @@ in `introspect/rfc*.py`) or the authority, and writes the answer.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Mapping
 
 from aiohttp import web
 from multidict import CIMultiDict
 
-from introspect import forms, metrics, rfc6749, rfc7009, rfc7662, rfc9701, signing
-from introspect.errors import InvalidRequest
+from introspect import (
+    forms,
+    metrics,
+    rfc6749,
+    rfc7009,
+    rfc7662,
+    rfc8936,
+    rfc9701,
+    signing,
+)
+from introspect.errors import InvalidRequest, UnauthorizedClient
 from introspect.limits import Metered
 from introspect.service import Authority
 from introspect.store import Client
@@ -24,17 +35,7 @@ routes = web.RouteTableDef()
 
 FORM = "application/x-www-form-urlencoded"
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-# The headers of every introspection answer, built once (each Response copies them).
-JSON_NO_STORE = CIMultiDict({"Content-Type": "application/json", **NO_STORE})
-
-
-def introspection_answer(answer: bytes | Metered) -> web.Response:
-    """The one place an introspection answer gets its headers: a limited credential's answer
-    carries the RateLimit fields (and Retry-After when refused) and is never stored, since
-    each use of it must be counted."""
-    if isinstance(answer, bytes):
-        return web.Response(body=answer, headers=JSON_NO_STORE)
-    return web.Response(body=answer.body, headers={**JSON_NO_STORE, **answer.headers})
+JSON_NO_STORE = {"Content-Type": "application/json", **NO_STORE}
 
 
 async def read_form(request: web.Request) -> tuple[dict[str, str], dict[str, list[str]]]:
@@ -85,18 +86,41 @@ async def introspect(request: web.Request) -> web.Response:
     params, _ = await read_form(request)
     authorization = request.headers.get("Authorization")
     if rfc9701.wants_jwt(request.headers.get("Accept")):
-        caller, body = await rfc7662.complete(authority, authorization, params)
-        signed = await authority.sign_introspection(
-            caller, body if isinstance(body, bytes) else body.body
+        caller, answer = await rfc7662.complete(authority, authorization, params)
+        jwt = await authority.sign_introspection(caller, answer.body)
+        headers = dict(caching(authority, answer))
+        del headers["Content-Type"]
+        return web.Response(body=jwt, content_type=rfc9701.MEDIA_TYPE, headers=headers)
+    found = rfc7662.from_memory(authority, authorization, params)
+    if found is None or isinstance(found, rfc7662.Pending):
+        _caller, answer = await rfc7662.complete(authority, authorization, params, found)
+    else:
+        answer = found
+    return web.Response(body=answer.body, headers=caching(authority, answer))
+
+
+def caching(authority: Authority, answer: rfc7662.Answer | Metered) -> Mapping[str, str]:
+    """The headers of a JSON introspection answer, decided in this one place: its
+    `Cache-Control` says how long a resource server may reuse it (see rfc7662.max_age), except
+    that a limited credential's answer carries the RateLimit fields (and Retry-After when
+    refused) and is never stored, since each use of it must be counted."""
+    if isinstance(answer, Metered):
+        return {**JSON_NO_STORE, **answer.headers}
+    settings = authority.settings
+    age = rfc7662.max_age(
+        answer, settings.rs_cache_ttl, settings.negative_cache_ttl, int(time.time())
+    )
+    headers = _JSON_HEADERS.get(age)
+    if headers is None:
+        headers = _JSON_HEADERS[age] = CIMultiDict(
+            {"Content-Type": "application/json", "Cache-Control": f"private, max-age={age}"}
         )
-        fields = {} if isinstance(body, bytes) else body.headers
-        return web.Response(
-            body=signed, content_type=rfc9701.MEDIA_TYPE, headers={**NO_STORE, **fields}
-        )
-    answer = rfc7662.from_memory(authority, authorization, params)
-    if answer is None or isinstance(answer, rfc7662.Pending):
-        _caller, answer = await rfc7662.complete(authority, authorization, params, answer)
-    return introspection_answer(answer)
+    return headers
+
+
+# The headers of introspection answers by max-age, each built once (a Response copies them):
+# one per second of INTROSPECT_RS_CACHE_TTL at most.
+_JSON_HEADERS: dict[int, CIMultiDict[str]] = {}
 
 
 @routes.post("/revoke")
@@ -110,6 +134,23 @@ async def revoke(request: web.Request) -> web.Response:
         presented, actor=f"client:{client.client_id}", owner=client.client_id
     )
     return web.Response(status=rfc7009.STATUS, headers=NO_STORE)
+
+
+@routes.post("/events")
+async def events(request: web.Request) -> web.Response:
+    """RFC 8936 §2.4: the revocation feed, polled by resource servers (introspect/feed.py).
+
+    The caller authenticates as on /introspect (HTTP Basic, or the client
+    authentication members in the JSON body) and must be allowed to introspect.
+    """
+    authority = request.app[AUTHORITY]
+    if request.content_type != rfc8936.MEDIA_TYPE:
+        raise InvalidRequest(f"the body must be {rfc8936.MEDIA_TYPE}")
+    poll = rfc8936.parse(await request.read())
+    caller = await authenticated(authority, request, poll.auth)
+    if not caller.can_introspect:
+        raise UnauthorizedClient("this client may not introspect")
+    return json_response(await authority.feed.poll(caller, poll), headers=NO_STORE)
 
 
 @routes.get("/.well-known/oauth-authorization-server")

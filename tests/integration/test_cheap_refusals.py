@@ -158,7 +158,7 @@ async def test_unknown_client_ids_cannot_push_known_clients_out_of_memory(
         assert answer.json()["active"]
     authority = server.authority
     header = resource_server.auth["Authorization"]
-    assert isinstance(rfc7662.from_memory(authority, header, ask), bytes)
+    assert isinstance(rfc7662.from_memory(authority, header, ask), rfc7662.Answer)
     for _ in range(3 * cache.CLIENT_CACHE_SIZE):
         refused = await server.post_form(
             "/token",
@@ -166,7 +166,7 @@ async def test_unknown_client_ids_cannot_push_known_clients_out_of_memory(
             headers=basic(random_client_id(), credentials.generate(Kind.CLIENT_SECRET)),
         )
         assert refused.status == 401
-    assert isinstance(rfc7662.from_memory(authority, header, ask), bytes)
+    assert isinstance(rfc7662.from_memory(authority, header, ask), rfc7662.Answer)
 
 
 async def test_an_unknown_client_id_costs_one_query_while_remembered(server: Server) -> None:

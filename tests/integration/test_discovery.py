@@ -27,6 +27,8 @@ async def test_metadata_names_every_endpoint_under_the_issuer(
     assert meta["token_endpoint"] == f"{ISSUER}/token"
     assert meta["introspection_endpoint"] == f"{ISSUER}/introspect"
     assert meta["revocation_endpoint"] == f"{ISSUER}/revoke"
+    # Not standard: the revocation feed (RFC 8414 has no member for it).
+    assert meta["introspect_events_endpoint"] == f"{ISSUER}/events"
     assert meta["jwks_uri"] == f"{ISSUER}/jwks.json"
     assert meta["grant_types_supported"] == ["client_credentials"]
     assert meta["response_types_supported"] == []

@@ -29,7 +29,7 @@ def from_memory(
 ) -> bytes | None:
     """The answer of the synchronous step alone, None when it leaves the rest to the tail."""
     answer = rfc7662.from_memory(authority, authorization, params)
-    return answer if isinstance(answer, bytes) else None
+    return answer.body if isinstance(answer, rfc7662.Answer) else None
 
 
 async def both(

@@ -244,3 +244,35 @@ async def test_a_credential_in_constant_use_stays_in_memory_past_its_lifetime(
     finally:
         await server.http.close()
         await test_server.close()
+
+
+async def test_answers_say_how_long_a_resource_server_may_reuse_them(
+    server: Server, authority: Authority, resource_server: Registered
+) -> None:
+    """Cache-Control: private, max-age = INTROSPECT_RS_CACHE_TTL (60) for an active answer,
+    never past exp; for an inactive one, no longer than the negative cache (30 s); the same
+    on the memory path, the stores path and the signed (RFC 9701) answer. No more no-store:
+    a resource server following the revocation feed may cache them."""
+    forever = await admin.create_api_key(authority, "test", {"sub": "cc", "scopes": ["read"]})
+    soon = await admin.create_api_key(
+        authority, "test", {"sub": "cc", "scopes": ["read"], "expires_in": 20}
+    )
+    cases = [(forever["key"], 60), (soon["key"], None), ("nope", 30)]
+    for token, max_age in cases:
+        for accept in (
+            "application/json",
+            "application/json",
+            "application/token-introspection+jwt",
+        ):
+            resp = await server.post_form(
+                "/introspect", {"token": token}, headers={**resource_server.auth, "Accept": accept}
+            )
+            assert resp.status == 200
+            cache = resp.headers["Cache-Control"]
+            assert cache.startswith("private, max-age=")
+            assert "Pragma" not in resp.headers
+            seconds = int(cache.removeprefix("private, max-age="))
+            if max_age is None:
+                assert 0 < seconds <= 20
+            else:
+                assert seconds == max_age

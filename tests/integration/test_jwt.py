@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from introspect import credentials, store
+from introspect.cache import ANSWER
 from introspect.metrics import METRICS
 from introspect.service import Authority
 from introspect.store import NewCredential, Selection
@@ -325,5 +326,5 @@ async def test_oversized_and_malformed_jwts_cost_no_io(server: Server) -> None:
     before = (METRICS.pg_queries.value(), METRICS.redis_calls.value())
     for token in presented:
         entry = await authority.lookup(token)
-        assert entry.answer is None
+        assert entry[ANSWER] is None
     assert (METRICS.pg_queries.value(), METRICS.redis_calls.value()) == before

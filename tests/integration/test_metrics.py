@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -89,3 +90,22 @@ async def test_exposition_is_rendered_off_the_event_loop(
     assert resp.status == 200
     assert b"introspect_requests_total" in resp.body
     assert on_loop == [False]
+
+
+async def test_gc_pauses_and_loop_lag_are_counted(server: Server) -> None:
+    """Each collection of the cyclic GC counts once under its generation; the loop-lag probe
+    counts its timers: what an operator reads a latency tail's cause from."""
+    full = 'introspect_gc_pause_seconds_count{generation="2"}'
+    young = 'introspect_gc_pause_seconds_count{generation="0"}'
+    lags = "introspect_event_loop_lag_seconds_count"
+    before = (await server.request("GET", "/metrics")).body.decode()
+    gc.collect(2)
+    gc.collect(2)
+    gc.collect(0)
+    await asyncio.sleep(3 * metrics.LAG_INTERVAL)
+    after = (await server.request("GET", "/metrics")).body.decode()
+    assert _value(after, full) - _value(before, full) >= 2
+    assert _value(after, young) - _value(before, young) >= 1
+    assert _value(after, lags) - _value(before, lags) >= 1
+    assert 'introspect_gc_pause_seconds_bucket{generation="2",le="0.0001"}' in after
+    assert 'introspect_event_loop_lag_seconds_bucket{le="+Inf"}' in after

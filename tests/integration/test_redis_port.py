@@ -1,4 +1,5 @@
-"""The Redis port's contract, on its one-server implementation against a real Valkey.
+"""The Redis port's contract, on both implementations: one real Valkey, and a real
+3+3 Valkey Cluster.
 
 What the cache relies on from any implementation: versioned writes, lookups
 and fills under the history marker only, the replay memory, publishing with
@@ -10,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 
 import pytest
 
 from introspect.redis import LeanRedis, Redis, Write
-from introspect.redis.port import MARKER, HistoryUnknown, ServerChanged
+from introspect.redis.cluster import ClusterRedis
+from introspect.redis.port import HistoryUnknown, ServerChanged
 from introspect.store import now
 from tests.conftest import Stores
 
@@ -27,10 +29,16 @@ def unique(name: str) -> bytes:
     return f"test-port:{name}:{secrets.token_hex(8)}".encode()
 
 
-@pytest.fixture
-async def redis(migrated: Stores) -> AsyncIterator[LeanRedis]:
-    """The port on the session's Valkey (its history vouched for by conftest), closed at the end."""
-    with contextlib.closing(LeanRedis(migrated.redis_url)) as port:
+@pytest.fixture(params=["lean", "cluster"])
+def redis(request: pytest.FixtureRequest, migrated: Stores) -> Iterator[Redis]:
+    """The port on the session's Valkey, or on the session's cluster (histories vouched for
+    by conftest), closed at the end."""
+    port: Redis
+    if request.param == "lean":
+        port = LeanRedis(migrated.redis_url)
+    else:
+        port = ClusterRedis(request.getfixturevalue("cluster_url"))
+    with contextlib.closing(port):
         yield port
 
 
@@ -41,7 +49,7 @@ async def vouched(redis: Redis) -> tuple[bytes, bytes]:
     return marker, server.identity
 
 
-async def test_a_versioned_write_never_replaces_a_newer_version(redis: LeanRedis) -> None:
+async def test_a_versioned_write_never_replaces_a_newer_version(redis: Redis) -> None:
     """An older version is refused, a newer one wins, and a tombstone gives way to a fill of
     its own version only."""
     marker, identity = await vouched(redis)
@@ -56,7 +64,7 @@ async def test_a_versioned_write_never_replaces_a_newer_version(redis: LeanRedis
     assert await redis.lookup([key, unique("absent")], marker, identity) == [b"6|0", None]
 
 
-async def test_reads_and_fills_under_another_history_are_refused(redis: LeanRedis) -> None:
+async def test_reads_and_fills_under_another_history_are_refused(redis: Redis) -> None:
     """A lookup or a reader's fill naming a marker Redis does not hold raises HistoryUnknown
     and writes nothing; a batch naming another server is not sent at all."""
     marker, identity = await vouched(redis)
@@ -70,7 +78,7 @@ async def test_reads_and_fills_under_another_history_are_refused(redis: LeanRedi
     assert await redis.lookup([key], marker, identity) == [None]
 
 
-async def test_the_replay_memory_remembers_once_per_history(redis: LeanRedis) -> None:
+async def test_the_replay_memory_remembers_once_per_history(redis: Redis) -> None:
     """A key is remembered the first time only, and never under another marker."""
     marker, identity = await vouched(redis)
     key = unique("jti")
@@ -80,8 +88,22 @@ async def test_the_replay_memory_remembers_once_per_history(redis: LeanRedis) ->
         await redis.remember_once(unique("jti"), now() + 60, b"another history", identity)
 
 
+async def test_a_window_grants_blocks_of_what_is_free_and_never_more_than_its_limit(
+    redis: Redis,
+) -> None:
+    """Blocks shrink with what is free, never pass the limit, and the use reads back."""
+    tag = secrets.token_hex(8)
+    key, other = (f"test-port:{{{tag}}}:{n}".encode() for n in ("w", "other"))
+    granted = [await redis.take_window(key, 100, 1, 4, 60_000) for _ in range(30)]
+    assert granted[0] == (25, 75)
+    assert sum(block for block, _ in granted) == 100
+    assert granted[-1] == (0, 0)
+    assert await redis.take_window(other, 10, 11, 4, 60_000) == (0, 10)
+    assert await redis.window_use([key, other]) == [100, 0]
+
+
 async def test_a_publication_counts_its_receivers_and_acknowledgements_come_back(
-    redis: LeanRedis,
+    redis: Redis,
 ) -> None:
     """A subscriber receives what is published after the writes of the same round trip, and
     the nonce it acknowledges is popped from the publisher's list."""
@@ -103,10 +125,11 @@ async def test_a_publication_counts_its_receivers_and_acknowledgements_come_back
     assert await redis.acknowledgements(inbox, 0.5, 10) == [b"nonce-1"]
 
 
-async def test_the_marker_is_the_one_the_history_keeps(redis: LeanRedis) -> None:
+async def test_the_marker_is_the_one_the_history_keeps(redis: Redis) -> None:
     """`watch` reads the marker key the history protocol writes, with the server's identity."""
     _marker, identity = await vouched(redis)
+    _server, marker = await redis.watch()
     held, locked = await redis.history_state(identity)
-    assert held == (await redis.client.call("GET", MARKER))
+    assert held == marker
     assert not locked
     await redis.ping()

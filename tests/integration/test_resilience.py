@@ -8,15 +8,18 @@ stale Redis entry once Redis is back.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 
+import jwt
 import pytest
 
-from introspect import credentials
+from introspect import admin, credentials, feed, rfc8417
 from introspect.cache import KEY_PREFIX
 from introspect.config import Settings
 from introspect.service import Authority
+from introspect.store import Selection
 from tests.helpers import Registered, Server, eventually, register, start_server
 from tests.valkey import Valkey, serving
 
@@ -142,3 +145,35 @@ async def test_redis_outage_answers_from_postgres_and_replays_revocations(
         "SELECT count(*) FROM invalidation_outbox WHERE published_at IS NULL"
     )
     assert pending == 0
+
+
+async def test_a_parked_feed_poll_is_answered_from_postgres_while_redis_is_dead(
+    outage_server: Server, valkey: Valkey
+) -> None:
+    """With Redis killed (SIGKILL) while a long poll of /events is parked, a revocation made
+    meanwhile (its invalidation unpublished) still reaches the poll: each loss of the
+    subscription (and each failed attempt to subscribe again) wakes it, and unsubscribed it
+    reads Postgres at least every feed.RECHECK seconds. Bounded under the 30 s after which
+    any poll is answered."""
+    srv = outage_server
+    rs = await register(srv.authority, scopes=(), can_introspect=True)
+    key = await admin.create_api_key(srv.authority, "test", {"sub": "outage", "scopes": ["r"]})
+    events = {**rs.auth, "Content-Type": "application/json"}
+    first = await srv.request("POST", "/events", json={"returnImmediately": True}, headers=events)
+    parked = asyncio.create_task(
+        srv.request("POST", "/events", json={"ack": list(first.json()["sets"])}, headers=events)
+    )
+    await eventually(lambda: _parked(srv.authority, parked))
+    valkey.kill()
+    revoked = await srv.authority.revoke("test", Selection(id=key["id"]))
+    assert revoked.announced.pending
+    answer = await asyncio.wait_for(parked, 2 * feed.RECHECK + 5)
+    (token,) = answer.json()["sets"].values()
+    claims = jwt.decode(token, options={"verify_signature": False})
+    assert claims["events"] == {rfc8417.CREDENTIAL_REVOKED: {"jti": key["id"]}}
+    assert feed.RECHECK * 2 + 5 < feed.LONG_POLL
+
+
+async def _parked(authority: Authority, poll: asyncio.Task[object]) -> bool:
+    assert not poll.done()
+    return authority.feed.waiting == 1

@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 
 from introspect import credentials, store
-from introspect.cache import Invalidation
+from introspect.cache import ANSWER, Invalidation
 from introspect.config import Settings
 from introspect.service import Authority
 from tests.helpers import Registered, Server, cli_env, register
@@ -56,8 +56,8 @@ async def test_unverified_jwts_are_not_memoized(
     """Forged JWT-shaped strings are not kept in the presented-value memo; a verified one is."""
     forged = [forged_jwt(n) for n in range(50)]
     for token in forged:
-        assert (await authority.lookup(token)).answer is None
-        assert (await authority.lookup(token)).answer is None
+        assert (await authority.lookup(token))[ANSWER] is None
+        assert (await authority.lookup(token))[ANSWER] is None
     assert not set(forged) & set(authority.hashed)
 
     client = await register(authority, audiences=("https://api.test",), token_format="jwt")
@@ -66,7 +66,7 @@ async def test_unverified_jwts_are_not_memoized(
     )
     assert issued.status == 200, issued.body
     token = issued.json()["access_token"]
-    assert (await authority.lookup(token)).answer is not None
+    assert (await authority.lookup(token))[ANSWER] is not None
     assert token in authority.hashed
 
 

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 
 import aiohttp
+import jwt
 import pytest
 
+from introspect import rfc8417
 from introspect.admin import create_admin_key
 from introspect.config import Settings
 from introspect.service import Authority
-from tests.helpers import Registered, eventually, register, serve_subprocess
+from tests.helpers import eventually, post_form, register, revoke_during_storm, serve_subprocess
 
 WORKERS = 3
 ROUNDS = 20
 IN_FLIGHT = 200
+# Long polls parked at once, and how long they may take to be woken (a test bound only).
+PARKED = 6
+WOKEN_WITHIN = 20
 
 
 @pytest.fixture(scope="module")
@@ -24,16 +28,6 @@ async def base(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> 
     """`introspect serve --workers 3` over the session's stores."""
     with serve_subprocess(settings, tmp_path_factory.mktemp("workers"), workers=WORKERS) as env:
         yield env["BASE"]
-
-
-async def post(
-    http: aiohttp.ClientSession, url: str, data: dict[str, str], auth: Registered
-) -> tuple[float, dict]:
-    """POST a form; return when it was sent (monotonic) and the JSON answer."""
-    sent = time.monotonic()
-    async with http.post(url, data=data, headers=auth.auth) as resp:
-        assert resp.status == 200, await resp.text()
-        return sent, await resp.json() if resp.content_length else {}
 
 
 async def test_no_worker_answers_active_after_revoke_returns(
@@ -46,28 +40,7 @@ async def test_no_worker_answers_active_after_revoke_returns(
     connector = aiohttp.TCPConnector(limit=IN_FLIGHT, force_close=True)
     async with aiohttp.ClientSession(connector=connector) as http:
         for _ in range(ROUNDS):
-            _, tok = await post(http, f"{base}/token", {"grant_type": "client_credentials"}, app)
-            token = tok["access_token"]
-            form = {"token": token}
-            warm = await asyncio.gather(
-                *(post(http, f"{base}/introspect", form, rs) for _ in range(30))
-            )
-            assert all(body["active"] for _, body in warm)
-
-            storm = [
-                asyncio.create_task(post(http, f"{base}/introspect", form, rs))
-                for _ in range(IN_FLIGHT)
-            ]
-            await asyncio.sleep(0)
-            await post(http, f"{base}/revoke", form, app)
-            returned = time.monotonic()
-            answers = await asyncio.gather(*storm)
-            after = await asyncio.gather(
-                *(post(http, f"{base}/introspect", form, rs) for _ in range(30))
-            )
-            late = [body for sent, body in answers + after if sent > returned]
-            assert late, "some introspections must start after the revocation returned"
-            assert all(body == {"active": False} for body in late)
+            await revoke_during_storm(http, [base], app, rs, IN_FLIGHT)
 
 
 async def test_api_key_patch_is_seen_by_every_worker_at_once(
@@ -88,7 +61,7 @@ async def test_api_key_patch_is_seen_by_every_worker_at_once(
             created = await resp.json()
         form = {"token": created["key"]}
         warm = await asyncio.gather(
-            *(post(http, f"{base}/introspect", form, rs) for _ in range(30))
+            *(post_form(http, f"{base}/introspect", form, rs) for _ in range(30))
         )
         assert all(body["scope"] == "old" for _, body in warm)
         async with http.patch(
@@ -96,7 +69,7 @@ async def test_api_key_patch_is_seen_by_every_worker_at_once(
         ) as resp:
             assert resp.status == 200, await resp.text()
         after = await asyncio.gather(
-            *(post(http, f"{base}/introspect", form, rs) for _ in range(60))
+            *(post_form(http, f"{base}/introspect", form, rs) for _ in range(60))
         )
         assert all(body["scope"] == "new" for _, body in after)
 
@@ -111,9 +84,9 @@ async def test_served_workers_answer_from_their_caches(base: str, authority: Aut
     rs = await register(authority, scopes=(), can_introspect=True)
     connector = aiohttp.TCPConnector(limit=16, force_close=True)
     async with aiohttp.ClientSession(connector=connector) as http:
-        _, tok = await post(http, f"{base}/token", {"grant_type": "client_credentials"}, app)
+        _, tok = await post_form(http, f"{base}/token", {"grant_type": "client_credentials"}, app)
         form = {"token": tok["access_token"]}
-        await asyncio.gather(*(post(http, f"{base}/introspect", form, rs) for _ in range(60)))
+        await asyncio.gather(*(post_form(http, f"{base}/introspect", form, rs) for _ in range(60)))
 
         async def both_layers_hit() -> bool:
             async with http.get(f"{base}/metrics") as resp:
@@ -130,3 +103,52 @@ async def test_served_workers_answer_from_their_caches(base: str, authority: Aut
 
         # Workers hand their counters to /metrics every second: wait for them, bounded.
         await eventually(both_layers_hit, within=10)
+
+
+async def test_a_revocation_wakes_long_polls_parked_on_every_worker(
+    base: str, authority: Authority
+) -> None:
+    """Long polls of /events parked on several connections (so, over the workers) are all
+    answered with the SET of a revocation made through any worker: each worker wakes its
+    own polls on the invalidation it receives. Bounded well under the 30 s a poll would
+    wait unwoken (while subscribed, a parked poll does not read again before that)."""
+    app = await register(authority)
+    rs = await register(authority, scopes=(), can_introspect=True)
+    receivers = [f"r{i}" for i in range(PARKED)]
+    connector = aiohttp.TCPConnector(limit=PARKED + 4, force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as http:
+
+        async def poll(receiver: str, wait: bool, ack: list[str]) -> dict:
+            body = {"returnImmediately": not wait, "receiver": receiver, "ack": ack}
+            async with http.post(f"{base}/events", json=body, headers=rs.auth) as resp:
+                assert resp.status == 200, await resp.text()
+                return await resp.json()
+
+        # Each starts its position now; its first answer is a feed-gap, acknowledged by the
+        # long poll that follows.
+        gaps = [list((await poll(r, wait=False, ack=[]))["sets"]) for r in receivers]
+        parked = [
+            asyncio.create_task(poll(r, wait=True, ack=gap))
+            for r, gap in zip(receivers, gaps, strict=True)
+        ]
+
+        async def all_parked() -> bool:
+            async with http.get(f"{base}/metrics") as resp:
+                text = await resp.text()
+            waiting = sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith("introspect_feed_polls_waiting")
+            )
+            return waiting >= PARKED
+
+        await eventually(all_parked, within=10)
+        _, tok = await post_form(http, f"{base}/token", {"grant_type": "client_credentials"}, app)
+        await post_form(http, f"{base}/revoke", {"token": tok["access_token"]}, app)
+        answers = await asyncio.wait_for(asyncio.gather(*parked), WOKEN_WITHIN)
+    for answer in answers:
+        (token,) = answer["sets"].values()
+        claims = jwt.decode(token, options={"verify_signature": False})
+        ((event_type, _payload),) = claims["events"].items()
+        assert event_type == rfc8417.CREDENTIAL_REVOKED
+        assert claims["aud"] == rs.client_id

@@ -5,7 +5,21 @@ from __future__ import annotations
 import math
 import time
 
-from introspect.cache import REFRESH_FROM, REFRESH_TO, Entry, LocalCache, decode
+from introspect.cache import (
+    ANSWER,
+    AUD,
+    CLIENT_ID,
+    REFRESH_AT,
+    REFRESH_FROM,
+    REFRESH_TO,
+    SUB,
+    LocalCache,
+    answered,
+    decode,
+    inactive,
+)
+
+LIVE = answered(b"{}", {}, 1)
 
 
 def usable(ttl: float = 10.0) -> LocalCache:
@@ -20,15 +34,18 @@ def test_an_entry_comes_due_once_late_in_its_life() -> None:
     """Hits before the refresh point change nothing; the first hit after it reports the key once."""
     local = usable()
     before = time.monotonic()
-    local.put(b"k", Entry(answer=b"{}"), local.epoch, now=0)
+    local.put(b"k", LIVE, local.epoch, now=0)
     entry = local.get(b"k", before)
     assert entry is not None
-    assert before + 10 * REFRESH_FROM <= entry.refresh_at <= time.monotonic() + 10 * REFRESH_TO
-    assert local.get(b"k", entry.refresh_at - 0.01) is entry
+    due_at = entry[REFRESH_AT]
+    assert before + 10 * REFRESH_FROM <= due_at <= time.monotonic() + 10 * REFRESH_TO
+    assert local.get(b"k", due_at - 0.01) is entry
     assert local.due == []
-    due_at = entry.refresh_at
-    assert local.get(b"k", due_at) is entry  # still served: due is not expired
-    assert local.get(b"k", due_at + 0.01) is entry
+    served = local.get(b"k", due_at)  # still served: due is not expired
+    assert served is not None
+    assert served[:REFRESH_AT] == entry[:REFRESH_AT]
+    assert local.due == [b"k"]
+    assert local.get(b"k", due_at + 0.01) is served  # reported once
     assert local.due == [b"k"]
 
 
@@ -36,9 +53,9 @@ def test_refresh_points_are_spread() -> None:
     """Entries stored together come due at different times, so their refreshes do not bunch."""
     local = usable()
     for i in range(200):
-        local.put(b"k%d" % i, Entry(answer=b"{}"), local.epoch, now=0)
+        local.put(b"k%d" % i, LIVE, local.epoch, now=0)
     entries = [local.get(b"k%d" % i, 0.0) for i in range(200)]
-    points = {round(entry.refresh_at, 3) for entry in entries if entry is not None}
+    points = {round(entry[REFRESH_AT], 3) for entry in entries if entry is not None}
     assert len(points) > 150
 
 
@@ -46,17 +63,17 @@ def test_no_refresh_for_an_entry_cut_short_by_its_exp() -> None:
     """An entry whose in-process life ends at its exp never comes due: it ends for good."""
     local = usable()
     now = int(time.time())
-    local.put(b"short", Entry(answer=b"{}", exp=now + 3), local.epoch, now=now)
+    local.put(b"short", answered(b"{}", {"exp": now + 3}, 1), local.epoch, now=now)
     entry = local.get(b"short", time.monotonic() + 2.5)
     assert entry is not None
-    assert entry.refresh_at == math.inf
+    assert entry[REFRESH_AT] == math.inf
     assert local.due == []
 
 
 def test_clear_forgets_what_came_due() -> None:
     """After a possibly missed message nothing is read again on the old entries' behalf."""
     local = usable()
-    local.put(b"k", Entry(answer=b"{}"), local.epoch, now=0)
+    local.put(b"k", LIVE, local.epoch, now=0)
     local.get(b"k", time.monotonic() + 9.5)
     assert local.due == [b"k"]
     local.clear()
@@ -80,13 +97,13 @@ def test_entries_of_one_client_share_its_id_subject_and_audiences() -> None:
     assert one is not None
     assert two is not None
     assert other is not None
-    assert one.client_id == "client_A"
-    assert one.aud == frozenset({"https://api"})
-    assert one.client_id is two.client_id
-    assert one.sub is two.sub
-    assert one.aud is two.aud
-    assert other.client_id == "client_B"
-    assert other.aud == frozenset({"https://else"})
+    assert one[CLIENT_ID] == "client_A"
+    assert one[AUD] == ("https://api",)
+    assert one[CLIENT_ID] is two[CLIENT_ID]
+    assert one[SUB] is two[SUB]
+    assert one[AUD] is two[AUD]
+    assert other[CLIENT_ID] == "client_B"
+    assert other[AUD] == ("https://else",)
 
 
 def test_the_cache_is_usable_only_when_subscribed_to_the_vouched_server() -> None:
@@ -98,3 +115,44 @@ def test_the_cache_is_usable_only_when_subscribed_to_the_vouched_server() -> Non
     local.set_state(vouched=b"restarted")
     assert local.usable
     assert len(local) == 0
+
+
+def test_a_final_answer_has_no_age() -> None:
+    """An inactive answer (unknown, revoked, expired) is final: it is still answered long after
+    a live entry would have aged out, until the cache is cleared."""
+    local = usable()
+    local.put(b"dead", inactive(7), local.epoch, now=0)
+    later = time.monotonic() + 10 * 86_400
+    answer = local.get(b"dead", later)
+    assert answer is not None
+    assert answer[ANSWER] is None
+    local.clear()
+    assert local.get(b"dead", 0.0) is None
+
+
+def test_final_answers_never_evict_live_entries() -> None:
+    """A flood of unknown values fills the final answers' own bound, not the live entries'."""
+    local = usable()
+    local.put(b"live", LIVE, local.epoch, now=0)
+    for i in range(3 * local.size):
+        local.put(b"unknown%d" % i, inactive(), local.epoch, now=0)
+    assert local.get(b"live", 0.0) is not None
+    assert local.get(b"unknown%d" % (3 * local.size - 1), 0.0) is not None
+    assert local.get(b"unknown0", 0.0) is None  # the oldest went first
+
+
+def test_a_final_answer_obeys_messages_and_the_epoch() -> None:
+    """A message naming the key drops its final answer (a change to it: a PATCH read it live
+    while this worker read it expired); one read before a message is not stored."""
+    local = usable()
+    local.put(b"k", inactive(3), local.epoch, now=0)
+    local.apply({"k": [b"k".hex()]})
+    assert local.get(b"k", 0.0) is None
+    epoch = local.epoch
+    local.apply({"c": ["someone"]})
+    local.put(b"k", inactive(3), epoch, now=0)
+    assert local.get(b"k", 0.0) is None
+    local.apply({"k": [b"k".hex()], "x": True})  # a revocation's message: final at once
+    revoked = local.get(b"k", 0.0)
+    assert revoked is not None
+    assert revoked[ANSWER] is None

@@ -8,7 +8,6 @@ noted use.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from introspect import rfc7662
-from introspect.cache import Entry
+from introspect.cache import ANSWER, CLIENT_ID, EXP, NBF, Entry, inactive
 from introspect.errors import InvalidClient, InvalidRequest, OAuth2Error, UnauthorizedClient
 from introspect.store import Client, Credential, now
 from tests.unit import test_rfc6749 as rfc6749_tests
@@ -148,7 +147,7 @@ class Worker:
     async def lookup(self, token: str, key: bytes | None) -> Entry:
         """The stored entry of `token` (inactive when unknown)."""
         self.lookups.append((token, key))
-        return self.stored.get(token, Entry(answer=None))
+        return self.stored.get(token, inactive())
 
     async def get_client(self, client_id: str) -> Client | None:
         """The stored record of a client."""
@@ -181,9 +180,9 @@ def live() -> Entry:
 async def full(worker: Worker, params: dict[str, str]) -> bytes:
     """The answer through both steps, as the view runs them."""
     answer = rfc7662.from_memory(worker, AUTH, params)
-    if isinstance(answer, bytes):
-        return answer
-    return (await rfc7662.complete(worker, AUTH, params, answer))[1]
+    if isinstance(answer, rfc7662.Answer):
+        return answer.body
+    return (await rfc7662.complete(worker, AUTH, params, answer))[1].body
 
 
 # --- the answer's shape (§2.2 and SPEC) -------------------------------------------------
@@ -238,7 +237,7 @@ async def test_a_warm_request_is_answered_from_memory_alone() -> None:
     entry, owner = live(), a_client(OWNER)
     worker = warm(a_client(), entry, owner)
     answer = rfc7662.from_memory(worker, AUTH, {"token": TOKEN})
-    assert answer == entry.answer
+    assert answer == rfc7662.Answer(entry[ANSWER], entry)
     assert worker.lookups == []
     assert worker.usage.noted == [entry]
 
@@ -274,7 +273,7 @@ async def test_an_owner_memory_lacks_is_read_then_decides() -> None:
     assert isinstance(pending, rfc7662.Pending)
     assert pending.entry is entry
     _caller, answer = await rfc7662.complete(worker, AUTH, {"token": TOKEN}, pending)
-    assert answer == rfc7662.INACTIVE
+    assert answer == rfc7662.INACTIVE_ANSWER
     assert worker.lookups == []
     assert worker.usage.noted == []
 
@@ -284,7 +283,7 @@ async def test_the_memo_is_probed_once_on_a_miss() -> None:
     and the tail looks up by that hash without computing it again."""
     worker = warm(a_client(), live(), a_client(OWNER))
     worker.cache.by_key.clear()
-    assert await full(worker, {"token": TOKEN}) == worker.stored[TOKEN].answer
+    assert await full(worker, {"token": TOKEN}) == worker.stored[TOKEN][ANSWER]
     assert worker.hashed.probes == 1
     assert worker.lookups == [(TOKEN, KEY)]
 
@@ -292,7 +291,7 @@ async def test_the_memo_is_probed_once_on_a_miss() -> None:
 async def test_a_caller_authenticated_by_the_tail_probes_the_memo_once() -> None:
     """A caller memory does not remember: the memo is probed once, after authentication."""
     worker = cold(a_client(), live(), a_client(OWNER))
-    assert await full(worker, {"token": TOKEN}) == worker.stored[TOKEN].answer
+    assert await full(worker, {"token": TOKEN}) == worker.stored[TOKEN][ANSWER]
     assert worker.hashed.probes == 1
     assert worker.lookups == [(TOKEN, None)]
 
@@ -326,9 +325,9 @@ def facts(draw: st.DrawFn) -> tuple[Client, Entry, Client | None, dict[str, str]
         entry = rfc7662.entry_for(a_credential(audiences=draw(AUDIENCES)), ISSUER)
         # Cached while live; since then expired, or not valid before a time still to come.
         if state == "expired":
-            entry = dataclasses.replace(entry, exp=t - draw(st.integers(2, 10_000)))
+            entry = (*entry[:EXP], t - draw(st.integers(2, 10_000)), *entry[NBF:])
         elif state == "not yet":
-            entry = dataclasses.replace(entry, nbf=t + draw(st.integers(2, 10_000)))
+            entry = (*entry[:NBF], t + draw(st.integers(2, 10_000)), *entry[CLIENT_ID:])
     owner = draw(st.sampled_from([a_client(OWNER), a_client(OWNER, disabled=True), None]))
     params = draw(
         st.fixed_dictionaries(
@@ -348,7 +347,7 @@ async def outcome(worker: Worker, params: dict[str, str], *, step_only: bool) ->
     try:
         if step_only:
             answer = rfc7662.from_memory(worker, AUTH, params)
-            result: Any = answer if isinstance(answer, bytes) else None
+            result: Any = answer.body if isinstance(answer, rfc7662.Answer) else None
         else:
             result = await full(worker, params)
     except OAuth2Error as exc:
@@ -383,3 +382,24 @@ async def test_memory_and_the_stores_decide_alike(
     if step[0] is not None:
         assert step == expected
     assert await outcome(partly_warm(), params, step_only=False) == expected
+
+
+# --- Cache-Control (SPEC "Revocation feed") -----------------------------------------------
+
+
+@pytest.mark.parametrize(("exp_in", "expected"), [(None, 60), (3600, 60), (60, 60), (7, 7), (0, 0)])
+def test_an_active_answer_may_be_reused_for_the_rs_lifetime_never_past_exp(
+    exp_in: int | None, expected: int
+) -> None:
+    """max-age is INTROSPECT_RS_CACHE_TTL, cut at the credential's exp."""
+    t = now()
+    entry = live()
+    entry = (*entry[:EXP], None if exp_in is None else t + exp_in, *entry[EXP + 1 :])
+    answer = rfc7662.Answer(entry[ANSWER] or b"", entry)
+    assert rfc7662.max_age(answer, 60, 30, t) == expected
+
+
+def test_an_inactive_answer_is_reused_no_longer_than_the_server_keeps_its_own() -> None:
+    """An inactive answer's max-age is the shorter of the RS lifetime and the negative TTL."""
+    assert rfc7662.max_age(rfc7662.INACTIVE_ANSWER, 60, 30, now()) == 30
+    assert rfc7662.max_age(rfc7662.INACTIVE_ANSWER, 10, 30, now()) == 10

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.limits import Credits, OverLimit, describe
 from bench.workers import Propagation
 
 MIB = 1024 * 1024
@@ -73,6 +74,8 @@ class Results:
     rows: list[Row] = field(default_factory=list)
     revocation: Propagation | None = None
     memory: Memory | None = None
+    credits: Credits | None = None
+    over_limit: OverLimit | None = None
 
     def row(self, name: str) -> Row | None:
         """The row of scenario `name`, if it ran."""
@@ -141,6 +144,39 @@ def comparisons(results: Results) -> list[Comparison]:
     return out
 
 
+LIMITED_SHARE = 80.0  # limited-hit, % of local-hit's req/s in the same run
+OVER_ADMISSION = 1.05  # over-limit: admitted / limit in the worst window
+
+
+def _limit_targets(results: Results) -> list[Target]:
+    """limited-hit beside local-hit, credits exactness, the worst window of over-limit."""
+    limited, local = results.row("limited-hit"), results.row("local-hit")
+    share = 100 * limited.rate / local.rate if limited and local and local.rate else None
+    credits, over = results.credits, results.over_limit
+    return [
+        Target(
+            "limited hit, % of in-process hit",
+            "-" if share is None else f"{share:.0f} %",
+            f">= {LIMITED_SHARE:.0f} %",
+            None if share is None else share >= LIMITED_SHARE,
+        ),
+        Target(
+            "credits: active answers per key / credits",
+            "-"
+            if credits is None
+            else f"{min(credits.active)}-{max(credits.active)} / {credits.credits}",
+            "exact",
+            None if credits is None else credits.exact,
+        ),
+        Target(
+            "over-limit: admitted / limit, worst window",
+            "-" if over is None else f"{over.worst:.2f}",
+            f"<= {OVER_ADMISSION:.2f}",
+            None if over is None else over.worst <= OVER_ADMISSION,
+        ),
+    ]
+
+
 def targets(results: Results, *, full_size_run: bool) -> list[Target]:
     """Each target figure of the run next to its target; n/a when it was not measured."""
     out = []
@@ -169,6 +205,7 @@ def targets(results: Results, *, full_size_run: bool) -> list[Target]:
                     None if p99 is None else p99 < LOCAL_P99_MS,
                 )
             )
+    out += _limit_targets(results)
     token = results.row("token")
     out.append(
         Target(
@@ -350,6 +387,8 @@ def render(results: Results, checks: Sequence[Target]) -> str:
             f" distinct credentials at each worker (in-process cache size {mem.cache_size:,}:"
             f" {'full' if mem.full else 'not full'}), {mem.seeded:,} seeded",
         ]
+    if results.credits is not None or results.over_limit is not None:
+        parts += ["", *describe(results.credits, results.over_limit)]
     parts += ["", "targets:"]
     parts.append(
         _table(
@@ -378,6 +417,8 @@ def write_json(results: Results, checks: Sequence[Target], path: Path) -> None:
         if results.memory
         else None,
         "jwt_vs_opaque": [asdict(c) for c in comparisons(results)],
+        "credits": asdict(results.credits) if results.credits else None,
+        "over_limit": asdict(results.over_limit) if results.over_limit else None,
         "targets": [asdict(t) for t in checks],
     }
     path.write_text(json.dumps(data, indent=2) + "\n")

@@ -5,7 +5,8 @@ given), the seed, the ceiling (its own processes, measured alone on the
 machine, then again just before and after each scenario, which is compared
 with the mean of the two),
 then the server in its default configuration (in-process hit, the same
-for JWTs, mix, mix at a fixed rate, /token, revocation, memory), then with
+for keys with a rate limit and for JWTs, mix, mix at a fixed rate, /token,
+revocation, credits, over-limit, memory), then with
 the in-process cache off (Redis hit, then JWTs verified and found in
 Redis), then with both cache layers off (cold). Everything started is registered on one
 ExitStack, closed with Ctrl-C ignored, so a run always stops what it
@@ -33,7 +34,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
-from bench import loadgen, openloop, procs, report, scenarios, seed, wrkrun
+from bench import limits, loadgen, openloop, procs, report, scenarios, seed, wrkrun
 from bench.http import Connection, basic_auth, form_request, request_head
 from bench.loadgen import Load, Outcome
 from bench.profile import Profiler
@@ -49,6 +50,7 @@ from introspect.service import Authority, open_authority
 HOST = "127.0.0.1"
 LOAD_SCENARIOS = (
     "local-hit",
+    "limited-hit",
     "jwt-hit",
     "redis-hit",
     "jwt-verify",
@@ -58,7 +60,9 @@ LOAD_SCENARIOS = (
     "token",
 )
 JWT_SCENARIOS = ("jwt-hit", "jwt-verify")
-ALL_SCENARIOS = (*LOAD_SCENARIOS, "revocation", "memory")
+# Phases of their own, on the server in its default configuration.
+EXTRA_SCENARIOS = ("revocation", "credits", "over-limit", "memory")
+ALL_SCENARIOS = (*LOAD_SCENARIOS, *EXTRA_SCENARIOS)
 # The server flushes its counters to /metrics once a second: wait longer before a scrape.
 SCRAPE_SETTLE = 1.5
 PREFILL_TIMEOUT = 120.0
@@ -263,6 +267,11 @@ class Bench:
                     self.stack.callback(lambda: asyncio.run(self._unseed(db, seeded)))
                 if any(n in self.opts.scenarios for n in JWT_SCENARIOS):
                     await self._issue_jwts(authority, seeded)
+                if "limited-hit" in self.opts.scenarios:
+                    self.progress.tick(f"{limits.LIMITED_KEYS:,} API keys with a rate limit")
+                    seeded.limited = await limits.limited_keys(
+                        authority, seeded.apps[0], limits.LIMITED_KEYS
+                    )
             total = self.opts.credentials
             await seed.copy_credentials(
                 conn,
@@ -596,7 +605,7 @@ class Bench:
         server_cmd = [sys.executable, "-m", "introspect.cli", "serve"]
         for config in (DEFAULT, NO_LOCAL, NO_CACHE):
             names = [n for n in wanted if built[n].config == config]
-            extra = [n for n in ("revocation", "memory") if n in opts.scenarios]
+            extra = [n for n in EXTRA_SCENARIOS if n in opts.scenarios]
             if config != DEFAULT:
                 extra = []
             if not names and not extra:
@@ -609,6 +618,8 @@ class Bench:
                     self.measure(built[name], service, port, metrics=True)
                 if "revocation" in extra:
                     self._revocation(service, port, seeded, cut)
+                if "credits" in extra or "over-limit" in extra:
+                    asyncio.run(self._limits(port, seeded, load_settings(env), extra))
                 if "memory" in extra:
                     self._memory(service, port, seeded, cut, load_settings(env))
 
@@ -628,6 +639,23 @@ class Bench:
                 on_progress=lambda n: self.progress.tick(f"revocation: {n} / {total}"),
             )
         )
+
+    async def _limits(
+        self, port: int, seeded: seed.Seeded, settings: Settings, extra: list[str]
+    ) -> None:
+        db, rd = settings.database_url or "", settings.redis_url or ""
+        async with open_authority(settings, db, rd, listen=False) as authority:
+            rs, owner = seeded.resource_server, seeded.apps[0]
+            if "credits" in extra:
+                self.progress.phase("credits: keys presented 3x as often as they have credits")
+                self.results.credits = await limits.credits_run(HOST, port, authority, rs, owner)
+            if "over-limit" in extra:
+                self.progress.phase("over-limit: one key driven at 3x its window")
+                self.results.over_limit = await limits.over_limit_run(
+                    HOST, port, authority, rs, owner
+                )
+        for line in limits.describe(self.results.credits, self.results.over_limit):
+            self.progress.note(line)
 
     def _memory(
         self,

@@ -212,6 +212,14 @@ def build(
         ),
         Scenario("token", "token issuance (POST /token)", DEFAULT, "/token", app, token, token),
     ]
+    if seeded.limited:
+        scenarios.append(
+            local_hit(
+                "limited-hit",
+                "hit in the in-process cache, API key with a (never exhausted) rate limit",
+                seeded.limited,
+            )
+        )
     if cut.jwt_hot and cut.jwt_redis:
         scenarios += [
             local_hit(

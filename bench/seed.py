@@ -58,7 +58,14 @@ COLUMNS = (
 )
 # The tables a run in the bench's own embedded database starts from empty (the audit log is
 # append-only by design, and keeps growing by a few rows per run).
-TABLES = ("credentials", "client_secrets", "clients", "invalidation_outbox", "signing_keys")
+TABLES = (
+    "credentials",
+    "client_secrets",
+    "clients",
+    "invalidation_outbox",
+    "signing_keys",
+    "credit_accounts",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +89,7 @@ class Seeded:
     expired: list[str] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)
     jwt: list[str] = field(default_factory=list)  # live JWT access tokens, in issue order
+    limited: list[str] = field(default_factory=list)  # API keys with a generous window
     signing_keys: list[str] = field(default_factory=list)  # kids the bench's issuing created
 
     @property
@@ -101,6 +109,12 @@ async def remove(conn: asyncpg.Connection, seeded: Seeded) -> None:
     clients = [seeded.resource_server, seeded.jwt_app, *seeded.apps]
     ids = [c.client_id for c in clients]
     async with conn.transaction():
+        # The balances of the limits scenarios' keys (bench/limits.py), and their leases.
+        await conn.execute(
+            "DELETE FROM credit_accounts WHERE owner IN (SELECT 'api_key:' || id"
+            " FROM credentials WHERE client_id = ANY($1::text[]))",
+            ids,
+        )
         await conn.execute("DELETE FROM credentials WHERE client_id = ANY($1::text[])", ids)
         await conn.execute("DELETE FROM client_secrets WHERE client_id = ANY($1::text[])", ids)
         await conn.execute("DELETE FROM clients WHERE client_id = ANY($1::text[])", ids)

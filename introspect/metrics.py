@@ -152,6 +152,26 @@ class Metrics:
                 "Replays of the change log into a Redis whose history was not vouched for",
             )
         )
+        self.limit_uses = LocalCounter(
+            Counter(
+                "introspect_limit_uses_total",
+                "Uses counted against rate limits and credits (the sum of admitted costs)",
+            )
+        )
+        refused = Counter(
+            "introspect_limit_refusals_total",
+            "Introspection answers made inactive by an exhausted limit, by reason",
+            ["reason"],
+        )
+        self.limit_refused_window = LocalCounter(refused.labels("window"))
+        self.limit_refused_credits = LocalCounter(refused.labels("credits"))
+        self.limit_unreconciled = LocalCounter(
+            Counter(
+                "introspect_limit_unreconciled_uses_total",
+                "Window uses a worker granted itself while Redis was unreachable: the"
+                " over-admission these may add is at most this",
+            )
+        )
         self.events_published = LocalCounter(
             Counter(
                 "introspect_feed_events_published_total",
@@ -194,6 +214,10 @@ class Metrics:
             self.history_replays,
             self.invalidations_received,
             self.tokens_issued,
+            self.limit_uses,
+            self.limit_refused_window,
+            self.limit_refused_credits,
+            self.limit_unreconciled,
             self.events_published,
             self.events_delivered,
         ]

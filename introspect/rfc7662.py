@@ -16,7 +16,11 @@ only parses the request and writes the answer bytes it gets:
 Both go through `_step`, the one place that checks the caller may introspect
 (SPEC: a client registered with `can_introspect`, else 403), that `token` is
 present (§2.1, else 400), decides what the caller may see (`_seen_by`) and
-notes an API key's use when it is answered active. Every inactive case
+notes an API key's use when it is answered active. A credential with usage
+limits (its own, or its client's) is answered through the meter
+(introspect/limits/): a `Metered` answer carries the RateLimit fields, and
+is exactly `{"active": false}` when a limit is exhausted; `cost` (SPEC's
+extension parameter) is how many uses the answer counts. Every inactive case
 answers exactly `{"active": false}` (§2.2: no hint of why). `token_type_hint`
 is accepted and never changes the answer.
 """
@@ -30,12 +34,14 @@ from typing import Any, NamedTuple, Protocol
 
 import orjson
 
-from introspect import rfc6749
-from introspect.cache import ANSWER, AUD, CLIENT_ID, EXP, NBF, Entry, answered, inactive
+from introspect import limits, rfc6749
+from introspect.cache import ANSWER, AUD, CLIENT_ID, EXP, LIMITS, NBF, Entry, answered, inactive
 from introspect.errors import InvalidRequest, UnauthorizedClient
+from introspect.limits import Metered
+from introspect.limits.meter import INACTIVE
 from introspect.store import Client, Credential, now
+from introspect.store.records import Limits
 
-INACTIVE = b'{"active":false}'
 HINTS = frozenset({"access_token", "api_key", "refresh_token"})
 
 
@@ -103,7 +109,8 @@ def entry_for(credential: Credential | None, issuer: str) -> Entry:
         return inactive(credential.version)
     body = active_answer(credential, issuer)
     # A copy of exact size: orjson leaves its 4 KiB output buffer attached to the bytes.
-    return answered(memoryview(orjson.dumps(body)).tobytes(), body, credential.version)
+    answer = memoryview(orjson.dumps(body)).tobytes()
+    return answered(answer, body, credential.version, credential.limits)
 
 
 class Owners(Protocol):
@@ -151,6 +158,10 @@ class Memory(Protocol):
     def usage(self) -> Usage:
         """Where API keys' uses are noted."""
 
+    @property
+    def meter(self) -> limits.Meter:
+        """Where uses of limited credentials are counted."""
+
 
 class Stores(Memory, Protocol):
     """What the async tail adds: authentication, and reads through Redis and Postgres."""
@@ -187,7 +198,7 @@ def token_parameter(params: dict[str, str]) -> str:
 
 def from_memory(
     memory: Memory, authorization: str | None, params: dict[str, str]
-) -> Answer | Pending | None:
+) -> Answer | Metered | Pending | None:
     """The answer when all it needs is in this process's memory; else where it stopped
     (`Pending`), or None when memory does not know the caller. Raises the error the full
     path would for a remembered caller that may not introspect, or a missing `token`."""
@@ -203,13 +214,13 @@ async def complete(
     authorization: str | None,
     params: dict[str, str],
     pending: Pending | None = None,
-) -> tuple[Client, Answer]:
+) -> tuple[Client, Answer | Metered]:
     """The caller and the answer, going on from where `from_memory` stopped (`pending`; None
     when it did not know the caller, or was not asked)."""
     if pending is None:
         caller = await stores.authenticate(authorization, params)
         step = _step(stores, caller, params, time.monotonic())
-        if isinstance(step, Answer):
+        if not isinstance(step, Pending):
             return caller, step
         pending = step
     caller, entry = pending.caller, pending.entry
@@ -222,14 +233,23 @@ async def complete(
         owner = _Read(await stores.get_client(owner_id))
         answer = _seen_by(caller, entry, owner, time.monotonic())
     # (With the owner's record read, `_seen_by` always answers.)
+    if isinstance(answer, Limited):
+        cost = limits.cost(params.get("cost"))
+        return caller, _counted(
+            stores, entry, await stores.meter.admit(answer.applied, cost, answer.answer)
+        )
     return caller, _noted(stores, entry, answer or INACTIVE)
 
 
-def _step(memory: Memory, caller: Client, params: dict[str, str], mono: float) -> Answer | Pending:
+def _step(
+    memory: Memory, caller: Client, params: dict[str, str], mono: float
+) -> Answer | Metered | Pending:
     """The decision for an authenticated caller, as far as memory takes it."""
     if not caller.can_introspect:
         raise UnauthorizedClient("this client may not introspect")
     token = token_parameter(params)
+    if "cost" in params:
+        limits.cost(params["cost"])
     key = memory.hashed.get(token)
     entry = None if key is None else memory.cache.cached(key, mono)
     if entry is None:
@@ -237,6 +257,14 @@ def _step(memory: Memory, caller: Client, params: dict[str, str], mono: float) -
     answer = _seen_by(caller, entry, memory.local, mono)
     if answer is None:
         return Pending(caller, token, key, entry)
+    if isinstance(answer, Limited):
+        metered = memory.meter.decide(
+            answer.applied, limits.cost(params.get("cost")), answer.answer
+        )
+        if metered is None:
+            # A lease must be taken first: the async tail decides again, and takes it.
+            return Pending(caller, token, key, entry)
+        return _counted(memory, entry, metered)
     return _noted(memory, entry, answer)
 
 
@@ -248,9 +276,26 @@ def _noted(memory: Memory, entry: Entry, answer: bytes) -> Answer:
     return Answer(answer, entry)
 
 
-def _seen_by(caller: Client, entry: Entry, owners: Owners, mono: float) -> bytes | None:
-    """The answer bytes for `entry` as `caller` may see it; None when that hangs on an owner
-    whose record `owners` does not hold at `mono` (then `complete` reads it)."""
+def _counted(memory: Memory, entry: Entry, metered: Metered) -> Metered:
+    """`metered`, after noting the use of an API key it answers active."""
+    if metered.active:
+        memory.usage.note_use(entry)
+    return metered
+
+
+@dataclass(frozen=True, slots=True)
+class Limited:
+    """An active answer that the meter must count against `applied` (the key's own limits,
+    its client's, or both) before it is given."""
+
+    answer: bytes
+    applied: tuple[Limits, ...]
+
+
+def _seen_by(caller: Client, entry: Entry, owners: Owners, mono: float) -> bytes | Limited | None:
+    """The answer bytes for `entry` as `caller` may see it (`Limited` when limits apply to
+    it); None when that hangs on an owner whose record `owners` does not hold at `mono` (then
+    `complete` reads it)."""
     answer = entry[ANSWER]
     if answer is None:
         return INACTIVE
@@ -273,6 +318,13 @@ def _seen_by(caller: Client, entry: Entry, owners: Owners, mono: float) -> bytes
         if client is None or client.disabled:
             # SPEC: a disabled client's credentials introspect inactive (a deleted one's too).
             return INACTIVE
+        if client.limits is not None:
+            # The client's limits count every credential it holds; a key's own apply too.
+            own = entry[LIMITS]
+            return Limited(answer, (client.limits,) if own is None else (own, client.limits))
+    own = entry[LIMITS]
+    if own is not None:
+        return Limited(answer, (own,))
     return answer
 
 

@@ -85,7 +85,7 @@ async def _worker_main(
     from aiohttp import web
 
     from introspect.app import create_admin_app, create_app
-    from introspect.web.keys import ANSWERS, BOARD
+    from introspect.web.keys import ANSWERS, AUTHORITY, BOARD
     from introspect.web.protocol import Runner
 
     stop = asyncio.Event()
@@ -104,6 +104,8 @@ async def _worker_main(
         handle_signals=False,
     )
     await runner.setup()
+    # Without Redis, each worker grants itself this share of a rate-limit window.
+    app[AUTHORITY].meter.workers = board.expected
     site = web.TCPSite(runner, settings.host, settings.port, reuse_port=True, backlog=1024)
     await site.start()
     runners = [runner]

@@ -4,10 +4,10 @@ It is the composition root: it opens nothing itself (see `open_authority`),
 and wires the parts that do the work over the caches and the stores:
 `ClientRecords` (client_records.py), `CredentialLookup` (lookup.py, the read
 path of /introspect), `AccessTokens` (issuance.py), `Jwts` (jwts.py),
-`AssertionReplay` (replay.py), `UsageLog` (usage.py) and `Discovery`
-(discovery.py). Every change runs in one Postgres transaction that also
-records its invalidation in the outbox and its audit entry, and is then
-announced (`CredentialCache.announce`): the one place where cache
+`AssertionReplay` (replay.py), `UsageLog` (usage.py), `Meter`
+(limits/meter.py) and `Discovery` (discovery.py). Every change runs in one
+Postgres transaction that also records its invalidation in the outbox and its
+audit entry, and is then announced (`CredentialCache.announce`): the one place where cache
 invalidations are published. The CLI uses the same object without a
 listener, so its changes publish the same invalidations.
 """
@@ -48,6 +48,7 @@ from introspect.feed import RETENTION_MARGIN, Feed
 from introspect.ids import new_id
 from introspect.issuance import AccessTokens
 from introspect.jwts import Jwts
+from introspect.limits import Meter
 from introspect.lookup import CredentialLookup
 from introspect.metrics import METRICS
 from introspect.redis import Redis, open_redis
@@ -109,6 +110,8 @@ class Authority:
         self.keyring = signing.Keyring(pool, settings.secrets)
         self.clients = ClientRecords(pool, self.cache, self.local)
         self.usage = UsageLog(pool)
+        # Rate limits and credits (introspect/limits/): leases from Redis and Postgres.
+        self.meter = Meter(redis, pool)
         self.jwts = Jwts(self.keyring, self.issuer)
         self.lookups = CredentialLookup(
             pool,
@@ -145,6 +148,7 @@ class Authority:
         METRICS.polls_waiting = lambda: self.feed.waiting
         self.cache.start_sweeper()
         self.usage.start()
+        self.meter.start()
 
     async def close(self) -> None:
         """Stop the listener and background tasks (the pools are closed by their owner)."""
@@ -152,6 +156,7 @@ class Authority:
         if self.listener is not None:
             await self.listener.stop()
         await self.usage.stop()
+        await self.meter.stop()
         await self.cache.close()
 
     # --- the parts' operations, as the views and the CLI call them -------------------------

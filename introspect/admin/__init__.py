@@ -31,7 +31,12 @@ from introspect.admin.admin_keys import (
     permits,
     revoke_admin_key,
 )
-from introspect.admin.api_keys import create_api_key, rotate_api_key, update_api_key
+from introspect.admin.api_keys import (
+    create_api_key,
+    read_api_key,
+    rotate_api_key,
+    update_api_key,
+)
 from introspect.admin.audit import ACTIONS, list_audit
 from introspect.admin.client_keys import create_access_key, delete_access_key
 from introspect.admin.clients import (
@@ -62,6 +67,7 @@ __all__ = [
     "list_clients",
     "list_tokens",
     "permits",
+    "read_api_key",
     "read_client",
     "revoke",
     "revoke_admin_key",

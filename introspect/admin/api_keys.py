@@ -8,7 +8,7 @@ from typing import Any
 import asyncpg
 
 from introspect import credentials, feed, rfc8417, store
-from introspect.admin import audit, validation
+from introspect.admin import audit, limits, validation
 from introspect.cache import Invalidation
 from introspect.credentials import Kind
 from introspect.errors import AdminError, Conflict, Invalid, NotFound
@@ -21,7 +21,17 @@ MAX_EPOCH = 253_402_300_799  # 9999-12-31T23:59:59Z
 async def create_api_key(authority: Authority, actor: str, body: object) -> dict[str, Any]:
     """Issue an API key for a client and/or subject: its public record and `key` (shown once)."""
     fields = validation.fields(
-        body, ("client_id", "sub", "scopes", "audiences", "expires_in", "metadata", "name")
+        body,
+        (
+            "client_id",
+            "sub",
+            "scopes",
+            "audiences",
+            "expires_in",
+            "metadata",
+            "name",
+            *limits.FIELDS,
+        ),
     )
     client_id = fields.get("client_id")
     sub = fields.get("sub")
@@ -36,6 +46,7 @@ async def create_api_key(authority: Authority, actor: str, body: object) -> dict
     lifetime = validation.lifetime(fields.get("expires_in"), "expires_in")
     metadata = validation.metadata(fields.get("metadata"), "metadata")
     name = validation.key_name(fields.get("name"), "name")
+    limited = limits.parse(fields)
     key = credentials.generate(Kind.API_KEY)
     key_id = new_id("key")
 
@@ -43,6 +54,7 @@ async def create_api_key(authority: Authority, actor: str, body: object) -> dict
         if client_id is not None:
             await check_bound_client(conn, client_id, scopes)
         iat = store.now()
+        key_limits = await limits.write(conn, f"api_key:{key_id}", None, limited)
         new = NewCredential(
             id=key_id,
             kind=Kind.API_KEY.value,
@@ -56,6 +68,7 @@ async def create_api_key(authority: Authority, actor: str, body: object) -> dict
             metadata=metadata,
             name=name,
             prefix=credentials.display_prefix(key),
+            limits=key_limits,
         )
         await store.insert_credential(conn, new)
         issued = await _credential(conn, key_id)
@@ -80,7 +93,17 @@ async def check_bound_client(
     validation.within(scopes, client)
 
 
-_AUDITED_KEY_FIELDS = frozenset({"client_id", "sub", "scopes", "audiences", "exp", "name"})
+_AUDITED_KEY_FIELDS = frozenset(
+    {"client_id", "sub", "scopes", "audiences", "exp", "name", *limits.FIELDS}
+)
+
+
+async def read_api_key(authority: Authority, key_id: str) -> dict[str, Any]:
+    """An API key's public record, with its limits' state now (uses left, credits)."""
+    key = await store.get_credential(authority.pool, validation.known_id(key_id, "key", "API key"))
+    if key is None or key.kind != Kind.API_KEY.value:
+        raise NotFound("API key")
+    return {**key.public(), **await limits.state(authority, key.limits)}
 
 
 async def _credential(conn: asyncpg.Connection, credential_id: str) -> Credential:
@@ -118,7 +141,8 @@ async def update_api_key(
     """Change a live key's scopes, audiences, expiry, metadata or name: visible at once
     everywhere."""
     fields = validation.fields(
-        body, ("scopes", "audiences", "expires_in", "expires_at", "metadata", "name")
+        body,
+        ("scopes", "audiences", "expires_in", "expires_at", "metadata", "name", *limits.FIELDS),
     )
     if not fields:
         raise Invalid("the body names no field to change")
@@ -135,9 +159,13 @@ async def update_api_key(
         changes["metadata"] = validation.metadata(fields["metadata"], "metadata")
     if "name" in fields:
         changes["name"] = validation.key_name(fields["name"], "name")
+    limited = limits.parse(fields)
 
     async def apply(conn: asyncpg.Connection) -> tuple[Credential, Invalidation]:
         key = await _live_key(conn, key_id)
+        if limited:
+            changed_limits = await limits.write(conn, f"api_key:{key_id}", key.limits, limited)
+            changes["limits"] = None if changed_limits is None else changed_limits.stored()
         if "scopes" in changes and key.client_id is not None:
             # The foreign key guarantees the client; its scopes bound the key's.
             client = await store.get_client(conn, key.client_id)
@@ -151,7 +179,7 @@ async def update_api_key(
         return await _credential(conn, key_id), Invalidation.for_credentials([changed])
 
     updated, _ = await authority.change(apply)
-    return updated.public()
+    return {**updated.public(), **await limits.state(authority, updated.limits)}
 
 
 async def rotate_api_key(
@@ -184,6 +212,8 @@ async def rotate_api_key(
             metadata=old.metadata,
             name=old.name,
             prefix=credentials.display_prefix(key),
+            # The same limits, counting on the same windows and balance as the old key.
+            limits=old.limits,
         )
         await store.insert_credential(conn, new)
         changed = await store.update_credential(conn, key_id, {"exp": ends})

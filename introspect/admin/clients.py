@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 
 from introspect import credentials, feed, revocation, rfc6749, rfc7523, rfc8417, store
-from introspect.admin import audit, cursors, validation
+from introspect.admin import audit, cursors, limits, validation
 from introspect.cache import Invalidation
 from introspect.credentials import Kind
 from introspect.errors import Conflict, Invalid, NotFound
@@ -35,14 +35,17 @@ _CLIENT_FIELDS: dict[str, Callable[[object, str], Any]] = {
 _CLIENT_CREATE = tuple(f for f in _CLIENT_FIELDS if f != "disabled")
 
 
-def _client_fields(body: object, allowed: Iterable[str]) -> dict[str, Any]:
-    return {f: _CLIENT_FIELDS[f](v, f) for f, v in validation.fields(body, allowed).items()}
+def _client_fields(body: object, allowed: Iterable[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The registered fields `body` sets, validated, and the limits it sets (admin/limits.py)."""
+    fields = validation.fields(body, (*allowed, *limits.FIELDS))
+    registered = {f: _CLIENT_FIELDS[f](v, f) for f, v in fields.items() if f in _CLIENT_FIELDS}
+    return registered, limits.parse(fields)
 
 
 async def create_client(authority: Authority, actor: str, body: object) -> dict[str, Any]:
     """Register a client: its public record and `client_secret` (shown once), which a
     private_key_jwt client does not get."""
-    fields = _client_fields(body, _CLIENT_CREATE)
+    fields, limited = _client_fields(body, _CLIENT_CREATE)
     name = validation.required(fields, "name")
     audiences = fields.get("audiences", [])
     token_format = fields.get("token_format", "opaque")
@@ -60,7 +63,25 @@ async def create_client(authority: Authority, actor: str, body: object) -> dict[
         jwks=fields.get("jwks"),
         token_endpoint_auth_method=method,
     )
-    return client.public() if secret is None else {**client.public(), "client_secret": secret}
+    if limited:
+        # Its limits, in a change of their own: the client exists, and none of its
+        # credentials yet, so no answer can have been given without them.
+        client = await _set_limits(authority, actor, client.client_id, limited)
+    shown = {**client.public(), **await limits.state(authority, client.limits)}
+    return shown if secret is None else {**shown, "client_secret": secret}
+
+
+async def _set_limits(
+    authority: Authority, actor: str, client_id: str, limited: dict[str, Any]
+) -> Client:
+    async def apply(conn: asyncpg.Connection) -> tuple[Client, Invalidation]:
+        current = await locked_client(conn, client_id)
+        changed = await limits.write(conn, f"client:{client_id}", current.limits, limited)
+        stored = None if changed is None else changed.stored()
+        return await changed_client(conn, actor, client_id, {"limits": stored}, {"limits": stored})
+
+    client, _ = await authority.change(apply)
+    return client
 
 
 async def list_clients(authority: Authority, query: Mapping[str, str]) -> dict[str, Any]:
@@ -78,7 +99,7 @@ async def read_client(authority: Authority, client_id: str) -> dict[str, Any]:
     )
     if client is None:
         raise NotFound("client")
-    return client.public()
+    return {**client.public(), **await limits.state(authority, client.limits)}
 
 
 async def locked_client(conn: asyncpg.Connection, client_id: str) -> Client:
@@ -111,12 +132,15 @@ async def update_client(
     Becoming a private_key_jwt client forgets its secrets: going back to
     client_secret_basic leaves it without one until a rotation makes one.
     """
-    changes = _client_fields(body, _CLIENT_FIELDS)
-    if not changes:
+    changes, limited = _client_fields(body, _CLIENT_FIELDS)
+    if not changes and not limited:
         raise Invalid("the body names no field to change")
 
     async def apply(conn: asyncpg.Connection) -> tuple[Client, Invalidation]:
         current = await locked_client(conn, client_id)
+        if limited:
+            changed = await limits.write(conn, f"client:{client_id}", current.limits, limited)
+            changes["limits"] = None if changed is None else changed.stored()
         validation.check_format(
             changes.get("token_format", current.token_format),
             changes.get("audiences", current.audiences),
@@ -139,7 +163,7 @@ async def update_client(
         return await changed_client(conn, actor, client_id, changes, changes)
 
     client, _ = await authority.change(apply)
-    return client.public()
+    return {**client.public(), **await limits.state(authority, client.limits)}
 
 
 async def delete_client(authority: Authority, actor: str, client_id: str) -> Revoked:

@@ -18,6 +18,7 @@ from introspect import jwks, rfc6749, rfc7523
 from introspect.errors import Invalid, InvalidClientMetadata, NotFound
 from introspect.rfc6749 import SCOPE_TOKEN
 from introspect.store import Client
+from introspect.store.records import Refill, Window
 
 MAX_TEXT = 256
 MAX_KEY_NAME = 100
@@ -31,6 +32,16 @@ MAX_LIFETIME = 10 * 366 * 86_400
 MAX_GRACE = 30 * 86_400
 
 _ID_BODY = re.compile(r"[0-9A-Za-z]{22}")
+
+# Rate limits and credits (SPEC "Rate limits and credits").
+MAX_RATE_LIMITS = 4
+MAX_WINDOW = 86_400
+MAX_RATE = 1_000_000_000
+MAX_CREDITS = 10**12
+MIN_REFILL_INTERVAL = 60
+MAX_REFILL_INTERVAL = 366 * 86_400
+# A limit's name: it appears quoted in the RateLimit fields, so no quote or backslash.
+_LIMIT_NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")
 
 
 def fields(body: object, allowed: Iterable[str]) -> dict[str, Any]:
@@ -197,3 +208,53 @@ def within(scopes: Sequence[str], client: Client) -> None:
     outside = [s for s in scopes if s not in client.scopes]
     if outside:
         raise Invalid(f"scopes: outside the client's scopes: {' '.join(outside)[:200]}")
+
+
+def _object(value: object, field: str, allowed: tuple[str, ...]) -> dict[str, Any]:
+    """A JSON object holding only `allowed` members (named under `field` when not)."""
+    if not isinstance(value, dict):
+        raise Invalid(f"{field}: must be a JSON object")
+    for member in value:
+        if member not in allowed:
+            raise Invalid(f"{field}: unknown member {str(member)[:40]!r}")
+    return value
+
+
+def rate_limits(value: object, field: str) -> tuple[Window, ...]:
+    """Up to MAX_RATE_LIMITS `{name, limit, window}` with unique names (null: none)."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise Invalid(f"{field}: must be an array of {{name, limit, window}}")
+    if len(value) > MAX_RATE_LIMITS:
+        raise Invalid(f"{field}: at most {MAX_RATE_LIMITS} rate limits")
+    windows: list[Window] = []
+    for n, item in enumerate(value):
+        where = f"{field}[{n}]"
+        members = _object(item, where, ("name", "limit", "window"))
+        name = members.get("name")
+        if not isinstance(name, str) or not _LIMIT_NAME.fullmatch(name):
+            raise Invalid(f"{where}.name: 1 to 32 letters, digits, '_' or '-'")
+        if any(w.name == name for w in windows):
+            raise Invalid(f"{where}.name: {name!r} is named twice; names must be unique")
+        limit = integer(members.get("limit"), f"{where}.limit", 1, MAX_RATE)
+        window = integer(members.get("window"), f"{where}.window", 1, MAX_WINDOW)
+        windows.append(Window(name, limit, window))
+    return tuple(windows)
+
+
+def credits(value: object, field: str) -> tuple[int, Refill | None] | None:
+    """`{remaining, refill: {amount, interval} | null}` as (remaining, refill); null: none."""
+    if value is None:
+        return None
+    members = _object(value, field, ("remaining", "refill"))
+    remaining = integer(members.get("remaining"), f"{field}.remaining", 0, MAX_CREDITS)
+    refill = members.get("refill")
+    if refill is None:
+        return remaining, None
+    parts = _object(refill, f"{field}.refill", ("amount", "interval"))
+    amount = integer(parts.get("amount"), f"{field}.refill.amount", 0, MAX_CREDITS)
+    interval = integer(
+        parts.get("interval"), f"{field}.refill.interval", MIN_REFILL_INTERVAL, MAX_REFILL_INTERVAL
+    )
+    return remaining, Refill(amount, interval)

@@ -10,6 +10,7 @@ from typing import Any, Final, TypeVar
 import orjson
 
 from introspect.store import Client
+from introspect.store.records import Limits
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -19,6 +20,8 @@ KEY_PREFIX = b"ic:"
 CLIENT_KEY = b"client:"
 TOMBSTONE = b"T"
 INACTIVE_PAYLOAD = b"0"
+# An API key with limits: `L<limits JSON>\n<answer JSON>` (compact JSON holds no newline).
+LIMITED = b"L"
 TOMBSTONE_TTL = 600
 # Revocation is final: an inactive answer for a revoked credential can be kept long.
 REVOKED_TTL = 86_400
@@ -41,22 +44,25 @@ NBF: Final = 4
 CLIENT_ID: Final = 5
 SUB: Final = 6
 KEY_ID: Final = 7  # an API key's id, whose `last_used_at` is kept (see usage.UsageLog.note_use)
-CACHEABLE: Final = 8  # False: serve it for this request only
+# An API key's own rate limits and credits: None for most, which the hot path checks alone (a
+# limited key's entry stays tracked by the GC: they are few).
+LIMITS: Final = 8
+CACHEABLE: Final = 9  # False: serve it for this request only
 # In-process bookkeeping, set by LocalCache.put: when the entry ages out and comes due for a
 # refresh (time.monotonic()), and the generations of its client and subject it was filled at.
-LOCAL_EXPIRES: Final = 9
-REFRESH_AT: Final = 10
-CLIENT_GEN: Final = 11
-SUB_GEN: Final = 12
+LOCAL_EXPIRES: Final = 10
+REFRESH_AT: Final = 11
+CLIENT_GEN: Final = 12
+SUB_GEN: Final = 13
 Entry = tuple[
-    bytes | None, int, tuple[str, ...], int | None, int, str | None, str | None, str | None, bool,
-    float, float, int, int,
+    bytes | None, int, tuple[str, ...], int | None, int, str | None, str | None, str | None,
+    Limits | None, bool, float, float, int, int,
 ]  # fmt: skip
 
 
 def inactive(version: int = 0, *, cacheable: bool = True) -> Entry:
     """The entry of an inactive credential: unknown (`version` 0), revoked or expired."""
-    return (None, version, (), None, 0, None, None, None, cacheable, 0.0, math.inf, 0, 0)
+    return (None, version, (), None, 0, None, None, None, None, cacheable, 0.0, math.inf, 0, 0)
 
 
 def lifetime(entry: Entry, now: int, cap: int) -> int:
@@ -78,8 +84,11 @@ def uncacheable(entry: Entry) -> Entry:
 
 
 def encode(entry: Entry) -> bytes:
-    """The Redis value of an entry: `<version>|<answer JSON>` or `<version>|0`."""
-    answer = entry[ANSWER]
+    """The Redis value of an entry: `<version>|<answer JSON>` or `<version>|0`; an API key
+    with limits `<version>|L<limits JSON>\n<answer JSON>`."""
+    answer, limits = entry[ANSWER], entry[LIMITS]
+    if answer is not None and limits is not None:
+        return b"%d|%s%s\n%s" % (entry[VERSION], LIMITED, orjson.dumps(limits.stored()), answer)
     return b"%d|%s" % (entry[VERSION], answer if answer is not None else INACTIVE_PAYLOAD)
 
 
@@ -102,7 +111,9 @@ def shared(value: T) -> T:
     return found
 
 
-def answered(answer: bytes, body: dict[str, Any], version: int) -> Entry:
+def answered(
+    answer: bytes, body: dict[str, Any], version: int, limits: Limits | None = None
+) -> Entry:
     """The entry of an active answer: `answer`, the JSON of `body`, is served as it is.
 
     The one mapping from an answer to what serving it depends on, whether the
@@ -121,6 +132,7 @@ def answered(answer: bytes, body: dict[str, Any], version: int) -> Entry:
         None if client_id is None else shared(client_id),
         None if sub is None else shared(sub),
         body.get("jti") if body.get("kind") == "api_key" else None,
+        limits,
         True,
         0.0,
         math.inf,
@@ -136,6 +148,11 @@ def decode(raw: bytes) -> Entry | None:
         return None
     if payload == INACTIVE_PAYLOAD:
         return inactive(int(version))
+    if payload[:1] == LIMITED:
+        stored, _, payload = payload[1:].partition(b"\n")
+        body = orjson.loads(payload)
+        limits = Limits.from_stored(f"api_key:{body['jti']}", orjson.loads(stored))
+        return answered(payload, body, int(version), limits)
     return answered(payload, orjson.loads(payload), int(version))
 
 
@@ -144,8 +161,11 @@ def client_key(client_id: str) -> bytes:
     return CLIENT_KEY + client_id.encode()
 
 
-# The fields of a client record kept in Redis as they are; `secrets` and `version` apart.
-_CLIENT_FIELDS = tuple(f.name for f in fields(Client) if f.name not in ("secrets", "version"))
+# The fields of a client record kept in Redis as they are; `secrets`, `version` and `limits`
+# apart.
+_CLIENT_FIELDS = tuple(
+    f.name for f in fields(Client) if f.name not in ("secrets", "version", "limits")
+)
 _CLIENT_TUPLES = ("scopes", "audiences")
 
 
@@ -154,6 +174,7 @@ def encode_client(client: Client) -> bytes:
     needs (the keyed hashes of its live secrets and their grace expiries; never a secret)."""
     body = {name: getattr(client, name) for name in _CLIENT_FIELDS}
     body["secrets"] = [[h.hex(), exp] for h, exp in client.secrets]
+    body["limits"] = None if client.limits is None else client.limits.stored()
     return b"%d|%s" % (client.version, orjson.dumps(body))
 
 
@@ -169,7 +190,8 @@ def decode_client(raw: bytes) -> Client | None:
         for name in _CLIENT_TUPLES:
             values[name] = tuple(values[name])
         secrets = tuple((bytes.fromhex(h), exp) for h, exp in body["secrets"])
-        return Client(**values, secrets=secrets, version=int(version))
+        limits = Limits.from_stored(f"client:{body['client_id']}", body.get("limits"))
+        return Client(**values, secrets=secrets, version=int(version), limits=limits)
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         log.warning("ignored a malformed client record in redis")
         return None

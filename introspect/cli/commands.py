@@ -121,6 +121,22 @@ def cmd_migrate(_args: argparse.Namespace, settings: Settings) -> int:
 CLIENT_COLUMNS = ("client_id", "name", "scopes", "audiences", "can_introspect", "disabled")
 
 
+def limits_body(args: argparse.Namespace) -> dict[str, Any]:
+    """The rate limits and credits given on the command line, as the admin API takes them."""
+    body: dict[str, Any] = {}
+    if args.rate_limit is not None:
+        body["rate_limits"] = args.rate_limit
+    if getattr(args, "no_rate_limits", False):
+        body["rate_limits"] = []
+    if args.credits is not None:
+        body["credits"] = {"remaining": args.credits, "refill": args.refill}
+    elif args.refill is not None:
+        raise SystemExit("introspect: --refill needs --credits")
+    if getattr(args, "no_credits", False):
+        body["credits"] = None
+    return body
+
+
 def client_body(args: argparse.Namespace) -> dict[str, Any]:
     """The client fields given on the command line, as the admin API takes them."""
     body: dict[str, Any] = {}
@@ -140,7 +156,7 @@ def client_body(args: argparse.Namespace) -> dict[str, Any]:
         body["jwks"] = json_option(args.jwks, "--jwks")
     if args.auth_method is not None:
         body["token_endpoint_auth_method"] = args.auth_method
-    return body
+    return {**body, **limits_body(args)}
 
 
 def cmd_client_create(args: argparse.Namespace, settings: Settings) -> int:
@@ -248,6 +264,7 @@ def cmd_api_key_create(args: argparse.Namespace, settings: Settings) -> int:
     ):
         if value is not None:
             body[field] = value
+    body.update(limits_body(args))
     issued = run_with_authority(settings, lambda a: admin.create_api_key(a, ACTOR, body))
     emit_new_key(args, issued, "shown once")
     return 0
@@ -274,6 +291,7 @@ def cmd_api_key_update(args: argparse.Namespace, settings: Settings) -> int:
         body["metadata"] = None
     if args.name is not None:
         body["name"] = args.name
+    body.update(limits_body(args))
     key = run_with_authority(settings, lambda a: admin.update_api_key(a, ACTOR, args.id, body))
     emit(args, key, record(key))
     return 0

@@ -102,7 +102,48 @@ def _client_options(parser: argparse.ArgumentParser, *, create: bool) -> None:
         help="token_endpoint_auth_method (default client_secret_basic;"
         " private_key_jwt needs a jwks and gets no secret)",
     )
+    _limit_options(parser, clearable=not create)
     _json_flag(parser)
+
+
+def _rate_limit(text: str) -> dict[str, Any]:
+    """NAME=LIMIT/WINDOW, e.g. minute=60/60 (the admin API validates the values)."""
+    name, eq, rest = text.partition("=")
+    limit, slash, window = rest.partition("/")
+    if not (eq and slash and limit.isdigit() and window.isdigit()):
+        raise argparse.ArgumentTypeError("must be NAME=LIMIT/WINDOW_SECONDS, e.g. minute=60/60")
+    return {"name": name, "limit": int(limit), "window": int(window)}
+
+
+def _refill(text: str) -> dict[str, int]:
+    """AMOUNT/INTERVAL, e.g. 1000/86400."""
+    amount, slash, interval = text.partition("/")
+    if not (slash and amount.isdigit() and interval.isdigit()):
+        raise argparse.ArgumentTypeError("must be AMOUNT/INTERVAL_SECONDS, e.g. 1000/86400")
+    return {"amount": int(amount), "interval": int(interval)}
+
+
+def _limit_options(parser: argparse.ArgumentParser, *, clearable: bool) -> None:
+    """--rate-limit (repeatable), --credits and --refill; on updates, flags that clear them."""
+    windows = parser.add_mutually_exclusive_group()
+    windows.add_argument(
+        "--rate-limit",
+        action="append",
+        type=_rate_limit,
+        metavar="NAME=LIMIT/WINDOW",
+        help="at most LIMIT uses per WINDOW seconds; repeatable (up to 4); replaces the list",
+    )
+    credits = parser.add_mutually_exclusive_group()
+    credits.add_argument("--credits", type=int, metavar="N", help="set the remaining credits")
+    parser.add_argument(
+        "--refill",
+        type=_refill,
+        metavar="AMOUNT/INTERVAL",
+        help="with --credits: set credits back to AMOUNT every INTERVAL seconds (>= 60)",
+    )
+    if clearable:
+        windows.add_argument("--no-rate-limits", action="store_true", help="remove rate limits")
+        credits.add_argument("--no-credits", action="store_true", help="remove the credits")
 
 
 def _grace_option(parser: argparse.ArgumentParser, what: str) -> None:
@@ -195,6 +236,7 @@ def _add_api_key_commands(sub: Any) -> None:
     create.add_argument("--expires-in", type=int, metavar="SECONDS", help="default: never")
     create.add_argument("--metadata", help="a JSON object, at most 4 KiB")
     create.add_argument("--name", help="a name to tell the key by (at most 100 characters)")
+    _limit_options(create, clearable=False)
     _json_flag(create)
     update = _command(keys, "update", "change a live API key", cmd_api_key_update, "id")
     update.add_argument("--scope", help='space-separated, e.g. "read write"')
@@ -207,6 +249,7 @@ def _add_api_key_commands(sub: Any) -> None:
     metadata.add_argument("--metadata", help="a JSON object, at most 4 KiB")
     metadata.add_argument("--no-metadata", action="store_true", help="remove the metadata")
     update.add_argument("--name", help="rename the key")
+    _limit_options(update, clearable=True)
     _json_flag(update)
     rotate_help = "replace an API key by a new one"
     _grace_option(_command(keys, "rotate", rotate_help, cmd_api_key_rotate, "id"), "key")

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from introspect import admin, store
+from introspect.admin import limits
 from introspect.errors import Conflict, NotFound
 from introspect.ids import has_id_shape
 from introspect.portal import forms
@@ -83,3 +84,22 @@ def status(key: Credential, at: int) -> str:
     if key.exp is not None and key.exp <= at:
         return "expired"
     return "active"
+
+
+async def usage(authority: Authority, listed: list[Credential], at: int) -> dict[str, list[str]]:
+    """For each live key with limits of its own: its remaining credits and its use in each
+    rate limit's current window, as lines the list shows."""
+    shown: dict[str, list[str]] = {}
+    for key in listed:
+        if key.limits is None or status(key, at) != "active":
+            continue
+        state = await limits.state(authority, key.limits)
+        lines = []
+        if state["credits"] is not None:
+            lines.append(f"{state['credits']['remaining']} credits left")
+        for window in state["rate_limits"]:
+            if window["remaining"] is not None:
+                used = window["limit"] - window["remaining"]
+                lines.append(f"{used} of {window['limit']} uses in {window['window']} s")
+        shown[key.id] = lines
+    return shown

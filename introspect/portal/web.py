@@ -272,7 +272,11 @@ def _context(visit: Visit, **more: Any) -> dict[str, Any]:
 async def _list(request: web.Request, visit: Visit) -> web.Response:
     listed = await keys.listed(authority(request), visit.session)
     notice = NOTICES.get(request.query.get("done", ""))
-    return page("list.html", **_context(visit, keys=listed, status=keys.status, notice=notice))
+    usage = await keys.usage(authority(request), listed, store.now())
+    return page(
+        "list.html",
+        **_context(visit, keys=listed, status=keys.status, notice=notice, usage=usage),
+    )
 
 
 async def _new(_request: web.Request, visit: Visit) -> web.Response:

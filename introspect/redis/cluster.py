@@ -54,7 +54,7 @@ from redis.crc import key_slot
 from redis.exceptions import ConnectionError, RedisError, ResponseError
 
 from introspect.redis import resp
-from introspect.redis.lean import _FILL, _RELEASE, _SEAL, checked, fill_command
+from introspect.redis.lean import _FILL, _RELEASE, _SEAL, _TAKE_WINDOW, checked, fill_command
 from introspect.redis.port import LOCK, MARKER, HistoryUnknown, ServerChanged, Unwritten, Write
 
 # Pub/sub channels and acknowledgement lists: all on the primary serving this tag.
@@ -419,9 +419,14 @@ class ClusterRedis:
 
     async def _hub(self, *commands: resp.Command) -> list[Any]:
         """Commands on the primary serving the hub tag (once more after a MOVED)."""
+        return await self._on(HUB_TAG, *commands)
+
+    async def _on(self, key: bytes, *commands: resp.Command) -> list[Any]:
+        """Commands on the primary serving `key`'s slot, no history pinned (once more after a
+        MOVED or ASK, with the layout asked again)."""
         for attempt in range(2):
             layout = self.layout or await self.refresh()
-            shard = layout.shards[layout.shard(HUB_TAG)]
+            shard = layout.shards[layout.shard(key)]
             replies = await self._shard_client(shard).execute(*commands)
             if attempt == 0 and any(redirected(r) for r in replies):
                 await self.refresh()
@@ -477,6 +482,20 @@ class ClusterRedis:
             "BLMPOP", f"{wait:.3f}", 1, _tagged(inbox), "LEFT", "COUNT", count
         )
         return [] if got is None else list(got[1])
+
+    # --- rate-limit windows: counters that may be lost (see introspect/limits), no pinning ------
+
+    async def take_window(
+        self, key: bytes, limit: int, want: int, divisor: int, ttl_ms: int
+    ) -> tuple[int, int]:
+        (reply,) = await self._on(key, ("EVAL", _TAKE_WINDOW, 1, key, limit, want, divisor, ttl_ms))
+        return int(reply[0]), int(reply[1])
+
+    async def window_use(self, keys: Sequence[bytes]) -> list[int]:
+        if not keys:
+            return []
+        (values,) = await self._on(keys[0], ("MGET", *keys))
+        return [0 if v is None else int(v) for v in values]
 
     # --- replay memory ---------------------------------------------------------------------------
 

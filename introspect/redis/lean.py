@@ -3,7 +3,7 @@
 Every command the product sends is here: the versioned fill script, the
 MGET that reads the history marker with the entries, the replay lock and
 the script that seals a replay with its marker, the replay memory of
-assertions, PUBLISH, the acknowledgement lists and the subscription.
+assertions, the rate-limit window counters, PUBLISH, the acknowledgement lists and the subscription.
 """
 
 from __future__ import annotations
@@ -56,6 +56,19 @@ return 1
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
+"""
+
+# KEYS[1] a window's counter; ARGV[1] the limit, ARGV[2] the uses wanted, ARGV[3] the divisor
+# of what is free that makes a block, ARGV[4] the counter's TTL in ms. {granted, free after}.
+_TAKE_WINDOW = """
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+local free = tonumber(ARGV[1]) - used
+local want = tonumber(ARGV[2])
+if free < want or free <= 0 then return {0, math.max(free, 0)} end
+local block = math.max(want, math.floor(free / tonumber(ARGV[3])))
+if block > free then block = free end
+redis.call('SET', KEYS[1], used + block, 'PX', ARGV[4])
+return {block, free - block}
 """
 
 _WATCH: list[resp.Command] = [
@@ -169,6 +182,20 @@ class LeanRedis:
         if first == -1:
             raise HistoryUnknown("redis lost its history marker")
         return bool(first == 1)
+
+    async def take_window(
+        self, key: bytes, limit: int, want: int, divisor: int, ttl_ms: int
+    ) -> tuple[int, int]:
+        (reply,) = checked(
+            await self.client.execute(("EVAL", _TAKE_WINDOW, 1, key, limit, want, divisor, ttl_ms))
+        )
+        return int(reply[0]), int(reply[1])
+
+    async def window_use(self, keys: Sequence[bytes]) -> list[int]:
+        if not keys:
+            return []
+        (values,) = checked(await self.client.execute(("MGET", *keys)))
+        return [0 if v is None else int(v) for v in values]
 
     def close(self) -> None:
         self.client.close()

@@ -16,6 +16,9 @@ Cluster), and no caller changes. What every implementation keeps:
 * Versioned writes. Every `Write` goes through the rule of the cache's
   package doc: written only over an absent key, a smaller version, or a
   tombstone of the same version.
+* One hash slot per script. A window counter's key carries the hash tag of
+  the credential or client it counts (`{api_key:<id>}`), and every script
+  touches one key, so a cluster implementation routes it by that key alone.
 * Errors are redis-py's classes (`RedisError` and its `ConnectionError`,
   `TimeoutError`, `ResponseError`) or `OSError`: callers catch those two.
 """
@@ -153,6 +156,18 @@ class Redis(Protocol):
     async def acknowledgements(self, inbox: str, wait: float, count: int) -> list[bytes]:
         """Up to `count` nonces popped from `inbox`, waiting up to `wait` s for the first,
         on a connection of their own (a process holds one however many changes wait)."""
+
+    # --- rate-limit windows (introspect/limits/) ---------------------------------------------
+
+    async def take_window(
+        self, key: bytes, limit: int, want: int, divisor: int, ttl_ms: int
+    ) -> tuple[int, int]:
+        """Take uses from a window's counter `key` (expiring after `ttl_ms`) that allows
+        `limit`: a block of at least `want` and about 1/`divisor` of what is free, none when
+        fewer than `want` are free. Returns (uses granted, uses still free after)."""
+
+    async def window_use(self, keys: Sequence[bytes]) -> list[int]:
+        """The uses counted so far by each window counter of `keys` (all of one hash slot)."""
 
     # --- replay memory (RFC 7523 jti) -------------------------------------------------------
 

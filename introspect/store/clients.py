@@ -8,11 +8,11 @@ import asyncpg
 import orjson
 
 from introspect.store.query import assignments, json_value
-from introspect.store.records import Client, NewClient, now
+from introspect.store.records import Client, Limits, NewClient, now
 
 CLIENT_COLUMNS = (
     "client_id, name, scopes, audiences, can_introspect, token_ttl, token_format,"
-    " jwks, token_endpoint_auth_method, disabled, created_at, updated_at, version"
+    " jwks, token_endpoint_auth_method, disabled, created_at, updated_at, version, limits"
 )
 # The columns an admin change may set; values are always bound parameters.
 CLIENT_MUTABLE = frozenset(CLIENT_COLUMNS.split(", ")) - {
@@ -42,6 +42,7 @@ def client_from_record(
         updated_at=record["updated_at"],
         secrets=secrets,
         version=record["version"],
+        limits=Limits.from_stored(f"client:{record['client_id']}", json_value(record["limits"])),
     )
 
 

@@ -8,16 +8,16 @@ import asyncpg
 import orjson
 
 from introspect.store.query import assignments, json_value, where_clause
-from introspect.store.records import Credential, CredentialFilter, NewCredential, now
+from introspect.store.records import Credential, CredentialFilter, Limits, NewCredential, now
 
 CREDENTIAL_COLUMNS = (
     "id, kind, format, hash, client_id, sub, username, scopes, audiences,"
-    " iat, nbf, exp, revoked_at, metadata, version, last_used_at, name, prefix"
+    " iat, nbf, exp, revoked_at, metadata, version, last_used_at, name, prefix, limits"
 )
 # A credential neither revoked nor expired at the time bound to `{}`.
 LIVE = "(revoked_at IS NULL AND (exp IS NULL OR exp > {}))"
 # The columns an admin change may set; values are always bound parameters.
-CREDENTIAL_MUTABLE = frozenset({"scopes", "audiences", "exp", "metadata", "name"})
+CREDENTIAL_MUTABLE = frozenset({"scopes", "audiences", "exp", "metadata", "name", "limits"})
 
 
 def credential_from_record(record: asyncpg.Record) -> Credential:
@@ -41,6 +41,7 @@ def credential_from_record(record: asyncpg.Record) -> Credential:
         last_used_at=record["last_used_at"],
         name=record["name"],
         prefix=record["prefix"],
+        limits=Limits.from_stored(f"api_key:{record['id']}", json_value(record["limits"])),
     )
 
 
@@ -67,8 +68,8 @@ async def insert_credential(conn: asyncpg.Pool | asyncpg.Connection, new: NewCre
     """Store a new credential (its hash only; an API key's display prefix and name)."""
     await conn.execute(
         "INSERT INTO credentials (id, kind, format, hash, client_id, sub, username, scopes,"
-        " audiences, iat, nbf, exp, metadata, name, prefix)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11, $12, $13, $14)",
+        " audiences, iat, nbf, exp, metadata, name, prefix, limits)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11, $12, $13, $14, $15)",
         new.id,
         new.kind,
         new.format,
@@ -83,6 +84,7 @@ async def insert_credential(conn: asyncpg.Pool | asyncpg.Connection, new: NewCre
         None if new.metadata is None else orjson.dumps(new.metadata).decode(),
         new.name,
         new.prefix,
+        None if new.limits is None else orjson.dumps(new.limits.stored()).decode(),
     )
 
 

@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 
 # Columns holding JSON text: written as orjson dumps, read back by `json_value`.
-JSON_COLUMNS = frozenset({"jwks", "metadata"})
+JSON_COLUMNS = frozenset({"jwks", "metadata", "limits"})
 
 
 def json_value(value: str | None) -> Any:

@@ -1,6 +1,7 @@
 """The records the store returns (clients, credentials, admin keys, signing keys) and the
 records it takes: what its writes store (`NewClient`, `NewCredential`, `NewAdminKey`,
-`NewSigningKey`, `AuditEntry`), what its listings filter by (`CredentialFilter`,
+`NewSigningKey`, `AuditEntry`), the usage limits set on API keys and clients (`Limits`),
+what its listings filter by (`CredentialFilter`,
 `AuditFilter`) and what a revocation names (`Selection`); no I/O.
 
 Every protocol module imports these; none of them touches a database.
@@ -16,6 +17,88 @@ from typing import Any
 def now() -> int:
     """The current time in integer epoch seconds, as stored."""
     return int(time.time())
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A rate limit: at most `limit` uses per window of `window` seconds."""
+
+    name: str
+    limit: int
+    window: int
+
+
+@dataclass(frozen=True, slots=True)
+class Refill:
+    """Credits set back to `amount` every `interval` seconds."""
+
+    amount: int
+    interval: int
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The usage limits of an API key or of a client (SPEC "Rate limits and credits").
+
+    `owner` names what they count (`api_key:<id>` or `client:<client_id>`). The
+    credits' balance is not here: it lives in Postgres (`credit_accounts`),
+    `generation` names the balance these settings go with.
+    """
+
+    owner: str
+    windows: tuple[Window, ...] = ()
+    credits: bool = False
+    generation: int = 0
+    refill: Refill | None = None
+
+    def stored(self) -> dict[str, Any]:
+        """The JSON kept in Postgres and Redis (with `owner`: a rotated key's new row keeps
+        counting on the old key's windows and balance)."""
+        return {
+            "owner": self.owner,
+            "rate_limits": [[w.name, w.limit, w.window] for w in self.windows],
+            "credits": None
+            if not self.credits
+            else {
+                "generation": self.generation,
+                "refill": None
+                if self.refill is None
+                else [self.refill.amount, self.refill.interval],
+            },
+        }
+
+    @classmethod
+    def from_stored(cls, owner: str, value: Any) -> Limits | None:
+        """The limits `stored()` wrote, on the row of `owner` (None stays None)."""
+        if value is None:
+            return None
+        credits = value["credits"]
+        refill = None if credits is None else credits["refill"]
+        return cls(
+            owner=value.get("owner", owner),
+            windows=tuple(Window(n, limit, w) for n, limit, w in value["rate_limits"]),
+            credits=credits is not None,
+            generation=0 if credits is None else credits["generation"],
+            refill=None if refill is None else Refill(*refill),
+        )
+
+    def public(self) -> dict[str, Any]:
+        """The settings as the admin API shows them (reads add the current state)."""
+        return {
+            "rate_limits": [
+                {"name": w.name, "limit": w.limit, "window": w.window} for w in self.windows
+            ],
+            "credits": None
+            if not self.credits
+            else {
+                "refill": None
+                if self.refill is None
+                else {"amount": self.refill.amount, "interval": self.refill.interval}
+            },
+        }
+
+
+NO_LIMITS: dict[str, Any] = {"rate_limits": [], "credits": None}
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,10 +128,13 @@ class Client(Registration):
     secrets: tuple[tuple[bytes, int | None], ...] = field(default=(), repr=False)
     # From `change_version`, taken by every change to the client or to its secrets.
     version: int = 0
+    # Client-wide rate limits and credits: every credential of the client counts.
+    limits: Limits | None = None
 
     def public(self) -> dict[str, Any]:
         """Every registered field, never a secret or a hash (the admin API's read shape)."""
         return {
+            **(NO_LIMITS if self.limits is None else self.limits.public()),
             "client_id": self.client_id,
             "name": self.name,
             "scopes": list(self.scopes),
@@ -95,11 +181,14 @@ class Credential:
     # API keys: an optional name, and the first characters of the key (never the whole key).
     name: str | None = None
     prefix: str | None = None
+    # An API key's own rate limits and credits.
+    limits: Limits | None = None
 
     def public(self) -> dict[str, Any]:
         """The admin listing shape: every field but the hash."""
         t = now()
         return {
+            **(NO_LIMITS if self.limits is None else self.limits.public()),
             "id": self.id,
             "kind": self.kind,
             "format": self.format,
@@ -139,6 +228,7 @@ class NewCredential:
     metadata: dict[str, Any] | None = None
     name: str | None = None
     prefix: str | None = None
+    limits: Limits | None = None
 
 
 @dataclass(frozen=True, slots=True)

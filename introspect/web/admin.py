@@ -218,6 +218,13 @@ async def create_api_key(request: web.Request) -> web.Response:
     return json_response(issued, 201)
 
 
+@routes.get("/api-keys/{key_id}")
+async def read_api_key(request: web.Request) -> web.Response:
+    """An API key, with the state of its limits now."""
+    key_id = request.match_info["key_id"]
+    return json_response(await admin.read_api_key(authority(request), key_id))
+
+
 @routes.patch("/api-keys/{key_id}")
 async def update_api_key(request: web.Request) -> web.Response:
     """Change a live API key."""

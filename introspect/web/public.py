@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -23,6 +24,7 @@ from introspect import (
     signing,
 )
 from introspect.errors import InvalidRequest, UnauthorizedClient
+from introspect.limits import Metered
 from introspect.service import Authority
 from introspect.store import Client
 from introspect.web.errors import json_response
@@ -33,6 +35,7 @@ routes = web.RouteTableDef()
 
 FORM = "application/x-www-form-urlencoded"
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+JSON_NO_STORE = {"Content-Type": "application/json", **NO_STORE}
 
 
 async def read_form(request: web.Request) -> tuple[dict[str, str], dict[str, list[str]]]:
@@ -85,19 +88,24 @@ async def introspect(request: web.Request) -> web.Response:
     if rfc9701.wants_jwt(request.headers.get("Accept")):
         caller, answer = await rfc7662.complete(authority, authorization, params)
         jwt = await authority.sign_introspection(caller, answer.body)
-        headers = {"Cache-Control": caching(authority, answer)["Cache-Control"]}
+        headers = dict(caching(authority, answer))
+        del headers["Content-Type"]
         return web.Response(body=jwt, content_type=rfc9701.MEDIA_TYPE, headers=headers)
     found = rfc7662.from_memory(authority, authorization, params)
-    if isinstance(found, rfc7662.Answer):
-        answer = found
-    else:
+    if found is None or isinstance(found, rfc7662.Pending):
         _caller, answer = await rfc7662.complete(authority, authorization, params, found)
+    else:
+        answer = found
     return web.Response(body=answer.body, headers=caching(authority, answer))
 
 
-def caching(authority: Authority, answer: rfc7662.Answer) -> CIMultiDict[str]:
-    """The headers of a JSON introspection answer: its `Cache-Control` is the one decision of
-    how long a resource server may reuse it (see rfc7662.max_age)."""
+def caching(authority: Authority, answer: rfc7662.Answer | Metered) -> Mapping[str, str]:
+    """The headers of a JSON introspection answer, decided in this one place: its
+    `Cache-Control` says how long a resource server may reuse it (see rfc7662.max_age), except
+    that a limited credential's answer carries the RateLimit fields (and Retry-After when
+    refused) and is never stored, since each use of it must be counted."""
+    if isinstance(answer, Metered):
+        return {**JSON_NO_STORE, **answer.headers}
     settings = authority.settings
     age = rfc7662.max_age(
         answer, settings.rs_cache_ttl, settings.negative_cache_ttl, int(time.time())

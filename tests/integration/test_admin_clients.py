@@ -43,6 +43,8 @@ async def test_read_client_shows_every_field_but_no_secret(api: AdminAPI) -> Non
         "token_endpoint_auth_method",
         "disabled",
         "created_at",
+        "rate_limits",
+        "credits",
     }
     assert body["can_introspect"] is True
     assert created["client_secret"].encode() not in resp.body

@@ -294,3 +294,50 @@ def test_serve_with_an_admin_port(settings: Settings, tmp_path: Path) -> None:
         assert get(f"{admin_base}/healthz") == 404
         assert get(f"{served['BASE']}/admin/clients?limit=1", bearer) == 404
         assert get(f"{served['BASE']}/healthz") == 200
+
+
+async def test_limit_flags_set_and_change_rate_limits_and_credits(
+    env: dict[str, str], server: Server, resource_server: Registered
+) -> None:
+    """--credits, --refill and --rate-limit at issue, --no-credits and a new --rate-limit on
+    update: each takes effect at once; a malformed flag is refused before anything runs."""
+    issued = await api_key_of(
+        env,
+        "--sub",
+        unique("cli-limited"),
+        "--scope",
+        "read",
+        "--credits",
+        "2",
+        "--rate-limit",
+        "m=5/60",
+    )
+    answers = [await introspect(server, resource_server, issued["key"]) for _ in range(3)]
+    assert [a["active"] for a in answers] == [True, True, False]
+    changes = ("--no-credits", "--rate-limit", "m=1/60", "--json")
+    updated = (await cli(env, "api-key", "update", issued["id"], *changes)).json()
+    assert updated["credits"] is None
+    assert updated["rate_limits"][0]["limit"] == 1
+    assert not (await introspect(server, resource_server, issued["key"]))["active"]
+    cleared = await cli(env, "api-key", "update", issued["id"], "--no-rate-limits", "--json")
+    assert cleared.json()["rate_limits"] == []
+    assert (await introspect(server, resource_server, issued["key"]))["active"]
+
+    made = await cli(
+        env,
+        "client",
+        "create",
+        "--name",
+        unique("cli-quota"),
+        "--credits",
+        "3",
+        "--refill",
+        "3/3600",
+        "--json",
+    )
+    shown = (await cli(env, "client", "show", made.json()["client_id"], "--json")).json()
+    assert shown["credits"]["refill"] == {"amount": 3, "interval": 3600}
+    assert shown["credits"]["remaining"] == 3
+    bad = await cli(env, "api-key", "create", "--sub", "x", "--scope", "r", "--rate-limit", "m")
+    assert bad.code == 2
+    assert "NAME=LIMIT/WINDOW" in bad.err

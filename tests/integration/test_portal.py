@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -545,3 +546,34 @@ async def test_names_and_subjects_are_escaped_in_pages(server: Server, api: Admi
     assert b"<script>alert" not in page
     assert b"&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert b"<img src=x" not in page
+
+
+async def test_the_list_shows_remaining_credits_and_recent_use_where_limits_exist(
+    server: Server, api: AdminAPI, resource_server: Registered
+) -> None:
+    """A key with credits and a window shows what is left and what the current window used
+    (uses handed to workers in leases count as used); a key without limits in the same list
+    says it has none."""
+    consumer = await enter(server, api)
+    limited = await api.call(
+        "POST",
+        "/api-keys",
+        {
+            "sub": consumer.sub,
+            "scopes": ["read"],
+            "name": "metered",
+            "credits": {"remaining": 10},
+            "rate_limits": [{"name": "hourly", "limit": 50, "window": 3600}],
+        },
+    )
+    assert limited.status == 201, limited.body
+    await consumer.create(name="free", scope="read")
+    for _ in range(3):
+        assert await introspect(server, resource_server, limited.json()["key"])
+    listing = await consumer.get("/portal/")
+    assert b"<th>Usage</th>" in listing.body
+    assert b"7 credits left" in listing.body
+    used = re.search(rb"(\d+) of 50 uses in 3600 s", listing.body)
+    assert used is not None
+    assert 3 <= int(used.group(1)) <= 50
+    assert b"no limits" in listing.body

@@ -88,6 +88,20 @@ async def test_the_replay_memory_remembers_once_per_history(redis: Redis) -> Non
         await redis.remember_once(unique("jti"), now() + 60, b"another history", identity)
 
 
+async def test_a_window_grants_blocks_of_what_is_free_and_never_more_than_its_limit(
+    redis: Redis,
+) -> None:
+    """Blocks shrink with what is free, never pass the limit, and the use reads back."""
+    tag = secrets.token_hex(8)
+    key, other = (f"test-port:{{{tag}}}:{n}".encode() for n in ("w", "other"))
+    granted = [await redis.take_window(key, 100, 1, 4, 60_000) for _ in range(30)]
+    assert granted[0] == (25, 75)
+    assert sum(block for block, _ in granted) == 100
+    assert granted[-1] == (0, 0)
+    assert await redis.take_window(other, 10, 11, 4, 60_000) == (0, 10)
+    assert await redis.window_use([key, other]) == [100, 0]
+
+
 async def test_a_publication_counts_its_receivers_and_acknowledgements_come_back(
     redis: Redis,
 ) -> None:

@@ -13,7 +13,7 @@ import math
 from hypothesis import given
 
 from introspect import rfc7662
-from introspect.cache import LocalCache, decode, encode
+from introspect.cache import LIMITS, LocalCache, decode, encode
 from introspect.store import Credential, now
 from tests.unit.test_entry_codec import ISSUER, credentials
 
@@ -57,14 +57,16 @@ def test_a_filled_cache_adds_no_tracked_objects() -> None:
 @given(credentials())
 def test_a_cached_live_entry_is_untracked_and_served_unchanged(credential: Credential) -> None:
     """Whatever a live credential holds (metadata, audiences, an API key's id), its cached
-    entry is untracked once a collection passed, and reads back from Redis the same."""
+    entry is untracked once a collection passed, and reads back from Redis the same; only an
+    API key with limits of its own keeps its entry tracked (its Limits object: such keys are
+    few)."""
     local = usable()
     made = rfc7662.entry_for(credential, ISSUER)
     local.put(b"k", made, local.epoch, now())
     gc.collect(0)
     cached = local.get(b"k", 0.0)
     assert cached is not None
-    assert not gc.is_tracked(cached)
+    assert gc.is_tracked(cached) == (cached[LIMITS] is not None)
     assert decode(encode(cached)) == made
 
 

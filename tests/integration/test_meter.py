@@ -1,0 +1,57 @@
+"""The meter against the real stores: concurrent uses of one balance in one worker."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+
+from introspect import admin, store
+from introspect.limits import Meter
+from introspect.service import Authority
+from introspect.store import credits as store_credits
+
+
+async def test_concurrent_uses_in_one_worker_spend_each_credit_once(authority: Authority) -> None:
+    """2,000 concurrent uses of a 1,000-credit key through one meter: exactly 1,000 admitted,
+    and once its leases are returned the balance is 0 with nothing leased (a lease renewed
+    while others still spend from it must not give back what they spent)."""
+    issued = await admin.create_api_key(
+        authority,
+        "test",
+        {"sub": "meter-" + secrets.token_hex(4), "scopes": [], "credits": {"remaining": 1000}},
+    )
+    key = await store.get_credential(authority.pool, issued["id"])
+    assert key is not None
+    assert key.limits is not None
+    meter = Meter(authority.cache.redis, authority.pool)
+    answers = await asyncio.gather(*(meter.admit([key.limits], 1, b"x") for _ in range(2000)))
+    assert sum(a.active for a in answers) == 1000
+    await meter.sweep(everything=True)
+    balance = await store_credits.balance(authority.pool, key.limits.owner)
+    assert balance == store_credits.Balance(remaining=0, leased=0, lost=0)
+
+
+async def test_a_renewal_racing_uses_of_the_same_lease_gives_back_only_what_is_unspent(
+    authority: Authority,
+) -> None:
+    """A lease renewed (as a request that saw it empty a moment ago renews it) while other
+    requests still spend from it: what they spent is not given back, so after every lease is
+    returned the balance is exactly the credits less the uses admitted."""
+    issued = await admin.create_api_key(
+        authority,
+        "test",
+        {"sub": "meter-" + secrets.token_hex(4), "scopes": [], "credits": {"remaining": 1000}},
+    )
+    key = await store.get_credential(authority.pool, issued["id"])
+    assert key is not None
+    assert key.limits is not None
+    meter = Meter(authority.cache.redis, authority.pool)
+    admitted = int((await meter.admit([key.limits], 1, b"x")).active)
+    renewal = asyncio.ensure_future(meter._take_credits(key.limits, 1))
+    await asyncio.sleep(0)  # the renewal has read the lease and awaits Postgres
+    while (decided := meter.decide([key.limits], 1, b"x")) is not None and decided.active:
+        admitted += 1
+    await renewal
+    await meter.sweep(everything=True)
+    balance = await store_credits.balance(authority.pool, key.limits.owner)
+    assert balance == store_credits.Balance(remaining=1000 - admitted, leased=0, lost=0)

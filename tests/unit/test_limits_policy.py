@@ -1,0 +1,154 @@
+"""The pure parts of rate limits and credits: `cost`, window arithmetic, the RateLimit fields,
+and the validation of the limits an admin sets."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from introspect.admin import validation
+from introspect.errors import Invalid, InvalidRequest
+from introspect.limits import policy
+from introspect.store.records import Limits, Refill, Window
+from tests.integration.test_limits import parse_fields
+
+_NAME = st.from_regex(r"[A-Za-z0-9_-]{1,32}", fullmatch=True)
+
+
+@given(st.integers(0, policy.MAX_COST))
+def test_every_cost_in_range_is_read_as_itself(n: int) -> None:
+    """`cost` from 0 to 1000, written in decimal, is that many uses."""
+    assert policy.cost(str(n)) == n
+
+
+@given(st.text(max_size=25))
+def test_any_other_cost_is_invalid_request_naming_it(value: str) -> None:
+    """Anything but a decimal from 0 to 1000 (a sign, spaces, exponents, other digits, huge
+    numbers) is `invalid_request` naming `cost`."""
+    if value.isascii() and value.isdigit() and 0 < len(value) <= 4 and int(value) <= 1000:
+        return
+    with pytest.raises(InvalidRequest, match=r"^cost: "):
+        policy.cost(value)
+
+
+def test_no_cost_is_one_use() -> None:
+    """Without `cost`, an answer counts one use."""
+    assert policy.cost(None) == 1
+
+
+@given(st.floats(0, 4e9, allow_nan=False), st.integers(1, 86_400))
+def test_reset_is_the_time_left_in_the_window_rounded_up(t: float, window: int) -> None:
+    """`t` falls in its window, and the reset is the whole seconds left in it (at least 1)."""
+    number = policy.window_number(t, window)
+    end = (number + 1) * window
+    assert number * window <= t < end
+    reset = policy.reset_in(t, window)
+    assert 1 <= reset <= window
+    assert reset == max(1, math.ceil(end - t))
+
+
+_QUOTAS = st.lists(
+    st.builds(
+        policy.Quota,
+        _NAME,
+        st.integers(0, 10**15),
+        st.none() | st.integers(1, 10**7),
+        st.integers(-10, 10**16),
+        st.none() | st.integers(0, 10**7),
+    ),
+    min_size=1,
+    max_size=5,
+    unique_by=lambda q: q.name,
+)
+
+
+@given(_QUOTAS)
+def test_the_fields_are_structured_lists_that_parse_back(quotas: list[policy.Quota]) -> None:
+    """`RateLimit-Policy` and `RateLimit` list each policy once, as a quoted name with
+    non-negative sf-integer parameters (q, w; r, t), clamped to what sf-integers hold."""
+    policies = parse_fields(policy.policy_field(quotas))
+    states = parse_fields(policy.ratelimit_field(quotas))
+    for quota in quotas:
+        assert policies[quota.name]["q"] == min(quota.q, policy.MAX_SF_INTEGER)
+        assert policies[quota.name].get("w") == quota.w
+        assert states[quota.name]["r"] == max(0, min(quota.r, policy.MAX_SF_INTEGER))
+        assert states[quota.name].get("t") == quota.t
+
+
+_WINDOWS = st.lists(
+    st.fixed_dictionaries(
+        {"name": _NAME, "limit": st.integers(1, 10**9), "window": st.integers(1, 86_400)}
+    ),
+    max_size=4,
+    unique_by=lambda w: w["name"],
+)
+
+
+@given(_WINDOWS)
+def test_valid_rate_limits_are_taken_as_given(windows: list[dict[str, object]]) -> None:
+    """Up to 4 rate limits with unique names, limits and windows in range, are kept in order."""
+    assert validation.rate_limits(windows, "rate_limits") == tuple(
+        Window(str(w["name"]), int(w["limit"]), int(w["window"]))  # type: ignore[call-overload]
+        for w in windows
+    )
+
+
+@given(_WINDOWS.filter(bool), st.data())
+def test_a_fifth_limit_or_a_repeated_name_is_refused(
+    windows: list[dict[str, object]], data: st.DataObject
+) -> None:
+    """A fifth rate limit, or a name given twice, is refused naming the field."""
+    repeated = [*windows, {**data.draw(st.sampled_from(windows)), "limit": 1}]
+    if len(repeated) > validation.MAX_RATE_LIMITS:
+        with pytest.raises(Invalid, match=r"^rate_limits: at most 4"):
+            validation.rate_limits(repeated, "rate_limits")
+    else:
+        with pytest.raises(Invalid, match=rf"^rate_limits\[{len(windows)}\]\.name: "):
+            validation.rate_limits(repeated, "rate_limits")
+
+
+@given(
+    st.integers(-(10**13), 10**13),
+    st.none() | st.tuples(st.integers(-5, 10**13), st.integers(-5, 10**8)),
+)
+def test_credits_are_taken_in_range_and_refused_naming_the_member(
+    remaining: int, refill: tuple[int, int] | None
+) -> None:
+    """`credits` holds 0 to 10^12 remaining and a refill of 0 to 10^12 every 60 s or more;
+    anything out of range is refused naming the member."""
+    body: dict[str, object] = {"remaining": remaining}
+    if refill is not None:
+        body["refill"] = {"amount": refill[0], "interval": refill[1]}
+    ok_remaining = 0 <= remaining <= validation.MAX_CREDITS
+    ok_refill = refill is None or (
+        0 <= refill[0] <= validation.MAX_CREDITS
+        and validation.MIN_REFILL_INTERVAL <= refill[1] <= validation.MAX_REFILL_INTERVAL
+    )
+    if ok_remaining and ok_refill:
+        assert validation.credits(body, "credits") == (
+            remaining,
+            None if refill is None else Refill(*refill),
+        )
+    else:
+        with pytest.raises(
+            Invalid, match=r"^credits\.(remaining|refill\.amount|refill\.interval): "
+        ):
+            validation.credits(body, "credits")
+
+
+@given(_WINDOWS, st.booleans(), st.integers(0, 2**40))
+def test_limits_read_back_as_stored(
+    windows: list[dict[str, object]], credits: bool, generation: int
+) -> None:
+    """The JSON kept in Postgres and Redis reads back as the same limits."""
+    limits = Limits(
+        "client:c",
+        validation.rate_limits(windows, "rate_limits"),
+        credits,
+        generation if credits else 0,
+        Refill(5, 60) if credits else None,
+    )
+    assert Limits.from_stored("client:c", limits.stored()) == limits

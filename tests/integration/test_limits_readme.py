@@ -22,7 +22,7 @@ def test_limits_block_runs_verbatim(served: dict[str, str]) -> None:
     fields = [line.split(": ", 1) for line in lines if line.lower().startswith("ratelimit")]
     assert len(fields) == 6
     for name, value in fields:
-        assert set(parse_fields(value)) == {"key.second", "key-credits"}, (name, value)
+        assert set(parse_fields(value)) == {"key.hour", "key-credits"}, (name, value)
     retry = [line for line in lines if line.lower().startswith("retry-after")]
     assert len(retry) == 1
     assert 0 < int(retry[0].split(": ")[1]) <= 86400

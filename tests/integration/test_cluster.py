@@ -304,12 +304,23 @@ async def test_moving_the_hot_slot_under_load_serves_no_stale_answer_and_loses_n
         revoked[token] = time.monotonic()
         assert body == {"revoked": 1, "listeners": INSTANCES * WORKERS}
 
+    async def every_worker_listens() -> bool:
+        form = {"grant_type": "client_credentials"}
+        _, issued = await post_form(http, f"{bases[0]}/token", form, app)
+        async with http.post(
+            f"{bases[1]}/admin/revocations", json={"token": issued["access_token"]}, headers=bearer
+        ) as resp:
+            return bool((await resp.json())["listeners"] == INSTANCES * WORKERS)
+
     try:
         await asyncio.sleep(0.2)
         target = await asyncio.to_thread(begin_moving, valkey_cluster, slot, source)
         await admin_revoke(hot)  # its entry is on the target now: the tombstone follows ASK
         await asyncio.to_thread(finish_moving, valkey_cluster, slot, target)
         await eventually(lambda: redis_ok_everywhere(http, bases), within=30)
+        # A worker that met the new layout re-vouches and subscribes again (serving from
+        # Postgres meanwhile): wait until a throwaway revocation reaches every worker.
+        await eventually(every_worker_listens, within=30)
         await admin_revoke(more[0])
         await asyncio.sleep(0.3)
     finally:

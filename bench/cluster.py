@@ -27,7 +27,6 @@ import contextlib
 import json
 import os
 import secrets
-import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -36,7 +35,7 @@ from pathlib import Path
 
 from bench import loadgen
 from bench.http import Connection, basic_auth, form_request, request_head
-from bench.procs import Service, free_port
+from bench.procs import Service, cli, free_port
 from bench.seed import Registered
 from bench.workers import revocations
 from introspect import embedded
@@ -87,16 +86,8 @@ def serving(env: dict[str, str], count: int, workers: int, logs: Path) -> Iterat
             service.stop()
 
 
-def _cli(env: dict[str, str], *args: str) -> Registered:
-    out = subprocess.run(
-        [sys.executable, "-m", "introspect.cli", *args, "--json"],
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    ).stdout
-    created = json.loads(out)
+def _register(env: dict[str, str], *args: str) -> Registered:
+    created = cli(env, *args)
     return Registered(created["client_id"], created["client_secret"])
 
 
@@ -149,8 +140,8 @@ def measure(
     for scenario, extra in SCENARIOS.items():
         log = logs / f"{label}-{scenario}.log"
         with serving({**env, **extra}, count, workers_each, log) as up:
-            app = _cli(env, "client", "create", "--name", "bench-app", "--scope", "read")
-            rs = rs or _cli(env, "client", "create", "--name", "bench-rs", "--introspect")
+            app = _register(env, "client", "create", "--name", "bench-app", "--scope", "read")
+            rs = rs or _register(env, "client", "create", "--name", "bench-rs", "--introspect")
             tokens = asyncio.run(_tokens(up.ports[0], app, opts.tokens))
             bodies = opts.data_dir / f"{label}-{scenario}.txt"
             bodies.write_text("".join(f"token={t}\n" for t in tokens))

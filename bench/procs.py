@@ -10,10 +10,12 @@ client connection comes from /proc/net/tcp and the workers' open fds.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -52,6 +54,21 @@ def run_bounded(
                 proc.kill()
                 proc.wait()
     return proc.returncode, out, err
+
+
+def cli(env: dict[str, str], *args: str) -> dict[str, str]:
+    """`python -m introspect.cli ARGS --json` with `env`, its answer parsed (CalledProcessError
+    when it fails, killed past two minutes)."""
+    ran = subprocess.run(
+        [sys.executable, "-m", "introspect.cli", *args, "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    made: dict[str, str] = json.loads(ran.stdout)
+    return made
 
 
 def free_port() -> int:

@@ -25,7 +25,6 @@ import contextlib
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
-import orjson
 
 from bench import loadgen, procs
 from bench.http import basic_auth
@@ -59,20 +57,6 @@ class Stack:
     data_dir: Path
 
 
-def cli(env: dict[str, str], *args: str) -> dict[str, str]:
-    """`introspect ARGS --json`, parsed."""
-    ran = subprocess.run(
-        [sys.executable, "-m", "introspect.cli", *args, "--json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    made: dict[str, str] = orjson.loads(ran.stdout)
-    return made
-
-
 @contextlib.contextmanager
 def served(workers: int) -> Iterator[Stack]:
     """`introspect serve` on embedded stores, its issuer its own URL, and two clients."""
@@ -91,8 +75,8 @@ def served(workers: int) -> Iterator[Stack]:
     )
     try:
         service.wait_ready(port, workers)
-        rs = cli(env, "client", "create", "--name", "bench-rs", "--introspect")
-        svc = cli(env, "client", "create", "--name", "bench-svc", "--scope", "read write")
+        rs = procs.cli(env, "client", "create", "--name", "bench-rs", "--introspect")
+        svc = procs.cli(env, "client", "create", "--name", "bench-svc", "--scope", "read write")
         yield Stack(url, env, rs, svc, data_dir)
     finally:
         service.stop()

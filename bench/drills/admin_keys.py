@@ -27,7 +27,6 @@ import contextlib
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +35,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
-import orjson
 
 from bench import procs
 from bench.http import Connection, request_head
@@ -94,16 +92,7 @@ def served() -> Iterator[Server]:
 
 def mint(server: Server, name: str) -> dict[str, str]:
     """`introspect admin-key create --name NAME --json`: {id, key}."""
-    ran = subprocess.run(
-        [sys.executable, "-m", "introspect.cli", "admin-key", "create", "--name", name, "--json"],
-        env=server.env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    made: dict[str, str] = orjson.loads(ran.stdout)
-    return made
+    return procs.cli(server.env, "admin-key", "create", "--name", name)
 
 
 def get_request(server: Server, key: str) -> bytes:

@@ -23,7 +23,6 @@ import json
 import os
 import secrets
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +33,7 @@ from pathlib import Path
 from redis.crc import key_slot
 
 from bench.http import Connection, HttpError, basic_auth, form_request, request_head
-from bench.procs import Service, free_port
+from bench.procs import Service, cli, free_port
 from introspect import credentials, embedded
 from introspect.cache import KEY_PREFIX
 from introspect.embedded.cluster import DevCluster, Node
@@ -188,21 +187,9 @@ class Drill:
         return not stale and not errors
 
 
-def _cli(env: dict[str, str], *args: str) -> dict[str, str]:
-    out = subprocess.run(
-        [sys.executable, "-m", "introspect.cli", *args, "--json"],
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    ).stdout
-    return dict(json.loads(out))
-
-
 async def _drill(cluster: DevCluster, ports: list[int], env: dict[str, str]) -> bool:
-    app = _cli(env, "client", "create", "--name", "drill-app", "--scope", "read")
-    rs = _cli(env, "client", "create", "--name", "drill-rs", "--introspect")
+    app = cli(env, "client", "create", "--name", "drill-app", "--scope", "read")
+    rs = cli(env, "client", "create", "--name", "drill-rs", "--introspect")
     drill = Drill(
         cluster,
         ports,

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.http import Connection, HttpError, basic_auth, form_request, request_head
-from bench.procs import Service, free_port, listening, pids_listening
+from bench.procs import Service, cli, free_port, listening, pids_listening
 from introspect.service import REDIS_TIMEOUT
 from introspect.store import ACQUIRE_TIMEOUT, COMMAND_TIMEOUT
 
@@ -285,22 +285,10 @@ PHASES = [
 ]
 
 
-def _cli(env: dict[str, str], *args: str) -> dict[str, str]:
-    out = subprocess.run(
-        [sys.executable, "-m", "introspect.cli", *args, "--json"],
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    ).stdout
-    return dict(json.loads(out))
-
-
 async def _drill(stack: Stack, env: dict[str, str]) -> bool:
     port = stack.port
-    app = _cli(env, "client", "create", "--name", "drill-app", "--scope", "read")
-    rs = _cli(env, "client", "create", "--name", "drill-rs", "--introspect")
+    app = cli(env, "client", "create", "--name", "drill-app", "--scope", "read")
+    rs = cli(env, "client", "create", "--name", "drill-rs", "--introspect")
     app_auth = {"Authorization": basic_auth(app["client_id"], app["client_secret"])}
     rs_auth = {"Authorization": basic_auth(rs["client_id"], rs["client_secret"])}
     token_request = form_request(

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 
 from bench.http import Connection, HttpError, basic_auth, form_request, request_head
 from bench.loadgen import percentiles_ms
-from bench.procs import Service, free_port
+from bench.procs import Service, cli, free_port
 from introspect.web.protocol import HEAD_TIMEOUT
 
 HOST = "127.0.0.1"
@@ -112,19 +111,6 @@ async def _introspect(port: int, until: float, request: bytes) -> tuple[list[int
     return latencies, errors, inactive
 
 
-def _cli(env: dict[str, str], *args: str) -> dict[str, str]:
-    done = subprocess.run(
-        [sys.executable, "-m", "introspect.cli", *args, "--json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    )
-    answer: dict[str, str] = json.loads(done.stdout)
-    return answer
-
-
 def _post(url: str, data: bytes, authorization: str) -> dict[str, str]:
     headers = {"Authorization": authorization, "Content-Type": "application/x-www-form-urlencoded"}
     request = urllib.request.Request(url, data=data, headers=headers)  # noqa: S310 - loopback
@@ -176,8 +162,8 @@ def run() -> bool:
         )
         try:
             _wait_ready(base, service)
-            rs = _cli(env, "client", "create", "--name", "rs", "--introspect")
-            app = _cli(env, "client", "create", "--name", "app", "--scope", "read")
+            rs = cli(env, "client", "create", "--name", "rs", "--introspect")
+            app = cli(env, "client", "create", "--name", "app", "--scope", "read")
             token = _post(
                 f"{base}/token",
                 b"grant_type=client_credentials",

@@ -74,6 +74,16 @@ _REFILL = (
     " WHERE owner = $1 AND refill_interval IS NOT NULL AND period < $2"
 )
 
+# Unspent credits go back only to the generation and period they came from: $1 the
+# lease, $2 what it did not spend.
+_RETURN = (
+    "WITH gone AS (DELETE FROM credit_leases WHERE id = $1"
+    "  RETURNING owner, generation, period)"
+    " UPDATE credit_accounts a SET remaining = a.remaining + $2 FROM gone"
+    " WHERE a.owner = gone.owner AND a.generation = gone.generation"
+    " AND a.period = gone.period"
+)
+
 
 async def renew_lease(
     pool: asyncpg.Pool,
@@ -110,15 +120,7 @@ async def renew_lease(
                 period,
             )
         if returned is not None:
-            # Unspent credits go back only to the generation and period they came from.
-            await conn.execute(
-                "WITH gone AS (DELETE FROM credit_leases WHERE id = $1"
-                "  RETURNING owner, generation, period)"
-                " UPDATE credit_accounts a SET remaining = a.remaining + $2 FROM gone"
-                " WHERE a.owner = gone.owner AND a.generation = gone.generation"
-                " AND a.period = gone.period",
-                *returned,
-            )
+            await conn.execute(_RETURN, *returned)
         current = await conn.fetchrow(
             "SELECT generation, period, remaining FROM credit_accounts WHERE owner = $1", owner
         )
@@ -156,15 +158,7 @@ async def renew_lease(
 async def return_lease(pool: asyncpg.Pool, lease_id: int, unspent: int) -> None:
     """Give back what a lease did not spend, and drop it."""
     async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(
-            "WITH gone AS (DELETE FROM credit_leases WHERE id = $1"
-            "  RETURNING owner, generation, period)"
-            " UPDATE credit_accounts a SET remaining = a.remaining + $2 FROM gone"
-            " WHERE a.owner = gone.owner AND a.generation = gone.generation"
-            " AND a.period = gone.period",
-            lease_id,
-            unspent,
-        )
+        await conn.execute(_RETURN, lease_id, unspent)
 
 
 # A lease still in the table this long after its expiry was held by a worker that died.

@@ -4,13 +4,14 @@ concurrency, a worker SIGKILLed and Redis restarted mid-run; windows within thei
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import secrets
 import signal
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from introspect.config import Settings
 from introspect.service import Authority
 from tests.helpers import Registered, eventually, register
 from tests.integration.test_limits import parse_fields
-from tests.integration.test_supervisor import all_listening, serve
+from tests.integration.test_supervisor import Served, all_listening, serve
 from tests.valkey import Valkey
 
 CREDITS = 100
@@ -63,6 +64,23 @@ class Remote:
 async def _minted(authority: Authority) -> str:
     made = await admin.create_admin_key(authority, "test", {"name": "t-" + secrets.token_hex(4)})
     return str(made["key"])
+
+
+@contextlib.asynccontextmanager
+async def _key_served(
+    settings: Settings, authority: Authority, tmp_path: Path, workers: int, key: dict[str, Any]
+) -> AsyncIterator[tuple[Served, Remote, Registered, dict[str, Any]]]:
+    """`workers` workers serving, once all listen: (the server, a Remote with an admin key,
+    a resource server that may introspect, the API key created from `key`)."""
+    with serve(settings, tmp_path, workers=workers) as served:
+        await all_listening(served, workers)
+        remote = Remote(served.base, await _minted(authority))
+        try:
+            rs = await register(authority, scopes=(), can_introspect=True)
+            made = await remote.admin_call("POST", "/api-keys", {"scopes": [], **key})
+            yield served, remote, rs, made
+        finally:
+            await remote.http.close()
 
 
 async def _credit_run(
@@ -110,23 +128,13 @@ async def test_credits_are_exact_across_three_workers(
 ) -> None:
     """1,000 concurrent introspections of a 100-credit key over 3 workers: exactly 100 active
     answers, and the balance is 0 with nothing leased once the workers returned their leases."""
-    with serve(settings, tmp_path, workers=3) as served:
-        await all_listening(served, 3)
-        remote = Remote(served.base, await _minted(authority))
-        try:
-            rs = await register(authority, scopes=(), can_introspect=True)
-            key = await remote.admin_call(
-                "POST",
-                "/api-keys",
-                {"sub": "exact", "scopes": [], "credits": {"remaining": CREDITS}},
-            )
-            counts = await _credit_run(remote, rs, key["key"], None)
-            assert counts[True] == CREDITS
-            assert counts[None] == 0
-            read = await _balance_settles(remote, key["id"])
-            assert read == {"refill": None, "remaining": 0, "leased": 0, "lost": 0}
-        finally:
-            await remote.http.close()
+    credits = {"sub": "exact", "credits": {"remaining": CREDITS}}
+    async with _key_served(settings, authority, tmp_path, 3, credits) as (_, remote, rs, key):
+        counts = await _credit_run(remote, rs, key["key"], None)
+        assert counts[True] == CREDITS
+        assert counts[None] == 0
+        read = await _balance_settles(remote, key["id"])
+        assert read == {"refill": None, "remaining": 0, "leased": 0, "lost": 0}
 
 
 async def test_a_killed_worker_never_lets_more_through_and_its_lease_is_reported(
@@ -135,30 +143,20 @@ async def test_a_killed_worker_never_lets_more_through_and_its_lease_is_reported
     """A worker SIGKILLed mid-run: never more than 100 active answers; the credits neither
     answered nor in the balance are exactly what leases still hold, and once the dead
     worker's lease expires the admin read reports it as `lost`."""
-    with serve(settings, tmp_path, workers=3) as served:
-        await all_listening(served, 3)
-        remote = Remote(served.base, await _minted(authority))
-        try:
-            rs = await register(authority, scopes=(), can_introspect=True)
-            key = await remote.admin_call(
-                "POST",
-                "/api-keys",
-                {"sub": "killed", "scopes": [], "credits": {"remaining": CREDITS}},
-            )
+    credits = {"sub": "killed", "credits": {"remaining": CREDITS}}
+    async with _key_served(settings, authority, tmp_path, 3, credits) as (served, remote, rs, key):
 
-            async def kill() -> None:
-                os.kill(served.workers()[0], signal.SIGKILL)
+        async def kill() -> None:
+            os.kill(served.workers()[0], signal.SIGKILL)
 
-            counts = await _credit_run(remote, rs, key["key"], kill)
-            assert counts[True] <= CREDITS
-            read = await remote.admin_call("GET", f"/api-keys/{key['id']}")
-            unanswered = CREDITS - counts[True] - read["credits"]["remaining"]
-            assert 0 <= unanswered <= read["credits"]["leased"] + read["credits"]["lost"]
-            settled = await _balance_settles(remote, key["id"])
-            assert settled["remaining"] == read["credits"]["remaining"]
-            assert CREDITS - counts[True] - settled["remaining"] <= settled["lost"]
-        finally:
-            await remote.http.close()
+        counts = await _credit_run(remote, rs, key["key"], kill)
+        assert counts[True] <= CREDITS
+        read = await remote.admin_call("GET", f"/api-keys/{key['id']}")
+        unanswered = CREDITS - counts[True] - read["credits"]["remaining"]
+        assert 0 <= unanswered <= read["credits"]["leased"] + read["credits"]["lost"]
+        settled = await _balance_settles(remote, key["id"])
+        assert settled["remaining"] == read["credits"]["remaining"]
+        assert CREDITS - counts[True] - settled["remaining"] <= settled["lost"]
 
 
 async def test_credits_stay_exact_when_redis_restarts_mid_run(
@@ -168,29 +166,19 @@ async def test_credits_stay_exact_when_redis_restarts_mid_run(
     so never more than 100 active answers, and the balance accounts for every one."""
     await valkey.wait_ready()
     private = replace(settings, redis_url=valkey.url)
-    with serve(private, tmp_path, workers=2) as served:
-        await all_listening(served, 2)
-        remote = Remote(served.base, await _minted(authority))
-        try:
-            rs = await register(authority, scopes=(), can_introspect=True)
-            key = await remote.admin_call(
-                "POST",
-                "/api-keys",
-                {"sub": "restarted", "scopes": [], "credits": {"remaining": CREDITS}},
-            )
-            await valkey.command("SAVE")
+    credits = {"sub": "restarted", "credits": {"remaining": CREDITS}}
+    async with _key_served(private, authority, tmp_path, 2, credits) as (_, remote, rs, key):
+        await valkey.command("SAVE")
 
-            async def restart() -> None:
-                valkey.kill()
-                await valkey.restart()
+        async def restart() -> None:
+            valkey.kill()
+            await valkey.restart()
 
-            counts = await _credit_run(remote, rs, key["key"], restart)
-            assert counts[True] <= CREDITS
-            read = await _balance_settles(remote, key["id"])
-            assert read["lost"] == 0
-            assert read["remaining"] == CREDITS - counts[True]
-        finally:
-            await remote.http.close()
+        counts = await _credit_run(remote, rs, key["key"], restart)
+        assert counts[True] <= CREDITS
+        read = await _balance_settles(remote, key["id"])
+        assert read["lost"] == 0
+        assert read["remaining"] == CREDITS - counts[True]
 
 
 WINDOW = 2
@@ -205,52 +193,46 @@ async def test_a_window_driven_at_three_times_its_limit_admits_within_the_bound(
     """50 per 2 s, driven at 3x by 2 workers for 3 windows: each window admits at most its
     limit (the bound while Redis keeps its writes), every answer carries well-formed RateLimit
     fields, and each refusal's Retry-After is the time left in its window."""
-    with serve(settings, tmp_path, workers=2) as served:
-        await all_listening(served, 2)
-        remote = Remote(served.base, await _minted(authority))
-        try:
-            rs = await register(authority, scopes=(), can_introspect=True)
-            limits = [{"name": "burst", "limit": LIMIT, "window": WINDOW}]
-            key = await remote.admin_call(
-                "POST", "/api-keys", {"sub": "windowed", "scopes": [], "rate_limits": limits}
-            )
-            admitted: Counter[int] = Counter()
-            refusals = 0
+    limits = {
+        "sub": "windowed",
+        "rate_limits": [{"name": "burst", "limit": LIMIT, "window": WINDOW}],
+    }
+    async with _key_served(settings, authority, tmp_path, 2, limits) as (_, remote, rs, key):
+        admitted: Counter[int] = Counter()
+        refusals = 0
 
-            async def one() -> None:
-                nonlocal refusals
-                sent = time.time()
-                active, headers = await remote.introspect(rs, key["key"])
-                received = time.time()
-                number = int(sent // WINDOW)
-                assert int(received // WINDOW) == number, "an answer crossed a window boundary"
-                assert parse_fields(headers["RateLimit-Policy"]) == {
-                    "key.burst": {"q": LIMIT, "w": WINDOW}
-                }
-                state = parse_fields(headers["RateLimit"])["key.burst"]
-                assert 0 <= state["r"] <= LIMIT
-                if active:
-                    admitted[number] += 1
-                    return
-                refusals += 1
-                wait = int(headers["Retry-After"])
-                end = (number + 1) * WINDOW
-                assert end - received <= wait <= math.ceil(end - sent)
-                assert state == {"r": 0, "t": wait}
+        async def one() -> None:
+            nonlocal refusals
+            sent = time.time()
+            active, headers = await remote.introspect(rs, key["key"])
+            received = time.time()
+            number = int(sent // WINDOW)
+            assert int(received // WINDOW) == number, "an answer crossed a window boundary"
+            assert parse_fields(headers["RateLimit-Policy"]) == {
+                "key.burst": {"q": LIMIT, "w": WINDOW}
+            }
+            state = parse_fields(headers["RateLimit"])["key.burst"]
+            assert 0 <= state["r"] <= LIMIT
+            if active:
+                admitted[number] += 1
+                return
+            refusals += 1
+            wait = int(headers["Retry-After"])
+            end = (number + 1) * WINDOW
+            assert end - received <= wait <= math.ceil(end - sent)
+            assert state == {"r": 0, "t": wait}
 
-            # Start at a window boundary; offer 3 x LIMIT per window, evenly, inside it.
-            await asyncio.sleep(WINDOW - time.time() % WINDOW + 0.01)
-            for _ in range(3):
-                start = time.time()
-                interval = (WINDOW - MARGIN) / (3 * LIMIT)
-                tasks = []
-                for n in range(3 * LIMIT):
-                    await asyncio.sleep(max(0.0, start + n * interval - time.time()))
-                    tasks.append(asyncio.ensure_future(one()))
-                await asyncio.gather(*tasks)
-                await asyncio.sleep(max(0.0, WINDOW - time.time() % WINDOW + 0.01))
-            assert len(admitted) == 3
-            assert all(0 < n <= LIMIT for n in admitted.values()), admitted
-            assert refusals >= 3 * LIMIT
-        finally:
-            await remote.http.close()
+        # Start at a window boundary; offer 3 x LIMIT per window, evenly, inside it.
+        await asyncio.sleep(WINDOW - time.time() % WINDOW + 0.01)
+        for _ in range(3):
+            start = time.time()
+            interval = (WINDOW - MARGIN) / (3 * LIMIT)
+            tasks = []
+            for n in range(3 * LIMIT):
+                await asyncio.sleep(max(0.0, start + n * interval - time.time()))
+                tasks.append(asyncio.ensure_future(one()))
+            await asyncio.gather(*tasks)
+            await asyncio.sleep(max(0.0, WINDOW - time.time() % WINDOW + 0.01))
+        assert len(admitted) == 3
+        assert all(0 < n <= LIMIT for n in admitted.values()), admitted
+        assert refusals >= 3 * LIMIT

@@ -9,12 +9,11 @@ from introspect import admin, store
 from introspect.limits import Meter
 from introspect.service import Authority
 from introspect.store import credits as store_credits
+from introspect.store.records import Limits
 
 
-async def test_concurrent_uses_in_one_worker_spend_each_credit_once(authority: Authority) -> None:
-    """2,000 concurrent uses of a 1,000-credit key through one meter: exactly 1,000 admitted,
-    and once its leases are returned the balance is 0 with nothing leased (a lease renewed
-    while others still spend from it must not give back what they spent)."""
+async def _thousand_credits(authority: Authority) -> Limits:
+    """The limits of a fresh API key holding 1,000 credits."""
     issued = await admin.create_api_key(
         authority,
         "test",
@@ -23,11 +22,19 @@ async def test_concurrent_uses_in_one_worker_spend_each_credit_once(authority: A
     key = await store.get_credential(authority.pool, issued["id"])
     assert key is not None
     assert key.limits is not None
+    return key.limits
+
+
+async def test_concurrent_uses_in_one_worker_spend_each_credit_once(authority: Authority) -> None:
+    """2,000 concurrent uses of a 1,000-credit key through one meter: exactly 1,000 admitted,
+    and once its leases are returned the balance is 0 with nothing leased (a lease renewed
+    while others still spend from it must not give back what they spent)."""
+    limits = await _thousand_credits(authority)
     meter = Meter(authority.cache.redis, authority.pool)
-    answers = await asyncio.gather(*(meter.admit([key.limits], 1, b"x") for _ in range(2000)))
+    answers = await asyncio.gather(*(meter.admit([limits], 1, b"x") for _ in range(2000)))
     assert sum(a.active for a in answers) == 1000
     await meter.sweep(everything=True)
-    balance = await store_credits.balance(authority.pool, key.limits.owner)
+    balance = await store_credits.balance(authority.pool, limits.owner)
     assert balance == store_credits.Balance(remaining=0, leased=0, lost=0)
 
 
@@ -37,21 +44,14 @@ async def test_a_renewal_racing_uses_of_the_same_lease_gives_back_only_what_is_u
     """A lease renewed (as a request that saw it empty a moment ago renews it) while other
     requests still spend from it: what they spent is not given back, so after every lease is
     returned the balance is exactly the credits less the uses admitted."""
-    issued = await admin.create_api_key(
-        authority,
-        "test",
-        {"sub": "meter-" + secrets.token_hex(4), "scopes": [], "credits": {"remaining": 1000}},
-    )
-    key = await store.get_credential(authority.pool, issued["id"])
-    assert key is not None
-    assert key.limits is not None
+    limits = await _thousand_credits(authority)
     meter = Meter(authority.cache.redis, authority.pool)
-    admitted = int((await meter.admit([key.limits], 1, b"x")).active)
-    renewal = asyncio.ensure_future(meter._take_credits(key.limits, 1))
+    admitted = int((await meter.admit([limits], 1, b"x")).active)
+    renewal = asyncio.ensure_future(meter._take_credits(limits, 1))
     await asyncio.sleep(0)  # the renewal has read the lease and awaits Postgres
-    while (decided := meter.decide([key.limits], 1, b"x")) is not None and decided.active:
+    while (decided := meter.decide([limits], 1, b"x")) is not None and decided.active:
         admitted += 1
     await renewal
     await meter.sweep(everything=True)
-    balance = await store_credits.balance(authority.pool, key.limits.owner)
+    balance = await store_credits.balance(authority.pool, limits.owner)
     assert balance == store_credits.Balance(remaining=1000 - admitted, leased=0, lost=0)

@@ -391,6 +391,9 @@ class Meter:
         for window_state_key, window_lease in list(self._windows.items()):
             if window_lease.number < window_number(t, window_state_key[2]):
                 del self._windows[window_state_key]
+        held = {key[0] for key in self._windows} | {key[0] for key in self._credits}
+        for owner in [owner for owner in self._plans if owner not in held]:
+            del self._plans[owner]
         return returned
 
     def start(self) -> None:

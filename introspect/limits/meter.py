@@ -226,7 +226,11 @@ class Meter:
                     or final
                 )
         if refused:
-            return _refusal(refused, shown, final)
+            # A window whose lease must be taken first (a new window began) is taken before
+            # refusing, so the refusal shows it too (one Redis call; a credit take is not
+            # worth a store call for an answer already refused).
+            windows = [n for n in needs if n.window is not None]
+            return windows or _refusal(refused, shown, final)
         if needs:
             return needs
         for limits in applied:

@@ -283,10 +283,10 @@ def _counted(memory: Memory, entry: Entry, metered: Metered) -> Metered:
     return metered
 
 
-@dataclass(frozen=True, slots=True)
-class Limited:
+class Limited(NamedTuple):
     """An active answer that the meter must count against `applied` (the key's own limits,
-    its client's, or both) before it is given."""
+    its client's, or both) before it is given (a NamedTuple: made on every request of a
+    limited credential)."""
 
     answer: bytes
     applied: tuple[Limits, ...]

@@ -27,12 +27,13 @@ import os
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import asyncpg
 from redis.exceptions import RedisError
 
-from introspect.limits.policy import Quota, policy_field, ratelimit_field, reset_in, window_number
+from introspect.limits.policy import Shown, fields, policy_item, reset_in, window_number
 from introspect.metrics import METRICS
 from introspect.redis.port import Redis
 from introspect.store import credits as store_credits
@@ -59,10 +60,11 @@ EMPTY_RETRY = 1.0
 SWEEP_INTERVAL = 2.0
 
 
-@dataclass(frozen=True, slots=True)
-class Metered:
+class Metered(NamedTuple):
     """The answer of a limited credential: its body (the active answer, or exactly
-    `{"active": false}` when a limit is exhausted) and the RateLimit fields."""
+    `{"active": false}` when a limit is exhausted) and the RateLimit fields. (A NamedTuple, as
+    rfc7662.Answer: made on every request of a limited credential, and cheaper than a frozen
+    dataclass.)"""
 
     body: bytes
     headers: dict[str, str]
@@ -101,16 +103,39 @@ class _Need:
     want: int = 1
 
 
-@dataclass(slots=True)
-class _Tally:
-    quotas: list[Quota] = field(default_factory=list)
-    refused: list[Quota] = field(default_factory=list)
-    # A refused limit that waiting will not restore (credits without a refill).
-    final: bool = False
+@dataclass(frozen=True, slots=True)
+class _Slot:
+    """One window of a limit set as deciding reads it: its lease's key, its name in the fields
+    and its `RateLimit-Policy` item (fixed while the limits are)."""
+
+    key: tuple[str, str, int, int]
+    window: Window
+    name: str
+    policy: str
 
 
-def _scope(limits: Limits) -> str:
-    return "key" if limits.owner.startswith("api_key:") else "client"
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What deciding needs of one limit set, worked out once (not per request): its windows,
+    and the name of its credits in the fields."""
+
+    limits: Limits
+    slots: tuple[_Slot, ...]
+    credits: str
+
+
+def _plan(limits: Limits) -> _Plan:
+    scope = "key" if limits.owner.startswith("api_key:") else "client"
+    slots = tuple(
+        _Slot(
+            (limits.owner, w.name, w.window, w.limit),
+            w,
+            f"{scope}.{w.name}",
+            policy_item(f"{scope}.{w.name}", w.limit, w.window),
+        )
+        for w in limits.windows
+    )
+    return _Plan(limits, slots, f"{scope}-credits")
 
 
 def window_key(owner: str, window: Window, number: int) -> bytes:
@@ -130,6 +155,8 @@ class Meter:
         self.holder = holder or f"pid:{os.getpid()}"
         self._windows: dict[tuple[str, str, int, int], _WindowLease] = {}
         self._credits: dict[tuple[str, int], _CreditLease] = {}
+        # Each limit set's plan, by owner (dropped with the owner's last lease).
+        self._plans: dict[str, _Plan] = {}
         self._takes: dict[object, asyncio.Future[None]] = {}
         # Uses waiting in `admit` for each credit balance: a lease taken for them covers them
         # all at once, rather than 1/CREDIT_DIVISOR of the balance at a time.
@@ -161,93 +188,98 @@ class Meter:
                     del self._demand[balance]
 
     def _decide(self, applied: Sequence[Limits], cost: int, answer: bytes) -> Metered | list[_Need]:
-        t, mono = time.time(), time.monotonic()
+        t = time.time()
+        # Whole seconds: with integer window ends, `end - int(t)` is policy.reset_in(t, window).
+        second = int(t)
         need = max(cost, 1)
-        tally, needs = _Tally(), []
+        shown: list[Shown] = []
+        refused: list[Shown] = []
+        needs: list[_Need] = []
+        final = False
         for limits in applied:
-            scope = _scope(limits)
-            for window in limits.windows:
-                number = window_number(t, window.window)
-                lease = self._windows.get((limits.owner, window.name, window.window, window.limit))
+            plan = self._plans.get(limits.owner)
+            if plan is None or (plan.limits is not limits and plan.limits != limits):
+                plan = self._plans[limits.owner] = _plan(limits)
+            for slot in plan.slots:
+                window = slot.window
+                number = second // window.window
+                lease = self._windows.get(slot.key)
                 if lease is None or lease.number != number:
                     needs.append(_Need(limits, window, number, need))
                     continue
-                quota = Quota(
-                    f"{scope}.{window.name}",
-                    window.limit,
-                    window.window,
-                    lease.left + lease.free,
-                    reset_in(t, window.window),
+                left = lease.left
+                item = (
+                    slot.name,
+                    slot.policy,
+                    left + lease.free,
+                    (number + 1) * window.window - second,
                 )
-                if lease.left >= need:
-                    tally.quotas.append(quota)
-                elif lease.left + lease.free < need:
-                    tally.refused.append(quota)
+                if left >= need:
+                    shown.append(item)
+                elif left + lease.free < need:
+                    refused.append(item)
                 else:
-                    needs.append(_Need(limits, window, number, need - lease.left))
+                    needs.append(_Need(limits, window, number, need - left))
             if limits.credits:
-                self._credit_state(limits, scope, need, t, mono, tally, needs)
-        if tally.refused:
-            return self._refusal(tally)
+                final = (
+                    self._credit_state(limits, plan.credits, need, t, shown, refused, needs)
+                    or final
+                )
+        if refused:
+            # A window whose lease must be taken first (a new window began) is taken before
+            # refusing, so the refusal shows it too (one Redis call; a credit take is not
+            # worth a store call for an answer already refused).
+            windows = [n for n in needs if n.window is not None]
+            return windows or _refusal(refused, shown, final)
         if needs:
             return needs
         for limits in applied:
-            for window in limits.windows:
-                self._windows[(limits.owner, window.name, window.window, window.limit)].left -= cost
+            for slot in self._plans[limits.owner].slots:
+                self._windows[slot.key].left -= cost
             if limits.credits:
                 credit = self._credits[(limits.owner, limits.generation)]
                 credit.left -= cost
-                credit.used = mono
+                credit.used = time.monotonic()
         METRICS.limit_uses.inc(cost)
-        spent = [Quota(q.name, q.q, q.w, q.r - cost, q.t) for q in tally.quotas]
-        return Metered(answer, _fields(spent), True)
+        if not shown:
+            return Metered(answer, {}, True)
+        # The fields after this use: what each limit has left once `cost` is spent.
+        return Metered(answer, fields(shown, cost), True)
 
     def _credit_state(
         self,
         limits: Limits,
-        scope: str,
+        name: str,
         need: int,
         t: float,
-        mono: float,
-        tally: _Tally,
+        shown: list[Shown],
+        refused: list[Shown],
         needs: list[_Need],
-    ) -> None:
-        """Add the credits' quota to `tally`, or what must be taken to `needs`."""
+    ) -> bool:
+        """Add the credits to `shown` or `refused`, or what must be taken to `needs`; whether
+        they refuse for good (no refill: waiting will not restore them)."""
+        mono = time.monotonic()
         refill = limits.refill
         period = 0 if refill is None else int(t // refill.interval)
         lease = self._credits.get((limits.owner, limits.generation))
         if lease is None or lease.period != period or (lease.lease_id and mono >= lease.until):
             needs.append(_Need(limits, want=need))
-            return
+            return False
         left = lease.left + lease.remaining
-        quota = Quota(
-            f"{scope}-credits",
-            left if refill is None else refill.amount,
-            None if refill is None else refill.interval,
-            left,
-            None if refill is None else reset_in(t, refill.interval),
-        )
+        item: Shown
+        if refill is None:
+            item = (name, policy_item(name, left, None), left, None)
+        else:
+            policy = policy_item(name, refill.amount, refill.interval)
+            item = (name, policy, left, reset_in(t, refill.interval))
         if lease.left >= need:
-            tally.quotas.append(quota)
+            shown.append(item)
         elif lease.remaining < need - lease.left and mono < lease.retry:
-            tally.refused.append(quota)
-            tally.final = tally.final or refill is None
+            refused.append(item)
+            return refill is None
         else:
             needs.append(_Need(limits, want=need))
-
-    def _refusal(self, tally: _Tally) -> Metered:
-        """Exactly `{"active": false}` (an exhausted limit), with the fields of every limit."""
-        for quota in tally.refused:
-            if quota.name.endswith("-credits"):
-                METRICS.limit_refused_credits.inc()
-            else:
-                METRICS.limit_refused_window.inc()
-        quotas = [*tally.refused, *tally.quotas]
-        headers = _fields(quotas)
-        waits = [q.t for q in tally.refused]
-        if not tally.final and all(w is not None for w in waits):
-            headers["Retry-After"] = str(max(w for w in waits if w is not None))
-        return Metered(INACTIVE, headers, False)
+        return False
 
     # --- taking leases ------------------------------------------------------------------------
 
@@ -363,6 +395,9 @@ class Meter:
         for window_state_key, window_lease in list(self._windows.items()):
             if window_lease.number < window_number(t, window_state_key[2]):
                 del self._windows[window_state_key]
+        held = {key[0] for key in self._windows} | {key[0] for key in self._credits}
+        for owner in [owner for owner in self._plans if owner not in held]:
+            del self._plans[owner]
         return returned
 
     def start(self) -> None:
@@ -387,8 +422,16 @@ class Meter:
                 log.warning("could not return credit leases: %s", type(exc).__name__)
 
 
-def _fields(quotas: Sequence[Quota]) -> dict[str, str]:
-    """The RateLimit fields of `quotas` (none when there are none)."""
-    if not quotas:
-        return {}
-    return {"RateLimit-Policy": policy_field(quotas), "RateLimit": ratelimit_field(quotas)}
+def _refusal(refused: Sequence[Shown], shown: Sequence[Shown], final: bool) -> Metered:
+    """Exactly `{"active": false}` (an exhausted limit), with the fields of every limit (the
+    refused first), and `Retry-After` when waiting restores every refused one."""
+    for name, *_ in refused:
+        if name.endswith("-credits"):
+            METRICS.limit_refused_credits.inc()
+        else:
+            METRICS.limit_refused_window.inc()
+    headers = fields([*refused, *shown])
+    waits = [x[3] for x in refused]
+    if not final and all(w is not None for w in waits):
+        headers["Retry-After"] = str(max(w for w in waits if w is not None))
+    return Metered(INACTIVE, headers, False)

@@ -7,8 +7,7 @@ and `RateLimit` are Structured Field Lists of policy Items with parameters `q`, 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 from introspect.errors import InvalidRequest
 
@@ -40,16 +39,10 @@ def reset_in(t: float, window: int) -> int:
     return max(1, math.ceil((window_number(t, window) + 1) * window - t))
 
 
-@dataclass(frozen=True, slots=True)
-class Quota:
-    """One policy as the fields show it: quota `q` per `w` seconds (None: no window), `r`
-    remaining, reset in `t` seconds (None: unknown or never)."""
-
-    name: str
-    q: int
-    w: int | None
-    r: int
-    t: int | None
+# A limit as the fields show it: its name, its `RateLimit-Policy` item (`policy_item`, which
+# stays the same while the limit does), the uses remaining, and the seconds until they reset
+# (None: never). A plain tuple: the hot path makes one per limit per request.
+Shown = tuple[str, str, int, int | None]
 
 
 def _string(name: str) -> str:
@@ -61,17 +54,30 @@ def _integer(n: int) -> int:
     return max(0, min(n, MAX_SF_INTEGER))
 
 
-def policy_field(quotas: Iterable[Quota]) -> str:
-    """The `RateLimit-Policy` field value: `"name";q=Q;w=W, ...`."""
-    return ", ".join(
-        f"{_string(q.name)};q={_integer(q.q)}" + ("" if q.w is None else f";w={q.w}")
-        for q in quotas
-    )
+def policy_item(name: str, q: int, w: int | None) -> str:
+    """One item of the `RateLimit-Policy` field: `"name";q=Q;w=W`."""
+    return f"{_string(name)};q={_integer(q)}" + ("" if w is None else f";w={w}")
 
 
-def ratelimit_field(quotas: Iterable[Quota]) -> str:
-    """The `RateLimit` field value: `"name";r=R;t=T, ...`."""
-    return ", ".join(
-        f"{_string(q.name)};r={_integer(q.r)}" + ("" if q.t is None else f";t={_integer(q.t)}")
-        for q in quotas
-    )
+def ratelimit_item(name: str, r: int, t: int | None) -> str:
+    """One item of the `RateLimit` field: `"name";r=R;t=T` (on the hot path: one f-string)."""
+    if not 0 <= r <= MAX_SF_INTEGER:
+        r = _integer(r)
+    if t is None:
+        return f'"{name}";r={r}'
+    if not 0 <= t <= MAX_SF_INTEGER:
+        t = _integer(t)
+    return f'"{name}";r={r};t={t}'
+
+
+def fields(shown: Sequence[Shown], spent: int = 0) -> dict[str, str]:
+    """The `RateLimit-Policy` and `RateLimit` fields of `shown`, once `spent` more uses are
+    spent from each (`"name";q=Q;w=W, ...` and `"name";r=R;t=T, ...`)."""
+    if len(shown) == 1:
+        # The usual case (one window), on the hot path: no lists to join.
+        name, policy, r, t = shown[0]
+        return {"RateLimit-Policy": policy, "RateLimit": ratelimit_item(name, r - spent, t)}
+    return {
+        "RateLimit-Policy": ", ".join([x[1] for x in shown]),
+        "RateLimit": ", ".join([ratelimit_item(x[0], x[2] - spent, x[3]) for x in shown]),
+    }

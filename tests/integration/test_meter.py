@@ -10,6 +10,7 @@ from introspect.limits import Meter
 from introspect.service import Authority
 from introspect.store import credits as store_credits
 from introspect.store.records import Limits
+from tests.integration.test_limits import parse_fields
 
 
 async def _thousand_credits(authority: Authority) -> Limits:
@@ -55,3 +56,35 @@ async def test_a_renewal_racing_uses_of_the_same_lease_gives_back_only_what_is_u
     await meter.sweep(everything=True)
     balance = await store_credits.balance(authority.pool, limits.owner)
     assert balance == store_credits.Balance(remaining=1000 - admitted, leased=0, lost=0)
+
+
+async def test_a_refusal_shows_a_window_whose_lease_must_be_taken_first(
+    authority: Authority,
+) -> None:
+    """Credits spent, and a window of the same key whose lease this worker no longer holds (a
+    new window began): the refusal still carries the window's fields, taken before refusing,
+    not the credits' alone."""
+    issued = await admin.create_api_key(
+        authority,
+        "test",
+        {
+            "sub": "meter-" + secrets.token_hex(4),
+            "scopes": [],
+            "rate_limits": [{"name": "day", "limit": 10, "window": 86400}],
+            "credits": {"remaining": 1},
+        },
+    )
+    key = await store.get_credential(authority.pool, issued["id"])
+    assert key is not None
+    assert key.limits is not None
+    meter = Meter(authority.cache.redis, authority.pool)
+    assert (await meter.admit([key.limits], 1, b"x")).active
+    assert not (await meter.admit([key.limits], 1, b"x")).active
+    meter._windows.clear()  # as when the window's number moves on
+    refused = await meter.admit([key.limits], 1, b"x")
+    assert not refused.active
+    for name in ("RateLimit-Policy", "RateLimit"):
+        assert set(parse_fields(refused.headers[name])) == {"key.day", "key-credits"}, name
+    # (The lease dropped above keeps what it had reserved: at most 9 of 10 remain.)
+    assert 0 < parse_fields(refused.headers["RateLimit"])["key.day"]["r"] <= 9
+    await meter.sweep(everything=True)

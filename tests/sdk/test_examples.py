@@ -8,6 +8,7 @@ import pytest
 from introspect import admin
 from introspect_sdk import ClientAuth, Guard
 from tests.helpers import Registered
+from tests.integration.test_limits import parse_fields
 from tests.sdk.conftest import FRAMEWORKS, Example, Issuer, access_token, example_app
 
 INVALID_TOKEN = 'Bearer error="invalid_token"'
@@ -91,3 +92,41 @@ async def test_server_stopped_and_nothing_cached_is_503(
     finally:
         for close in example.closers:
             await close()
+
+
+async def test_an_exhausted_limit_is_429_with_the_limit_fields(
+    example: Example, issuer: Issuer, reader: Registered
+) -> None:
+    """A key limited to 2 uses a minute passes twice; the third use is 429 with Retry-After and
+    the RateLimit fields introspect sent (a limited credential's answer is never cached, so each
+    use is counted). A key whose credits are spent, with no refill, is 429 with the fields and
+    no Retry-After: waiting will not help."""
+    windowed = await admin.create_api_key(
+        issuer.running.authority,
+        "test",
+        {
+            "client_id": reader.client_id,
+            "scopes": ["read"],
+            "rate_limits": [{"name": "minute", "limit": 2, "window": 60}],
+        },
+    )
+    spent = await admin.create_api_key(
+        issuer.running.authority,
+        "test",
+        {"client_id": reader.client_id, "scopes": ["read"], "credits": {"remaining": 2}},
+    )
+    for made, name in ((windowed, "key.minute"), (spent, "key-credits")):
+        headers = {"X-API-Key": str(made["key"])}
+        for _ in range(2):
+            resp = await example.call("GET", "/items", headers)
+            assert resp.status == 200, resp.body
+        resp = await example.call("GET", "/items", headers)
+        assert resp.status == 429, resp.body
+        assert resp.json()["error"] == "rate_limited"
+        assert parse_fields(resp.headers["RateLimit"])[name]["r"] == 0
+        assert name in parse_fields(resp.headers["RateLimit-Policy"])
+        if name == "key.minute":
+            reset = parse_fields(resp.headers["RateLimit"])[name]["t"]
+            assert 1 <= int(resp.headers["Retry-After"]) == reset <= 60
+        else:
+            assert "Retry-After" not in resp.headers

@@ -51,31 +51,35 @@ def test_reset_is_the_time_left_in_the_window_rounded_up(t: float, window: int) 
 
 
 _QUOTAS = st.lists(
-    st.builds(
-        policy.Quota,
+    st.tuples(
         _NAME,
         st.integers(0, 10**15),
         st.none() | st.integers(1, 10**7),
         st.integers(-10, 10**16),
-        st.none() | st.integers(0, 10**7),
+        st.none() | st.integers(0, 10**16),
     ),
     min_size=1,
     max_size=5,
-    unique_by=lambda q: q.name,
+    unique_by=lambda q: q[0],
 )
 
 
-@given(_QUOTAS)
-def test_the_fields_are_structured_lists_that_parse_back(quotas: list[policy.Quota]) -> None:
+@given(_QUOTAS, st.integers(0, policy.MAX_COST))
+def test_the_fields_are_structured_lists_that_parse_back(
+    quotas: list[tuple[str, int, int | None, int, int | None]], spent: int
+) -> None:
     """`RateLimit-Policy` and `RateLimit` list each policy once, as a quoted name with
-    non-negative sf-integer parameters (q, w; r, t), clamped to what sf-integers hold."""
-    policies = parse_fields(policy.policy_field(quotas))
-    states = parse_fields(policy.ratelimit_field(quotas))
-    for quota in quotas:
-        assert policies[quota.name]["q"] == min(quota.q, policy.MAX_SF_INTEGER)
-        assert policies[quota.name].get("w") == quota.w
-        assert states[quota.name]["r"] == max(0, min(quota.r, policy.MAX_SF_INTEGER))
-        assert states[quota.name].get("t") == quota.t
+    non-negative sf-integer parameters (q, w; r after `spent` uses, t), clamped to what
+    sf-integers hold."""
+    shown = [(name, policy.policy_item(name, q, w), r, t) for name, q, w, r, t in quotas]
+    fields = policy.fields(shown, spent)
+    policies = parse_fields(fields["RateLimit-Policy"])
+    states = parse_fields(fields["RateLimit"])
+    for name, q, w, r, t in quotas:
+        assert policies[name]["q"] == min(q, policy.MAX_SF_INTEGER)
+        assert policies[name].get("w") == w
+        assert states[name]["r"] == max(0, min(r - spent, policy.MAX_SF_INTEGER))
+        assert states[name].get("t") == (None if t is None else min(t, policy.MAX_SF_INTEGER))
 
 
 _WINDOWS = st.lists(

@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format bench drills lock clean chromium screenshots
+.PHONY: run test lint format bench drills lock clean chromium wrk screenshots
 
 # --no-build-isolation: the build backend (setuptools) is pinned in the lock like the rest.
 $(STAMP): pyproject.toml sdk/pyproject.toml requirements/test.lock
@@ -63,8 +63,22 @@ $(BENCH_STAMP): $(STAMP) requirements/bench.lock
 	$(BIN)/pip install --quiet -r requirements/bench.lock
 	touch $(BENCH_STAMP)
 
-bench: $(BENCH_STAMP)
+bench: $(BENCH_STAMP) wrk
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# The closed-loop load comes from Debian's wrk: a Python client would spend more CPU than the
+# server it measures. Installed here when missing, as root with apt-get; where that cannot be,
+# the bench falls back to its built-in generator and says so.
+wrk:
+	@if ! command -v wrk >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing wrk for the bench's closed-loop load (apt-get)"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk \
+	      >/dev/null) || echo "could not install wrk: the bench uses its built-in generator"; \
+	  else \
+	    echo "no wrk, and not root with apt-get: the bench uses its built-in generator"; \
+	  fi; \
+	fi
 
 # Faults injected into real processes on loopback, each with a verdict: see bench/drills/.
 drills: $(BENCH_STAMP)

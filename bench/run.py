@@ -50,6 +50,7 @@ from introspect.service import Authority, open_authority
 HOST = "127.0.0.1"
 LOAD_SCENARIOS = (
     "local-hit",
+    "local-hit-open",
     "limited-hit",
     "jwt-hit",
     "redis-hit",
@@ -86,7 +87,9 @@ class Options:
     credentials: int = 1_000_000
     revocations: int = 1000
     rate: float | None = None  # every load scenario open loop at this rate
-    open_rate: float | None = None  # mix-open's rate; None: half the closed-loop mix
+    # The rate of the open-loop scenarios (local-hit-open, mix-open); None: half the ceiling's
+    # closed-loop throughput, measured first in the same run.
+    open_rate: float | None = None
     generator: str = "auto"  # auto (wrk closed, openloop.c open), wrk, or builtin for both
     processes: int = 2  # of the built-in generator
     wrk_threads: int = 1
@@ -96,6 +99,16 @@ class Options:
     fill_seconds: float = 240.0
     profile: bool = False
     quick: bool = False
+
+
+def open_rate(chosen: float | None, ceiling: Row | None) -> float:
+    """The offered rate of the open-loop scenarios: `chosen`, else half the ceiling's
+    closed-loop throughput (issue 19: the tail at half the capacity), in hundreds."""
+    if chosen is not None:
+        return chosen
+    if ceiling is None or not ceiling.rate:
+        return 1000.0
+    return max(100.0, round(ceiling.rate / 2, -2))
 
 
 class Progress:
@@ -197,7 +210,8 @@ class _Cpu:
         self.workers = workers
         self.roots = store_roots
         self.wall = time.monotonic()
-        self.server = procs.cpu_seconds(workers)
+        self.each = [procs.cpu_seconds([pid]) for pid in workers]
+        self.server = sum(self.each)
         self.stores = self._stores()
         self.machine = procs.machine_busy_seconds()
         self.own = time.process_time()
@@ -205,6 +219,12 @@ class _Cpu:
     def _stores(self) -> dict[int, float]:
         pids = [p for root in self.roots for p in procs.descendants(root)]
         return {pid: procs.cpu_seconds([pid]) for pid in pids}
+
+    def per_worker(self) -> list[float]:
+        """Average cores each worker used since the window opened, busiest first."""
+        wall = time.monotonic() - self.wall
+        now = [procs.cpu_seconds([pid]) for pid in self.workers]
+        return sorted(((b - a) / wall for a, b in zip(self.each, now, strict=True)), reverse=True)
 
     def cores(self, generator_cpu: float) -> dict[str, float | None]:
         """Average cores busy since the window opened."""
@@ -365,10 +385,7 @@ class Bench:
             return self.opts.rate
         if not scenario.open_loop:
             return None
-        if self.opts.open_rate is not None:
-            return self.opts.open_rate
-        mix = self.results.row("mix")
-        return max(100.0, round(mix.rate / 2, -2)) if mix is not None else 1000.0
+        return open_rate(self.opts.open_rate, self.results.row("ceiling"))
 
     def _ceiling_load(self, duration: float, rate: float | None = None) -> Load:
         assert self.ceiling is not None
@@ -454,9 +471,13 @@ class Bench:
         sampler.start()
         outcome = self._drive(load(scenario.bodies, opts.duration), scenario.name)
         sampler.cancel()
+        each = cpu.per_worker()
         cores = cpu.cores(outcome.generator_cpu)
         work: dict[str, float | None] = {}
         notes = []
+        if len(each) > 1:
+            # One worker near saturation while another idles makes a tail of its own.
+            notes.append("cores busy per worker: " + " / ".join(f"{c:.2f}" for c in each))
         if len(spread) > 1 and rate is None:
             notes.append(
                 "connections per worker: "
@@ -748,7 +769,10 @@ def run(opts: Options) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     bench.progress.phase(f"done in {time.monotonic() - bench.progress.started:.0f} s")
-    checks = report.targets(results, full_size_run=results.meta["seeded"] >= 1_000_000)
+    seeded = results.meta["seeded"]
+    checks = report.targets(
+        results, full_size_run=seeded >= 1_000_000, other=report.counterpart(opts.out, seeded)
+    )
     text = report.render(results, checks)
     print(text)
     (results_dir / "results.txt").write_text(text + "\n")

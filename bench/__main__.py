@@ -45,7 +45,8 @@ def parse(argv: Sequence[str] | None = None) -> Options:
     p.add_argument(
         "--open-rate",
         type=float,
-        help="offered rate of mix-open (default: half the closed-loop mix)",
+        help="offered rate of local-hit-open and mix-open (default: half the ceiling's"
+        " closed-loop throughput)",
     )
     p.add_argument(
         "--scenarios",

@@ -478,7 +478,7 @@ class Bench:
         if len(each) > 1:
             # One worker near saturation while another idles makes a tail of its own.
             notes.append("cores busy per worker: " + " / ".join(f"{c:.2f}" for c in each))
-        if len(spread) > 1 and rate is None:
+        if len(spread) > 1:
             notes.append(
                 "connections per worker: "
                 + " / ".join(str(n) for n in sorted(spread, reverse=True))

@@ -92,11 +92,13 @@ def _collections(work: dict[str, float | None]) -> str:
     return "-" if mean is None else f"{work.get('gc_full') or 0:.0f} x {mean:.0f}"
 
 
-BESIDE_CEILING = ("ceil p50", "ceil p99", "ceil max", "p99 / ceil")
+BESIDE_CEILING = ("ceil p50", "ceil p99", "ceil max", "p99 / ceil", "handler p99", "lag p99")
 
 
 def _beside(row: Row) -> list[str]:
-    """An open-loop row's latencies, the ceiling's at the same rate, and the ratio of the p99s."""
+    """An open-loop row's latencies, the ceiling's at the same rate, the ratio of the p99s, and
+    from the server's /metrics its handlers' own p99 and its event loop's lag p99 (bucket
+    bounds): a p99 far above the handlers' is waiting (for the loop, for a core), not work."""
     own, ceiling = row.latency_ms, row.ceiling_latency_ms
     p99, ceiling_p99 = own.get("p99"), ceiling.get("p99")
     ratio = f"{p99 / ceiling_p99:.1f}x" if p99 is not None and ceiling_p99 else "-"
@@ -107,6 +109,8 @@ def _beside(row: Row) -> list[str]:
         *(_fmt(own.get(k)) for k in keys),
         *(_fmt(ceiling.get(k)) for k in keys),
         ratio,
+        _fmt(row.work.get("handler_p99_ms")),
+        _fmt(row.work.get("lag_p99_ms")),
     ]
 
 
@@ -403,7 +407,8 @@ def render(results: Results, checks: Sequence[Target]) -> str:
         parts += [
             "",
             "open loop next to the ceiling at the same offered rate (latency in ms from the"
-            " moment each request was due)",
+            " moment each request was due; handler p99: the server's own time in its handlers,"
+            " lag p99: its event loop's lag, both from /metrics, bucket bounds)",
             _table(
                 [*("scenario", "mode", "p50", "p99", "max"), *BESIDE_CEILING],
                 [_beside(r) for r in beside],

@@ -486,7 +486,7 @@ class Bench:
             )
         if before is not None:
             delta = Delta(before, self._scrape(port))
-            work = delta.per_request(scenario.path) | delta.pauses()
+            work = delta.per_request(scenario.path) | delta.pauses(scenario.path)
         if profiling is not None:
             notes.append(self.profiler.finish(profiling))
         adjacent = Ceiling.around(first, self._ceiling_again() if bracket else None)

@@ -92,12 +92,14 @@ def test_outcome_without_result_line_is_an_error() -> None:
 
 def _row(name: str, p99: float, ceiling: dict[str, float]) -> Row:
     latency = {"p50": 1.0, "p99": p99, "max": 9.0}
+    work: dict[str, float | None] = {"handler_p99_ms": 0.5, "lag_p99_ms": 2.5}
     return Row(name, name, "6,000/s open", "openloop (C)", 6000.0, None, None, None, latency,
-               {}, {}, None, {}, [], ceiling)  # fmt: skip
+               {}, {}, None, work, [], ceiling)  # fmt: skip
 
 
 def test_report_sets_open_loop_rows_beside_the_ceiling_at_the_same_rate() -> None:
-    """Each open-loop row with a same-rate ceiling gets its p50/p99/max beside it and the ratio."""
+    """Each open-loop row with a same-rate ceiling gets its p50/p99/max beside it, the ratio,
+    and the server's handler p99 and loop lag p99 (work against waiting)."""
     meta = {
         "started": "now", "workers": 2, "connections": 32, "duration": 5.0, "seeded": 0,
         "jwts": 0, "seed_seconds": 0.0, "cpus": 2, "load_average": "0",
@@ -108,7 +110,6 @@ def test_report_sets_open_loop_rows_beside_the_ceiling_at_the_same_rate() -> Non
     ]
     text = report.render(Results(meta=meta, rows=rows), [])
     table = text[text.index("open loop next to the ceiling") :].splitlines()
-    assert table[3].split() == (
-        ["local-hit", "6,000/s", "open", "1.00", "3.00", "9.00", "0.50", "2.00", "4.00", "1.5x"]
-    )
+    own, ceiling = ["1.00", "3.00", "9.00"], ["0.50", "2.00", "4.00", "1.5x"]
+    assert table[3].split() == ["local-hit", "6,000/s", "open", *own, *ceiling, "0.50", "2.50"]
     assert table[4] == ""  # the ceiling's own row, closed or open, is not set beside itself

@@ -60,6 +60,14 @@ def parse(argv: Sequence[str] | None = None) -> Options:
         help="auto: closed loop with wrk when installed, open loop (--rate) with"
         " bench/openloop.c (compiled on first use); builtin: the asyncio generator for both",
     )
+    p.add_argument(
+        "--open-reuse",
+        choices=("oldest", "newest"),
+        default="oldest",
+        help="open loop (bench/openloop.c): send each request on the connection idle the"
+        " longest, an even share each (oldest, the default), or on the most recently idle, as"
+        " one client's pool does (newest: a few connections carry nearly all the load)",
+    )
     p.add_argument("--processes", type=int, default=2, help="built-in generator processes (2)")
     p.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (1)")
     p.add_argument("--database-url", help="use this Postgres instead of an embedded one")
@@ -102,6 +110,7 @@ def parse(argv: Sequence[str] | None = None) -> Options:
         rate=args.rate,
         open_rate=args.open_rate,
         generator=args.generator,
+        open_reuse=args.open_reuse,
         processes=args.processes,
         wrk_threads=args.wrk_threads,
         scenarios=names,

@@ -91,6 +91,7 @@ class Options:
     # closed-loop throughput, measured first in the same run.
     open_rate: float | None = None
     generator: str = "auto"  # auto (wrk closed, openloop.c open), wrk, or builtin for both
+    open_reuse: str = "oldest"  # openloop.c's choice of idle connection (openloop.REUSE)
     processes: int = 2  # of the built-in generator
     wrk_threads: int = 1
     scenarios: tuple[str, ...] = ALL_SCENARIOS
@@ -374,7 +375,7 @@ class Bench:
             return wrkrun.run(load, opts.wrk_threads, tick)
         if load.rate is not None and load.wrap and not builtin and opts.generator != "builtin":
             if openloop.compiler() is not None:
-                return openloop.run(load, tick)
+                return openloop.run(load, tick, opts.open_reuse)
             self.progress.note("no C compiler for bench/openloop.c: open loop with the built-in")
         return loadgen.run(load, opts.processes, tick)
 

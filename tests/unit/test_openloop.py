@@ -56,6 +56,17 @@ def test_pool_covers_the_offered_rate() -> None:
     assert argv[argv.index("-H") + 1] == "Authorization: Basic eDp5"
 
 
+def test_reuse_is_passed_on_and_checked() -> None:
+    """The connection order reaches the generator: the oldest idle by default, else as asked;
+    any other word is refused before anything runs."""
+    argv = openloop.command(Path("/x/openloop"), _load(100.0), Path("lat"))
+    assert argv[argv.index("--reuse") + 1] == "oldest"
+    argv = openloop.command(Path("/x/openloop"), _load(100.0), Path("lat"), "newest")
+    assert argv[argv.index("--reuse") + 1] == "newest"
+    with pytest.raises(ValueError, match="reuse"):
+        openloop.command(Path("/x/openloop"), _load(100.0), Path("lat"), "random")
+
+
 @pytest.mark.parametrize("load", [_load(None), _load(100.0, wrap=False)])
 def test_only_open_wrapping_loads(load: Load) -> None:
     """A closed loop or a send-each-once load is not the C generator's to drive."""

@@ -91,6 +91,12 @@ def parse(argv: Sequence[str] | None = None) -> Options:
         action="store_true",
         help="sample one server worker with py-spy during each scenario",
     )
+    p.add_argument(
+        "--slices",
+        action="store_true",
+        help="record the CPU and wall time of every event-loop callback and iteration in the"
+        " server workers, run on asyncio's own loop (bench/slices.py)",
+    )
     args = p.parse_args(argv)
     # The full run's defaults are Options' own; --quick replaces them; flags win over both.
     defaults = {f.name: f.default for f in fields(Options) if f.name in QUICK}
@@ -117,6 +123,7 @@ def parse(argv: Sequence[str] | None = None) -> Options:
         database_url=args.database_url,
         redis_url=args.redis_url,
         profile=args.profile,
+        slices=args.slices,
         quick=args.quick,
         **chosen,
     )

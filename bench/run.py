@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
-from bench import limits, loadgen, openloop, procs, report, scenarios, seed, wrkrun
+from bench import limits, loadgen, openloop, procs, report, scenarios, seed, slices, wrkrun
 from bench.http import Connection, basic_auth, form_request, request_head
 from bench.loadgen import Load, Outcome
 from bench.profile import Profiler
@@ -99,6 +99,7 @@ class Options:
     redis_url: str | None = None
     fill_seconds: float = 240.0
     profile: bool = False
+    slices: bool = False  # record the workers' event-loop slices (bench/slices.py)
     quick: bool = False
 
 
@@ -353,7 +354,14 @@ class Bench:
                 service.stop()
 
     def _server_env(self, config: str) -> dict[str, str]:
-        return {**self.env, **scenarios.CONFIGS[config]}
+        env = {**self.env, **scenarios.CONFIGS[config]}
+        if self.opts.slices:
+            env[slices.SLICES_ENV] = str(self.logs)
+            env["PYTHONPATH"] = os.pathsep.join(
+                [str(slices.SITE), str(Path(__file__).resolve().parent.parent)]
+                + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+            )
+        return env
 
     def _drive(self, load: Load, label: str, *, builtin: bool = False) -> Outcome:
         opts = self.opts
@@ -470,7 +478,9 @@ class Bench:
             lambda: spread.extend(procs.connections_per_worker(port, workers)),
         )
         sampler.start()
+        self._slices(workers, metrics)  # what came before is not the scenario's
         outcome = self._drive(load(scenario.bodies, opts.duration), scenario.name)
+        self._slices(workers, metrics)
         sampler.cancel()
         each = cpu.per_worker()
         cores = cpu.cores(outcome.generator_cpu)
@@ -490,6 +500,8 @@ class Bench:
             work = delta.per_request(scenario.path) | delta.pauses(scenario.path)
         if profiling is not None:
             notes.append(self.profiler.finish(profiling))
+        if opts.slices and metrics:
+            notes.append(self._slices_summary(scenario.name, workers))
         adjacent = Ceiling.around(first, self._ceiling_again() if bracket else None)
         mode = f"{rate:,.0f}/s open" if rate is not None else f"{opts.connections} conns"
         cost = _cpu_us(cores, outcome)
@@ -534,6 +546,29 @@ class Bench:
             f" {outcome.error_count} errors"
         )
         return row
+
+    def _slices(self, workers: list[int], metrics: bool) -> None:
+        """With --slices: each worker writes what it recorded since the last time."""
+        if self.opts.slices and metrics:
+            for pid in workers:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGUSR1)
+            time.sleep(0.5)  # the signal is handled between two bytecodes of the worker
+
+    def _slices_summary(self, name: str, workers: list[int]) -> str:
+        """The scenario's slices per worker into slices-NAME.txt; a one-line digest."""
+        found = [d for d in (slices.newest(self.logs, pid) for pid in workers) if d is not None]
+        if not found:
+            return "slices: none recorded (was the server started by this bench?)"
+        text = [line for data in found for line in [*slices.summarize(data), ""]]
+        path = self.logs / f"slices-{name}.txt"
+        path.write_text("\n".join(text))
+        worst = max(
+            max(d["callbacks"].values(), key=lambda v: v[2])[2] for d in found if d["callbacks"]
+        )
+        return (
+            f"slices (asyncio's loop): longest callback {worst * 1000:.2f} ms CPU; see {path.name}"
+        )
 
     def _scrape(self, port: int) -> dict[Any, float]:
         time.sleep(SCRAPE_SETTLE)

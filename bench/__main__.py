@@ -45,7 +45,8 @@ def parse(argv: Sequence[str] | None = None) -> Options:
     p.add_argument(
         "--open-rate",
         type=float,
-        help="offered rate of mix-open (default: half the closed-loop mix)",
+        help="offered rate of local-hit-open and mix-open (default: half the ceiling's"
+        " closed-loop throughput)",
     )
     p.add_argument(
         "--scenarios",
@@ -58,6 +59,14 @@ def parse(argv: Sequence[str] | None = None) -> Options:
         default="auto",
         help="auto: closed loop with wrk when installed, open loop (--rate) with"
         " bench/openloop.c (compiled on first use); builtin: the asyncio generator for both",
+    )
+    p.add_argument(
+        "--open-reuse",
+        choices=("oldest", "newest"),
+        default="oldest",
+        help="open loop (bench/openloop.c): send each request on the connection idle the"
+        " longest, an even share each (oldest, the default), or on the most recently idle, as"
+        " one client's pool does (newest: a few connections carry nearly all the load)",
     )
     p.add_argument("--processes", type=int, default=2, help="built-in generator processes (2)")
     p.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (1)")
@@ -82,6 +91,12 @@ def parse(argv: Sequence[str] | None = None) -> Options:
         action="store_true",
         help="sample one server worker with py-spy during each scenario",
     )
+    p.add_argument(
+        "--slices",
+        action="store_true",
+        help="record the CPU and wall time of every event-loop callback and iteration in the"
+        " server workers, run on asyncio's own loop (bench/slices.py)",
+    )
     args = p.parse_args(argv)
     # The full run's defaults are Options' own; --quick replaces them; flags win over both.
     defaults = {f.name: f.default for f in fields(Options) if f.name in QUICK}
@@ -101,12 +116,14 @@ def parse(argv: Sequence[str] | None = None) -> Options:
         rate=args.rate,
         open_rate=args.open_rate,
         generator=args.generator,
+        open_reuse=args.open_reuse,
         processes=args.processes,
         wrk_threads=args.wrk_threads,
         scenarios=names,
         database_url=args.database_url,
         redis_url=args.redis_url,
         profile=args.profile,
+        slices=args.slices,
         quick=args.quick,
         **chosen,
     )

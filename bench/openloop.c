@@ -3,7 +3,13 @@
  *
  * Request i is due at start + i / rate, whatever the server does. When it is due it goes out
  * on an idle kept-alive connection of a fixed pool (--conns, all opened before the clock
- * starts); when none is idle it waits in a queue and is counted as "held". The pool never
+ * starts): by default the one idle the longest (--reuse oldest), so that every connection
+ * carries an even share of the rate, as from many clients each sending now and then (wrk2
+ * gives each connection rate/conns). --reuse newest takes the most recently idle one instead,
+ * as one client's pool does: a handful of connections then carries nearly all the load, and
+ * the server worker the kernel hashed them to (SO_REUSEPORT) runs near saturation while the
+ * other idles, a tail of the generator's making. When none is idle the request waits in a
+ * queue and is counted as "held". The pool never
  * grows: opening connections while the server is slow would add to its work (accepts) just
  * when it can least afford it, a spiral the first version showed. Its latency runs from the moment
  * it was due to the last byte of its answer, so waiting (for a connection, for a slow server)
@@ -42,7 +48,7 @@
 typedef struct {
     int fd;
     int state; /* 0 closed, 1 connecting, 2 idle, 3 busy: change it with set_state() */
-    int in_stack; /* on the idle stack (perhaps no longer idle: checked when popped) */
+    int in_idle; /* in the idle ring (perhaps no longer idle: checked when taken) */
     int64_t due; /* of the request in flight */
     char *out; /* request being written */
     size_t out_len, out_off;
@@ -67,8 +73,10 @@ static size_t head_len;
 static conn_t *pool;
 static int npool, epfd;
 static int counts[4]; /* connections per state (closed ones not counted) */
-static conn_t **idle; /* stack of idle connections, newest on top */
-static int nidle;
+/* Idle connections, in the order they became idle: a ring of --conns slots (a connection is in
+ * it at most once), taken from the head (oldest) or the tail (newest, --reuse newest). */
+static conn_t **idle;
+static int idle_head, nidle, newest_first;
 static struct sockaddr_in addr;
 static FILE *lat_out;
 /* The queue of due requests waiting for a connection: their due times, in order. */
@@ -145,17 +153,24 @@ static void set_state(conn_t *c, int state) {
     if (c->state) counts[c->state]--;
     if (state) counts[state]++;
     c->state = state;
-    if (state == 2 && !c->in_stack) {
-        c->in_stack = 1;
-        idle[nidle++] = c;
+    if (state == 2 && !c->in_idle) {
+        c->in_idle = 1;
+        idle[(idle_head + nidle++) % opt.conns] = c;
     }
 }
 
-/* The most recently idle connection (its caches are warm), or NULL. */
+/* The connection idle the longest (or the most recently idle, --reuse newest), or NULL. */
 static conn_t *pop_idle(void) {
     while (nidle) {
-        conn_t *c = idle[--nidle];
-        c->in_stack = 0;
+        conn_t *c;
+        if (newest_first) {
+            c = idle[(idle_head + --nidle) % opt.conns];
+        } else {
+            c = idle[idle_head];
+            idle_head = (idle_head + 1) % opt.conns;
+            nidle--;
+        }
+        c->in_idle = 0;
         if (c->state == 2) return c;
     }
     return NULL;
@@ -340,7 +355,8 @@ static void usage(void) {
     fprintf(stderr,
             "usage: openloop --port P --bodies FILE --rate R --duration S --latencies FILE\n"
             "  [--host H] [--path /p] [-H 'Name: value']... [--conns N]\n"
-            "  [--timeout S] [--offset I --step N] | --schedule N --rate R\n");
+            "  [--timeout S] [--offset I --step N] [--reuse oldest|newest]\n"
+            "  | --schedule N --rate R\n");
     exit(2);
 }
 
@@ -364,6 +380,8 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--offset")) opt.offset = atoi(v);
         else if (!strcmp(a, "--step")) opt.step = atoi(v);
         else if (!strcmp(a, "--schedule")) schedule = atol(v);
+        else if (!strcmp(a, "--reuse") && !strcmp(v, "newest")) newest_first = 1;
+        else if (!strcmp(a, "--reuse") && !strcmp(v, "oldest")) newest_first = 0;
         else usage();
     }
     if (opt.rate <= 0) usage();

@@ -79,8 +79,15 @@ def schedule(rate: float, count: int) -> list[int]:
     return [int(line) for line in out.split()]
 
 
-def command(binary: Path, load: Load, latencies: Path) -> list[str]:
+# Which idle connection of the pool a request goes on (see openloop.c): the one idle the
+# longest, so that each carries an even share, or the most recently idle (one client's pool).
+REUSE = ("oldest", "newest")
+
+
+def command(binary: Path, load: Load, latencies: Path, reuse: str = "oldest") -> list[str]:
     """The generator's command line for `load`, writing latencies to `latencies`."""
+    if reuse not in REUSE:
+        raise ValueError(f"reuse must be one of {', '.join(REUSE)}")
     if load.rate is None or not load.wrap:
         raise ValueError("openloop drives open-loop, wrapping loads only")
     argv = [str(binary), "--host", load.host, "--port", str(load.port), "--path", load.path]
@@ -89,7 +96,7 @@ def command(binary: Path, load: Load, latencies: Path) -> list[str]:
     argv += ["--bodies", str(load.bodies), "--latencies", str(latencies)]
     argv += ["--rate", f"{load.rate!r}", "--duration", f"{load.duration!r}"]
     pool = max(load.connections, math.ceil(load.rate * POOL_SECONDS))
-    argv += ["--timeout", f"{load.timeout!r}", "--conns", str(pool)]
+    argv += ["--timeout", f"{load.timeout!r}", "--conns", str(pool), "--reuse", reuse]
     return argv
 
 
@@ -117,14 +124,18 @@ def outcome(stdout: str, latencies: bytes) -> Outcome:
     )
 
 
-def run(load: Load, on_progress: Callable[[float, int | None], None] | None = None) -> Outcome:
+def run(
+    load: Load,
+    on_progress: Callable[[float, int | None], None] | None = None,
+    reuse: str = "oldest",
+) -> Outcome:
     """Drive `load` open loop with the C generator; `on_progress(elapsed, None)` twice a second."""
     binary = build()
     with tempfile.TemporaryDirectory(prefix="openloop-") as tmp:
         latencies = Path(tmp) / "latencies.u32"
         budget = load.duration + load.timeout + 30
         code, out, err = run_bounded(
-            command(binary, load, latencies), budget, "openloop", on_progress
+            command(binary, load, latencies, reuse), budget, "openloop", on_progress
         )
         if code != 0:
             raise RuntimeError(f"openloop failed ({code}): {err.strip()[-500:]}")

@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
-from bench import limits, loadgen, openloop, procs, report, scenarios, seed, wrkrun
+from bench import limits, loadgen, openloop, procs, report, scenarios, seed, slices, wrkrun
 from bench.http import Connection, basic_auth, form_request, request_head
 from bench.loadgen import Load, Outcome
 from bench.profile import Profiler
@@ -50,6 +50,7 @@ from introspect.service import Authority, open_authority
 HOST = "127.0.0.1"
 LOAD_SCENARIOS = (
     "local-hit",
+    "local-hit-open",
     "limited-hit",
     "jwt-hit",
     "redis-hit",
@@ -86,8 +87,11 @@ class Options:
     credentials: int = 1_000_000
     revocations: int = 1000
     rate: float | None = None  # every load scenario open loop at this rate
-    open_rate: float | None = None  # mix-open's rate; None: half the closed-loop mix
+    # The rate of the open-loop scenarios (local-hit-open, mix-open); None: half the ceiling's
+    # closed-loop throughput, measured first in the same run.
+    open_rate: float | None = None
     generator: str = "auto"  # auto (wrk closed, openloop.c open), wrk, or builtin for both
+    open_reuse: str = "oldest"  # openloop.c's choice of idle connection (openloop.REUSE)
     processes: int = 2  # of the built-in generator
     wrk_threads: int = 1
     scenarios: tuple[str, ...] = ALL_SCENARIOS
@@ -95,7 +99,18 @@ class Options:
     redis_url: str | None = None
     fill_seconds: float = 240.0
     profile: bool = False
+    slices: bool = False  # record the workers' event-loop slices (bench/slices.py)
     quick: bool = False
+
+
+def open_rate(chosen: float | None, ceiling: Row | None) -> float:
+    """The offered rate of the open-loop scenarios: `chosen`, else half the ceiling's
+    closed-loop throughput (issue 19: the tail at half the capacity), in hundreds."""
+    if chosen is not None:
+        return chosen
+    if ceiling is None or not ceiling.rate:
+        return 1000.0
+    return max(100.0, round(ceiling.rate / 2, -2))
 
 
 class Progress:
@@ -197,7 +212,8 @@ class _Cpu:
         self.workers = workers
         self.roots = store_roots
         self.wall = time.monotonic()
-        self.server = procs.cpu_seconds(workers)
+        self.each = [procs.cpu_seconds([pid]) for pid in workers]
+        self.server = sum(self.each)
         self.stores = self._stores()
         self.machine = procs.machine_busy_seconds()
         self.own = time.process_time()
@@ -205,6 +221,12 @@ class _Cpu:
     def _stores(self) -> dict[int, float]:
         pids = [p for root in self.roots for p in procs.descendants(root)]
         return {pid: procs.cpu_seconds([pid]) for pid in pids}
+
+    def per_worker(self) -> list[float]:
+        """Average cores each worker used since the window opened, busiest first."""
+        wall = time.monotonic() - self.wall
+        now = [procs.cpu_seconds([pid]) for pid in self.workers]
+        return sorted(((b - a) / wall for a, b in zip(self.each, now, strict=True)), reverse=True)
 
     def cores(self, generator_cpu: float) -> dict[str, float | None]:
         """Average cores busy since the window opened."""
@@ -332,7 +354,14 @@ class Bench:
                 service.stop()
 
     def _server_env(self, config: str) -> dict[str, str]:
-        return {**self.env, **scenarios.CONFIGS[config]}
+        env = {**self.env, **scenarios.CONFIGS[config]}
+        if self.opts.slices:
+            env[slices.SLICES_ENV] = str(self.logs)
+            env["PYTHONPATH"] = os.pathsep.join(
+                [str(slices.SITE), str(Path(__file__).resolve().parent.parent)]
+                + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+            )
+        return env
 
     def _drive(self, load: Load, label: str, *, builtin: bool = False) -> Outcome:
         opts = self.opts
@@ -354,7 +383,7 @@ class Bench:
             return wrkrun.run(load, opts.wrk_threads, tick)
         if load.rate is not None and load.wrap and not builtin and opts.generator != "builtin":
             if openloop.compiler() is not None:
-                return openloop.run(load, tick)
+                return openloop.run(load, tick, opts.open_reuse)
             self.progress.note("no C compiler for bench/openloop.c: open loop with the built-in")
         return loadgen.run(load, opts.processes, tick)
 
@@ -365,10 +394,7 @@ class Bench:
             return self.opts.rate
         if not scenario.open_loop:
             return None
-        if self.opts.open_rate is not None:
-            return self.opts.open_rate
-        mix = self.results.row("mix")
-        return max(100.0, round(mix.rate / 2, -2)) if mix is not None else 1000.0
+        return open_rate(self.opts.open_rate, self.results.row("ceiling"))
 
     def _ceiling_load(self, duration: float, rate: float | None = None) -> Load:
         assert self.ceiling is not None
@@ -452,12 +478,18 @@ class Bench:
             lambda: spread.extend(procs.connections_per_worker(port, workers)),
         )
         sampler.start()
+        self._slices(workers, metrics)  # what came before is not the scenario's
         outcome = self._drive(load(scenario.bodies, opts.duration), scenario.name)
+        self._slices(workers, metrics)
         sampler.cancel()
+        each = cpu.per_worker()
         cores = cpu.cores(outcome.generator_cpu)
         work: dict[str, float | None] = {}
         notes = []
-        if len(spread) > 1 and rate is None:
+        if len(each) > 1:
+            # One worker near saturation while another idles makes a tail of its own.
+            notes.append("cores busy per worker: " + " / ".join(f"{c:.2f}" for c in each))
+        if len(spread) > 1:
             notes.append(
                 "connections per worker: "
                 + " / ".join(str(n) for n in sorted(spread, reverse=True))
@@ -465,9 +497,11 @@ class Bench:
             )
         if before is not None:
             delta = Delta(before, self._scrape(port))
-            work = delta.per_request(scenario.path) | delta.pauses()
+            work = delta.per_request(scenario.path) | delta.pauses(scenario.path)
         if profiling is not None:
             notes.append(self.profiler.finish(profiling))
+        if opts.slices and metrics:
+            notes.append(self._slices_summary(scenario.name, workers))
         adjacent = Ceiling.around(first, self._ceiling_again() if bracket else None)
         mode = f"{rate:,.0f}/s open" if rate is not None else f"{opts.connections} conns"
         cost = _cpu_us(cores, outcome)
@@ -512,6 +546,29 @@ class Bench:
             f" {outcome.error_count} errors"
         )
         return row
+
+    def _slices(self, workers: list[int], metrics: bool) -> None:
+        """With --slices: each worker writes what it recorded since the last time."""
+        if self.opts.slices and metrics:
+            for pid in workers:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGUSR1)
+            time.sleep(0.5)  # the signal is handled between two bytecodes of the worker
+
+    def _slices_summary(self, name: str, workers: list[int]) -> str:
+        """The scenario's slices per worker into slices-NAME.txt; a one-line digest."""
+        found = [d for d in (slices.newest(self.logs, pid) for pid in workers) if d is not None]
+        if not found:
+            return "slices: none recorded (was the server started by this bench?)"
+        text = [line for data in found for line in [*slices.summarize(data), ""]]
+        path = self.logs / f"slices-{name}.txt"
+        path.write_text("\n".join(text))
+        worst = max(
+            max(d["callbacks"].values(), key=lambda v: v[2])[2] for d in found if d["callbacks"]
+        )
+        return (
+            f"slices (asyncio's loop): longest callback {worst * 1000:.2f} ms CPU; see {path.name}"
+        )
 
     def _scrape(self, port: int) -> dict[Any, float]:
         time.sleep(SCRAPE_SETTLE)
@@ -748,7 +805,10 @@ def run(opts: Options) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     bench.progress.phase(f"done in {time.monotonic() - bench.progress.started:.0f} s")
-    checks = report.targets(results, full_size_run=results.meta["seeded"] >= 1_000_000)
+    seeded = results.meta["seeded"]
+    checks = report.targets(
+        results, full_size_run=seeded >= 1_000_000, other=report.counterpart(opts.out, seeded)
+    )
     text = report.render(results, checks)
     print(text)
     (results_dir / "results.txt").write_text(text + "\n")

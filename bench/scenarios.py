@@ -18,7 +18,7 @@ from __future__ import annotations
 import itertools
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bench.seed import Registered, Seeded
@@ -180,6 +180,9 @@ def build(
     scenarios = [
         ceiling,
         local,
+        replace(
+            local, name="local-hit-open", title=f"{local.title}, at a fixed rate", open_loop=True
+        ),
         redis_hit("redis-hit", "hit in Redis (in-process cache off)", cut.redis),
         Scenario(
             "cold",

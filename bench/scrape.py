@@ -16,8 +16,13 @@ from bench.procs import get
 Sample = tuple[str, frozenset[tuple[str, str]]]
 
 
-# Histograms whose every series is kept: where a latency tail comes from.
-PAUSES = ("introspect_gc_pause_seconds", "introspect_event_loop_lag_seconds")
+# Histograms whose every series is kept: where a latency tail comes from (the handlers' own
+# time, beside the generator's latency, tells work from waiting).
+PAUSES = (
+    "introspect_gc_pause_seconds",
+    "introspect_event_loop_lag_seconds",
+    "introspect_request_seconds",
+)
 
 
 async def scrape(host: str, port: int) -> dict[Sample, float]:
@@ -68,23 +73,27 @@ class Delta:
             "uncached": None if not count else max(0.0, 1 - (local_hits + redis_hits) / count),
         }
 
-    def pauses(self) -> dict[str, float | None]:
-        """Full collections of the GC (how many, their mean pause in ms) and the event loop's
-        lag p99 (ms, the upper bound of its bucket), summed over the workers."""
+    def pauses(self, route: str) -> dict[str, float | None]:
+        """Full collections of the GC (how many, their mean pause in ms), the event loop's lag
+        p99 and the p99 of the handlers' own time on `route` (ms, each the upper bound of its
+        bucket), over the workers."""
         full = self.total("introspect_gc_pause_seconds_count", generation="2")
         seconds = self.total("introspect_gc_pause_seconds_sum", generation="2")
         return {
             "gc_full": full,
             "gc_full_ms": seconds / full * 1000 if full else None,
             "lag_p99_ms": self.quantile("introspect_event_loop_lag_seconds", 0.99),
+            "handler_p99_ms": self.quantile("introspect_request_seconds", 0.99, route=route),
         }
 
-    def quantile(self, histogram: str, q: float) -> float | None:
-        """The upper bound (ms) of the bucket holding quantile `q` of `histogram`."""
+    def quantile(self, histogram: str, q: float, **labels: str) -> float | None:
+        """The upper bound (ms) of the bucket holding quantile `q` of `histogram` (its series
+        whose labels include `labels`)."""
+        wanted = set(labels.items())
         buckets: dict[float, float] = {}
-        for (name, labels), value in self.values.items():
-            if name == histogram + "_bucket":
-                bound = float(dict(labels)["le"])
+        for (name, labels_of), value in self.values.items():
+            if name == histogram + "_bucket" and wanted <= labels_of:
+                bound = float(dict(labels_of)["le"])
                 buckets[bound] = buckets.get(bound, 0.0) + value
         total = buckets.get(float("inf"), 0.0)
         if not total:

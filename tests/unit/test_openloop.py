@@ -56,6 +56,17 @@ def test_pool_covers_the_offered_rate() -> None:
     assert argv[argv.index("-H") + 1] == "Authorization: Basic eDp5"
 
 
+def test_reuse_is_passed_on_and_checked() -> None:
+    """The connection order reaches the generator: the oldest idle by default, else as asked;
+    any other word is refused before anything runs."""
+    argv = openloop.command(Path("/x/openloop"), _load(100.0), Path("lat"))
+    assert argv[argv.index("--reuse") + 1] == "oldest"
+    argv = openloop.command(Path("/x/openloop"), _load(100.0), Path("lat"), "newest")
+    assert argv[argv.index("--reuse") + 1] == "newest"
+    with pytest.raises(ValueError, match="reuse"):
+        openloop.command(Path("/x/openloop"), _load(100.0), Path("lat"), "random")
+
+
 @pytest.mark.parametrize("load", [_load(None), _load(100.0, wrap=False)])
 def test_only_open_wrapping_loads(load: Load) -> None:
     """A closed loop or a send-each-once load is not the C generator's to drive."""
@@ -92,12 +103,14 @@ def test_outcome_without_result_line_is_an_error() -> None:
 
 def _row(name: str, p99: float, ceiling: dict[str, float]) -> Row:
     latency = {"p50": 1.0, "p99": p99, "max": 9.0}
+    work: dict[str, float | None] = {"handler_p99_ms": 0.5, "lag_p99_ms": 2.5}
     return Row(name, name, "6,000/s open", "openloop (C)", 6000.0, None, None, None, latency,
-               {}, {}, None, {}, [], ceiling)  # fmt: skip
+               {}, {}, None, work, [], ceiling)  # fmt: skip
 
 
 def test_report_sets_open_loop_rows_beside_the_ceiling_at_the_same_rate() -> None:
-    """Each open-loop row with a same-rate ceiling gets its p50/p99/max beside it and the ratio."""
+    """Each open-loop row with a same-rate ceiling gets its p50/p99/max beside it, the ratio,
+    and the server's handler p99 and loop lag p99 (work against waiting)."""
     meta = {
         "started": "now", "workers": 2, "connections": 32, "duration": 5.0, "seeded": 0,
         "jwts": 0, "seed_seconds": 0.0, "cpus": 2, "load_average": "0",
@@ -108,7 +121,6 @@ def test_report_sets_open_loop_rows_beside_the_ceiling_at_the_same_rate() -> Non
     ]
     text = report.render(Results(meta=meta, rows=rows), [])
     table = text[text.index("open loop next to the ceiling") :].splitlines()
-    assert table[3].split() == (
-        ["local-hit", "6,000/s", "open", "1.00", "3.00", "9.00", "0.50", "2.00", "4.00", "1.5x"]
-    )
+    own, ceiling = ["1.00", "3.00", "9.00"], ["0.50", "2.00", "4.00", "1.5x"]
+    assert table[3].split() == ["local-hit", "6,000/s", "open", *own, *ceiling, "0.50", "2.50"]
     assert table[4] == ""  # the ceiling's own row, closed or open, is not set beside itself

@@ -1,0 +1,183 @@
+"""The bench report's target rows of issue 19, and how the open-loop rate is chosen."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import report
+from bench.report import Results, Row, Target
+from bench.run import open_rate
+
+
+def _meta(seeded: int = 100_000) -> dict[str, Any]:
+    return {
+        "started": "now", "workers": 2, "connections": 32, "duration": 5.0, "seeded": seeded,
+        "jwts": 0, "seed_seconds": 0.0, "cpus": 2, "load_average": "0",
+    }  # fmt: skip
+
+
+def _row(
+    name: str,
+    *,
+    rate: float = 9000.0,
+    pct: float | None = None,
+    p99: float = 1.0,
+    ceiling_p99: float | None = None,
+    errors: dict[str, int] | None = None,
+) -> Row:
+    mode = "32 conns" if ceiling_p99 is None else f"{rate:,.0f}/s open"
+    beside = {} if ceiling_p99 is None else {"p50": 0.2, "p99": ceiling_p99, "max": 9.0}
+    return Row(name, name, mode, "tool", rate, None, pct, None, {"p50": 0.3, "p99": p99},
+               errors or {}, {}, None, {}, [], beside)  # fmt: skip
+
+
+def _by_figure(checks: list[Target]) -> dict[str, Target]:
+    return {t.figure: t for t in checks}
+
+
+def _checks(
+    *rows: Row, seeded: int = 100_000, other: dict[str, Any] | None = None
+) -> dict[str, Target]:
+    results = Results(meta=_meta(seeded), rows=list(rows))
+    return _by_figure(report.targets(results, full_size_run=False, other=other))
+
+
+LOCAL_OPEN = "in-process hit, open-loop p99 / ceiling's"
+MIX_OPEN = "mix, open-loop p99 / ceiling's"
+
+
+def test_open_loop_p99_ratios_against_their_targets() -> None:
+    """local-hit-open passes at 1.3x the ceiling's p99 at the same rate, mix-open fails past
+    2x; the measured text gives the ratio, both p99s and the rate."""
+    checks = _checks(
+        _row("local-hit-open", rate=4700, p99=1.3, ceiling_p99=1.0),
+        _row("mix-open", rate=4700, p99=2.1, ceiling_p99=1.0),
+    )
+    assert checks[LOCAL_OPEN] == Target(
+        LOCAL_OPEN, "1.3x (1.30 / 1.00 ms at 4,700/s)", "<= 1.3x", True
+    )
+    assert checks[MIX_OPEN].passed is False
+    assert checks[MIX_OPEN].target == "<= 2x"
+
+
+def test_open_loop_ratio_read_from_a_run_that_was_all_open() -> None:
+    """With --rate, `local-hit` itself ran open loop beside the ceiling: its row counts; a
+    closed-loop row without a same-rate ceiling never does."""
+    checks = _checks(_row("local-hit", p99=3.0, ceiling_p99=1.0), _row("mix", p99=1.0))
+    assert checks[LOCAL_OPEN].passed is False
+    assert checks[LOCAL_OPEN].measured.startswith("3.0x")
+    assert checks[MIX_OPEN] == Target(MIX_OPEN, "-", "<= 2x", None)
+
+
+def test_open_loop_with_errors_fails() -> None:
+    """A fast p99 with errors beside it is no pass."""
+    checks = _checks(_row("local-hit-open", p99=1.0, ceiling_p99=1.0, errors={"timeout": 3}))
+    assert checks[LOCAL_OPEN].passed is False
+
+
+@pytest.mark.parametrize(
+    ("name", "figure", "minimum"),
+    [
+        ("mix", "mix, % of ceiling", 70.0),
+        ("redis-hit", "Redis hit, % of ceiling", 65.0),
+        ("cold", "cold, % of ceiling", 50.0),
+        ("local-hit", "in-process hit, % of ceiling", 85.0),
+    ],
+)
+def test_closed_loop_shares(name: str, figure: str, minimum: float) -> None:
+    """Each closed-loop share passes at its minimum and fails just under it."""
+    assert _checks(_row(name, pct=minimum))[figure].passed is True
+    assert _checks(_row(name, pct=minimum - 0.5))[figure].passed is False
+    assert _checks(_row(name, pct=minimum))[figure].target == f">= {minimum:.0f} %"
+
+
+def test_no_closed_loop_p99_target_any_more() -> None:
+    """The closed-loop p99 (queue depth at saturation: the ceiling's own is over 5 ms) gave way
+    to the open-loop ratio."""
+    assert not any("p99" in f and "open" not in f for f in _checks(_row("local-hit", pct=90)))
+
+
+def _other(seeded: int, cold: float, mix: float) -> dict[str, Any]:
+    return {
+        "meta": _meta(seeded),
+        "scenarios": [{"name": "cold", "ceiling_pct": cold}, {"name": "mix", "ceiling_pct": mix}],
+    }
+
+
+COLD_SCALE = "cold, 10M seeded vs 1M, points of ceiling"
+MIX_SCALE = "mix, 10M seeded vs 1M, points of ceiling"
+
+
+def test_ten_million_within_five_points_of_one_million() -> None:
+    """A 10M run is set against a 1M run's cold and mix: 4 points down passes, 6 fails."""
+    checks = _checks(
+        _row("cold", pct=46.0),
+        _row("mix", pct=64.0),
+        seeded=10_000_000,
+        other=_other(1_000_000, cold=50.0, mix=70.0),
+    )
+    assert checks[COLD_SCALE] == Target(COLD_SCALE, "-4 (46 % vs 50 %)", "within 5 points", True)
+    assert checks[MIX_SCALE].passed is False
+
+
+def test_one_million_run_compared_with_an_earlier_ten_million_one() -> None:
+    """The comparison holds from either side: a 1M run beside a 10M run found earlier."""
+    checks = _checks(
+        _row("cold", pct=50.0),
+        _row("mix", pct=70.0),
+        seeded=1_000_000,
+        other=_other(10_000_000, cold=48.0, mix=69.0),
+    )
+    assert checks[COLD_SCALE].measured == "-2 (48 % vs 50 %)"
+    assert checks[MIX_SCALE].passed is True
+
+
+@pytest.mark.parametrize(
+    ("seeded", "other"),
+    [
+        (10_000_000, None),
+        (10_000_000, _other(10_000_000, 50.0, 70.0)),  # two 10M runs: no 1M to compare with
+        (100_000, _other(10_000_000, 50.0, 70.0)),  # a quick run is not the 1M figure
+    ],
+)
+def test_scale_is_not_applicable_without_a_pair(seeded: int, other: dict[str, Any] | None) -> None:
+    """Without a 1M and a 10M run side by side the figures are n/a, not a pass or a fail."""
+    checks = _checks(_row("cold", pct=50.0), _row("mix", pct=70.0), seeded=seeded, other=other)
+    assert checks[COLD_SCALE].passed is None
+    assert checks[MIX_SCALE].passed is None
+
+
+def _write(out: Path, stamp: str, seeded: int) -> None:
+    (out / stamp).mkdir()
+    (out / stamp / "results.json").write_text(json.dumps(_other(seeded, 1.0, 2.0)))
+
+
+def test_counterpart_is_the_newest_run_of_the_other_size(tmp_path: Path) -> None:
+    """A 10M run finds the newest 1M run under bench/results, a 1M run the newest 10M one;
+    quick runs and unreadable files are passed over."""
+    _write(tmp_path, "20260101-000000", 1_000_000)
+    _write(tmp_path, "20260102-000000", 1_000_000)
+    _write(tmp_path, "20260103-000000", 100_000)
+    _write(tmp_path, "20260104-000000", 10_000_000)
+    (tmp_path / "20260105-000000").mkdir()
+    (tmp_path / "20260105-000000" / "results.json").write_text("{not json")
+    found = report.counterpart(tmp_path, 10_000_000)
+    assert found is not None
+    assert found["meta"]["seeded"] == 1_000_000
+    assert (tmp_path / "20260102-000000" / "results.json").read_text() == json.dumps(found)
+    found = report.counterpart(tmp_path, 1_000_000)
+    assert found is not None
+    assert found["meta"]["seeded"] == 10_000_000
+    assert report.counterpart(tmp_path, 100_000) is None
+
+
+def test_open_rate_is_half_the_ceiling() -> None:
+    """Open-loop scenarios run at half the ceiling's closed-loop throughput, in hundreds, unless
+    a rate was chosen."""
+    assert open_rate(None, _row("ceiling", rate=9478.0)) == 4700.0
+    assert open_rate(3000.0, _row("ceiling", rate=9478.0)) == 3000.0
+    assert open_rate(None, None) == 1000.0

@@ -117,6 +117,10 @@ def _beside(row: Row) -> list[str]:
 # The issues' targets (2 workers, 32 connections): share of the same run's ceiling, and more.
 CEILING_SHARE = {"local-hit": 85.0, "redis-hit": 65.0, "cold": 50.0, "mix": 70.0}
 TOKEN_RATE = 3000.0
+# An earlier issue's closed-loop target, kept as it was: at 32 connections on saturated workers
+# it measures queue depth (the ceiling's own p99 is near it), so the open-loop ratios below
+# say more, but a figure that fails is not dropped for failing.
+LOCAL_P99_MS = 5.0
 RSS_MIB = 200.0
 _LABELS = {"local-hit": "in-process hit", "redis-hit": "Redis hit", "cold": "cold", "mix": "mix"}
 # Issue 19, at a fixed offered rate of half the ceiling's closed-loop throughput: the p99 of
@@ -284,6 +288,16 @@ def targets(
                 None if value is None else value >= minimum and not (row and row.errors),
             )
         )
+        if name == "local-hit":
+            p99 = row.latency_ms.get("p99") if row is not None else None
+            out.append(
+                Target(
+                    "in-process hit, closed-loop p99",
+                    "-" if p99 is None else f"{p99:.2f} ms",
+                    f"< {LOCAL_P99_MS:g} ms",
+                    None if p99 is None else p99 < LOCAL_P99_MS,
+                )
+            )
     out += _open_targets(results)
     out += scale_targets(results, other)
     out += _limit_targets(results)

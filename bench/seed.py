@@ -331,8 +331,9 @@ async def _drop_indexes(conn: asyncpg.Connection) -> list[str]:
     built once over the loaded rows is many times cheaper than a million
     random-order insertions into it, and so is one foreign-key check for the
     whole table. The definitions are read from the catalog, so whatever the
-    migrations made is restored exactly; the caller's transaction makes it
-    all or nothing.
+    migrations made is restored exactly, by the caller, whatever happened to
+    the load (the COPYs run on other connections, so the drop is committed
+    first).
     """
     constraints = await conn.fetch(
         "SELECT conrelid::regclass::text AS rel, conname, pg_get_constraintdef(oid) AS def,"
@@ -385,7 +386,7 @@ async def copy_credentials(
     finally:
         if restore:
             async with conn.transaction():
-                await conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
+                await conn.execute("SET LOCAL maintenance_work_mem = '1GB'")
                 for ddl in restore:
                     await conn.execute(ddl)
     await conn.execute("ANALYZE credentials")

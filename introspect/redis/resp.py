@@ -5,9 +5,10 @@ checkout, retry wrapper, timeout context, observability hooks): on a Redis
 hit that is more than the rest of the request. The few commands the hot
 path sends (MGET of coalesced lookups, the fill and invalidation scripts,
 PUBLISH, acknowledgements, and the invalidation subscription) go instead
-through this client: commands are packed by hand, written at once on one
+through this client: commands are packed by hand, and the batches made in
+one event-loop iteration are written together at its end, on one
 connection per worker (Redis answers in order, so a FIFO of waiting
-batches is the whole protocol), and replies are parsed by hiredis. One
+batches is the whole protocol); replies are parsed by hiredis. One
 future per batch, no task, no per-command timer: a watchdog aborts the
 connection when the oldest batch waited longer than the timeout.
 

@@ -70,9 +70,7 @@ async def measure(data_dir: Path, credentials: int, sample: int) -> None:
         seeded = await register_clients(authority, apps=10)
         conn = await asyncpg.connect(stores.database_url)  # no command timeout: a long COPY
         try:
-            await copy_credentials(
-                conn, stores.database_url, seeded, settings.secrets[0], credentials, bulk=False
-            )
+            await copy_credentials(conn, seeded, settings.secrets[0], credentials, bulk=False)
         finally:
             await conn.close()
         deadline = time.monotonic() + READY_WITHIN

@@ -275,7 +275,6 @@ class Bench:
             total = self.opts.credentials
             await seed.copy_credentials(
                 conn,
-                db,
                 seeded,
                 settings.secrets[0],
                 total,

@@ -2,8 +2,7 @@
 
 Clients are registered through `introspect.service.Authority`, the code
 behind the CLI and the admin API. Credentials go straight into the
-`credentials` table with `copy_records_to_table` (binary COPY), in chunks
-that a pool of processes makes and copies in parallel, hashed with
+`credentials` table with `copy_records_to_table`, hashed with
 `introspect.credentials.keyed_hash` under the server secret the bench gives
 the server, so the server sees them exactly as if it had issued them.
 JWT access tokens (RFC 9068) cannot be made that way: they are issued by
@@ -20,12 +19,9 @@ spread over the app clients; plus well-formed tokens that were never stored.
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
-import os
 import random
 import time
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -44,7 +40,7 @@ REVOKED_SHARE = 0.05
 EXPIRED_SHARE = 0.05
 API_KEY_SHARE = 0.2
 UNKNOWN = 10_000
-CHUNK = 50_000  # rows per COPY, made in a process of a pool (see _copy_all)
+CHUNK = 100_000
 JWT_BATCH = 500  # JWTs issued concurrently: the server stores each batch in a few COPYs
 COLUMNS = (
     "id",
@@ -194,134 +190,61 @@ async def issue_jwts(
         seeded.signing_keys = sorted(await _signing_kids(authority) - kids)
 
 
-@dataclass(slots=True)
-class _Chunk:
-    """One chunk of credential rows, and each value by what the server should answer."""
-
-    count: int
-    rows: list[tuple[object, ...]]
-    active: list[str]
-    active_owner: list[int]
-    revoked: list[str]
-    expired: list[str]
-
-
-def _chunk(apps: tuple[str, ...], key: bytes, start: int, n: int, now: int, seed: int) -> _Chunk:
-    """Credential rows `start` to `start + n`, from a generator seeded by `seed` and `start`
-    (so chunks can be made in any process, in any order, and the set is the same)."""
-    rng = random.Random(seed * 1_000_003 + start)
+def _records(
+    seeded: Seeded, key: bytes, count: int, rng: random.Random
+) -> Iterator[list[tuple[object, ...]]]:
+    """Chunks of credential rows; records each value in `seeded` by what it should answer."""
+    now = int(time.time())
+    apps = [a.client_id for a in seeded.apps]
     scopes = [list(SCOPES), [SCOPES[0]]]
     audiences = [AUDIENCE]
     metadata = [orjson.dumps({"team": t, "plan": "pro"}).decode() for t in ("a", "b", "c")]
-    api_keys = int(n * API_KEY_SHARE)
-    values = generate(Kind.API_KEY, api_keys) + generate(Kind.ACCESS_TOKEN, n - api_keys)
-    ids = public_ids("key", api_keys) + public_ids("tok", n - api_keys)
-    out = _Chunk(n, [], [], [], [], [])
-    rows = out.rows
-    for i, (value, cid) in enumerate(zip(values, ids, strict=True)):
-        owner = (start + i) % len(apps)
-        client_id = apps[owner]
-        fate = rng.random()
-        iat = now - rng.randrange(600)
-        revoked_at = None
-        if i < api_keys:
-            kind = "api_key"
-            sub = f"user-{rng.randrange(100_000)}" if i % 2 else client_id
-            exp = None if i % 4 < 2 else now + 30 * 86_400
-            meta = metadata[i % len(metadata)]
-        else:
-            kind, sub, exp, meta = "access_token", client_id, iat + 3600, None
-        if fate < REVOKED_SHARE:
-            revoked_at = now - rng.randrange(1, 300)
-            out.revoked.append(value)
-        elif fate < REVOKED_SHARE + EXPIRED_SHARE:
-            iat = now - 7200 - rng.randrange(86_400)
-            exp = iat + 3600
-            out.expired.append(value)
-        else:
-            out.active.append(value)
-            out.active_owner.append(owner)
-        rows.append(
-            (
-                cid,
-                kind,
-                keyed_hash(key, value),
-                client_id,
-                sub,
-                scopes[i % 2],
-                audiences,
-                iat,
-                iat,
-                exp,
-                revoked_at,
-                meta,
+    for start in range(0, count, CHUNK):
+        n = min(CHUNK, count - start)
+        api_keys = int(n * API_KEY_SHARE)
+        values = generate(Kind.API_KEY, api_keys) + generate(Kind.ACCESS_TOKEN, n - api_keys)
+        ids = public_ids("key", api_keys) + public_ids("tok", n - api_keys)
+        rows = []
+        for i, (value, cid) in enumerate(zip(values, ids, strict=True)):
+            owner = (start + i) % len(apps)
+            client_id = apps[owner]
+            fate = rng.random()
+            iat = now - rng.randrange(600)
+            revoked_at = None
+            if i < api_keys:
+                kind = "api_key"
+                sub = f"user-{rng.randrange(100_000)}" if i % 2 else client_id
+                exp = None if i % 4 < 2 else now + 30 * 86_400
+                meta = metadata[i % len(metadata)]
+            else:
+                kind, sub, exp, meta = "access_token", client_id, iat + 3600, None
+            if fate < REVOKED_SHARE:
+                revoked_at = now - rng.randrange(1, 300)
+                seeded.revoked.append(value)
+            elif fate < REVOKED_SHARE + EXPIRED_SHARE:
+                iat = now - 7200 - rng.randrange(86_400)
+                exp = iat + 3600
+                seeded.expired.append(value)
+            else:
+                seeded.active.append(value)
+                seeded.active_owner.append(owner)
+            rows.append(
+                (
+                    cid,
+                    kind,
+                    keyed_hash(key, value),
+                    client_id,
+                    sub,
+                    scopes[i % 2],
+                    audiences,
+                    iat,
+                    iat,
+                    exp,
+                    revoked_at,
+                    meta,
+                )
             )
-        )
-    return out
-
-
-def _copy_chunk(
-    database_url: str, apps: tuple[str, ...], key: bytes, start: int, n: int, now: int, seed: int
-) -> _Chunk:
-    """In a process of the pool: make one chunk and COPY it on a connection of its own; the
-    chunk comes back without its rows (only the values, by what they should answer)."""
-
-    async def copy(rows: list[tuple[object, ...]]) -> None:
-        conn = await asyncpg.connect(database_url)  # no command timeout: a long COPY
-        try:
-            await conn.copy_records_to_table("credentials", records=rows, columns=COLUMNS)
-        finally:
-            await conn.close()
-
-    chunk = _chunk(apps, key, start, n, now, seed)
-    asyncio.run(copy(chunk.rows))
-    chunk.rows = []
-    return chunk
-
-
-async def _copy_all(
-    database_url: str,
-    seeded: Seeded,
-    key: bytes,
-    count: int,
-    seed: int,
-    on_progress: Callable[[int], None] | None,
-) -> None:
-    """COPY `count` credentials in chunks, made and copied by a pool of processes (one per
-    core): making a row (random values, checksum, HMAC) is pure Python, and 10 million of
-    them take minutes of one core, which a single COPY would wait for."""
-    now = int(time.time())
-    apps = tuple(a.client_id for a in seeded.apps)
-    loop = asyncio.get_running_loop()
-    workers = max(1, min(os.cpu_count() or 1, 8))
-    done = 0
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-    try:
-        chunks = [
-            loop.run_in_executor(
-                pool,
-                _copy_chunk,
-                database_url,
-                apps,
-                key,
-                start,
-                min(CHUNK, count - start),
-                now,
-                seed,
-            )
-            for start in range(0, count, CHUNK)
-        ]
-        for made in chunks:  # in order, so that the values are listed in a stable order
-            chunk = await made
-            seeded.active += chunk.active
-            seeded.active_owner += chunk.active_owner
-            seeded.revoked += chunk.revoked
-            seeded.expired += chunk.expired
-            done += chunk.count
-            if on_progress is not None:
-                on_progress(done)
-    finally:
-        pool.shutdown(cancel_futures=True)  # on a failure, what has not started never will
+        yield rows
 
 
 async def _drop_indexes(conn: asyncpg.Connection) -> list[str]:
@@ -331,9 +254,8 @@ async def _drop_indexes(conn: asyncpg.Connection) -> list[str]:
     built once over the loaded rows is many times cheaper than a million
     random-order insertions into it, and so is one foreign-key check for the
     whole table. The definitions are read from the catalog, so whatever the
-    migrations made is restored exactly, by the caller, whatever happened to
-    the load (the COPYs run on other connections, so the drop is committed
-    first).
+    migrations made is restored exactly; the caller's transaction makes it
+    all or nothing.
     """
     constraints = await conn.fetch(
         "SELECT conrelid::regclass::text AS rel, conname, pg_get_constraintdef(oid) AS def,"
@@ -360,7 +282,6 @@ async def _drop_indexes(conn: asyncpg.Connection) -> list[str]:
 
 async def copy_credentials(
     conn: asyncpg.Connection,
-    database_url: str,
     seeded: Seeded,
     key: bytes,
     count: int,
@@ -369,26 +290,23 @@ async def copy_credentials(
     on_progress: Callable[[int], None] | None = None,
     seed: int = 7,
 ) -> None:
-    """COPY `count` credentials hashed under `key` (several processes, each on a connection
-    to `database_url`); their values go into `seeded`.
+    """COPY `count` credentials hashed under `key`; their values go into `seeded`.
 
     `bulk` (only for the bench's own database, where nothing else runs): drop
-    the indexes of `credentials` for the load and build them once after (the
-    restoring runs whatever happened to the load).
+    the indexes of `credentials` for the load and build them once after.
     """
     rng = random.Random(seed)
-    restore: list[str] = []
-    if bulk:
-        async with conn.transaction():
-            restore = await _drop_indexes(conn)
-    try:
-        await _copy_all(database_url, seeded, key, count, seed, on_progress)
-    finally:
-        if restore:
-            async with conn.transaction():
-                await conn.execute("SET LOCAL maintenance_work_mem = '1GB'")
-                for ddl in restore:
-                    await conn.execute(ddl)
+    done = 0
+    async with conn.transaction():
+        await conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
+        restore = await _drop_indexes(conn) if bulk else []
+        for rows in _records(seeded, key, count, rng):
+            await conn.copy_records_to_table("credentials", records=rows, columns=COLUMNS)
+            done += len(rows)
+            if on_progress is not None:
+                on_progress(done)
+        for ddl in restore:
+            await conn.execute(ddl)
     await conn.execute("ANALYZE credentials")
     # Shuffle within each class, so that slices taken in order are random picks.
     order = list(range(len(seeded.active)))

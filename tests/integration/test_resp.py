@@ -82,6 +82,24 @@ async def test_concurrent_batches_each_get_their_own_replies(client: Client) -> 
     assert await client.call("DEL", *keys) == 500
 
 
+async def test_batches_of_one_iteration_share_a_write_and_its_fate(client: Client) -> None:
+    """Batches made in one loop iteration are written together at its end: when the
+    connection is aborted before that, every one of them fails, none half-sent shifts a
+    reply, and the next call gets its own replies on a new connection."""
+    key = unique("queued")
+    await client.call("PING")
+    protocol = client._protocol
+    assert protocol is not None
+    assert protocol.transport is not None
+    batches = [asyncio.ensure_future(client.execute(("INCR", key))) for _ in range(3)]
+    await asyncio.sleep(0)  # each batch is queued; the write comes after this iteration
+    protocol.transport.abort()
+    for batch in batches:
+        with pytest.raises(ConnectionError):
+            await asyncio.wait_for(batch, WAIT)
+    assert await client.execute(("INCR", key), ("GET", key), ("DEL", key)) == [1, b"1", 1]
+
+
 async def test_a_cancelled_batch_does_not_shift_later_replies(client: Client) -> None:
     """A caller that gives up on its batch does not get its replies handed to the next caller."""
     first, second = unique("first"), unique("second")

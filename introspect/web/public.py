@@ -104,9 +104,7 @@ def caching(authority: Authority, answer: rfc7662.Answer | Metered) -> Mapping[s
     that a limited credential's answer carries the RateLimit fields (and Retry-After when
     refused) and is never stored, since each use of it must be counted."""
     if isinstance(answer, Metered):
-        headers = _LIMITED_HEADERS.copy()
-        headers.extend(answer.headers)
-        return headers
+        return metered_headers(answer.headers)
     settings = authority.settings
     age = rfc7662.max_age(
         answer, settings.rs_cache_ttl, settings.negative_cache_ttl, int(time.time())
@@ -116,6 +114,14 @@ def caching(authority: Authority, answer: rfc7662.Answer | Metered) -> Mapping[s
         headers = _JSON_HEADERS[age] = CIMultiDict(
             {"Content-Type": "application/json", "Cache-Control": f"private, max-age={age}"}
         )
+    return headers
+
+
+def metered_headers(fields: Mapping[str, str]) -> CIMultiDict[str]:
+    """The headers of a limited credential's JSON answer with its RateLimit `fields` (and
+    Retry-After when refused): never stored, since each use must be counted."""
+    headers = _LIMITED_HEADERS.copy()
+    headers.extend(fields)
     return headers
 
 

@@ -189,7 +189,12 @@ class Meter:
                 decided = self._decide(applied, cost, answer)
                 if isinstance(decided, Metered):
                     return decided
-                await asyncio.gather(*(self._take(need) for need in decided))
+                if len(decided) == 1:
+                    # The usual case (one lease to take): awaited here, without the task
+                    # and the extra turn of the loop that gathering it would cost.
+                    await self._take(decided[0])
+                else:
+                    await asyncio.gather(*(self._take(need) for need in decided))
         finally:
             for balance in balances:
                 self._demand[balance] -= cost

@@ -35,7 +35,6 @@ routes = web.RouteTableDef()
 
 FORM = "application/x-www-form-urlencoded"
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-JSON_NO_STORE = {"Content-Type": "application/json", **NO_STORE}
 
 
 async def read_form(request: web.Request) -> tuple[dict[str, str], dict[str, list[str]]]:
@@ -105,7 +104,7 @@ def caching(authority: Authority, answer: rfc7662.Answer | Metered) -> Mapping[s
     that a limited credential's answer carries the RateLimit fields (and Retry-After when
     refused) and is never stored, since each use of it must be counted."""
     if isinstance(answer, Metered):
-        return {**JSON_NO_STORE, **answer.headers}
+        return metered_headers(answer.headers)
     settings = authority.settings
     age = rfc7662.max_age(
         answer, settings.rs_cache_ttl, settings.negative_cache_ttl, int(time.time())
@@ -118,9 +117,25 @@ def caching(authority: Authority, answer: rfc7662.Answer | Metered) -> Mapping[s
     return headers
 
 
+def metered_headers(fields: Mapping[str, str]) -> CIMultiDict[str]:
+    """The headers of a limited credential's JSON answer with its RateLimit `fields` (and
+    Retry-After when refused): never stored, since each use must be counted."""
+    headers = _LIMITED_HEADERS.copy()
+    headers.extend(fields)
+    return headers
+
+
 # The headers of introspection answers by max-age, each built once (a Response copies them):
 # one per second of INTROSPECT_RS_CACHE_TTL at most.
 _JSON_HEADERS: dict[int, CIMultiDict[str]] = {}
+# The fixed headers of a limited credential's answer, to which its RateLimit fields are added:
+# copying a CIMultiDict keeps the keys it has already case-folded, where one built from a dict
+# folds every key again (and the Response copies it once more). No `Pragma`: RFC 6749 §5.1 asks
+# for it on token responses, and no introspection answer carries it (RFC 9111 §5.4 deprecates
+# it; `Cache-Control: no-store` is what SPEC asks).
+_LIMITED_HEADERS: CIMultiDict[str] = CIMultiDict(
+    {"Content-Type": "application/json", "Cache-Control": "no-store"}
+)
 
 
 @routes.post("/revoke")

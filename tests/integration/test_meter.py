@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 
 from introspect import admin, store
 from introspect.limits import Meter
 from introspect.service import Authority
 from introspect.store import credits as store_credits
-from introspect.store.records import Limits
+from introspect.store.records import Limits, Window
 from tests.integration.test_limits import parse_fields
 
 
@@ -88,3 +89,20 @@ async def test_a_refusal_shows_a_window_whose_lease_must_be_taken_first(
     # (The lease dropped above keeps what it had reserved: at most 9 of 10 remain.)
     assert 0 < parse_fields(refused.headers["RateLimit"])["key.day"]["r"] <= 9
     await meter.sweep(everything=True)
+
+
+async def test_an_equal_limit_set_read_again_spends_from_the_same_lease(
+    authority: Authority,
+) -> None:
+    """An entry read again (refreshed from Redis) holds an equal copy of its limits: the meter
+    goes on deciding from memory, counting on from the lease it holds; a changed limit set is
+    a new one, whose lease must be taken first."""
+    limits = Limits("api_key:meter-" + secrets.token_hex(4), (Window("day", 100, 86_400),))
+    meter = Meter(authority.cache.redis, authority.pool)
+    first = await meter.admit([limits], 1, b"x")
+    again = meter.decide([dataclasses.replace(limits)], 1, b"x")
+    assert again is not None
+    remaining = [parse_fields(a.headers["RateLimit"])["key.day"]["r"] for a in (first, again)]
+    assert remaining[1] == remaining[0] - 1
+    changed = Limits(limits.owner, (Window("day", 50, 86_400),))
+    assert meter.decide([changed], 1, b"x") is None

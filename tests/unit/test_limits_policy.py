@@ -13,6 +13,7 @@ from introspect.admin import validation
 from introspect.errors import Invalid, InvalidRequest
 from introspect.limits import policy
 from introspect.store.records import Limits, Refill, Window
+from introspect.web.public import metered_headers
 from tests.integration.test_limits import parse_fields
 
 _NAME = st.from_regex(r"[A-Za-z0-9_-]{1,32}", fullmatch=True)
@@ -156,3 +157,35 @@ def test_limits_read_back_as_stored(
         Refill(5, 60) if credits else None,
     )
     assert Limits.from_stored("client:c", limits.stored()) == limits
+
+
+@given(_QUOTAS, st.integers(0, policy.MAX_COST), st.none() | st.integers(1, 86_400), _QUOTAS)
+def test_a_limited_answer_carries_its_fields_once_and_is_never_stored(
+    quotas: list[tuple[str, int, int | None, int, int | None]],
+    spent: int,
+    retry_after: int | None,
+    before: list[tuple[str, int, int | None, int, int | None]],
+) -> None:
+    """The headers of a limited credential's answer: JSON, `no-store` (and no `Pragma`, which
+    no introspection answer carries), each RateLimit field once as the meter made it, and
+    `Retry-After` only when refused with one; nothing left over from an answer built before
+    (the fixed part is shared)."""
+    metered_headers(
+        policy.fields([(q[0], policy.policy_item(q[0], q[1], q[2]), q[3], q[4]) for q in before])
+    )
+    shown = [(name, policy.policy_item(name, q, w), r, t) for name, q, w, r, t in quotas]
+    fields = policy.fields(shown, spent)
+    if retry_after is not None:
+        fields["Retry-After"] = str(retry_after)
+    headers = metered_headers(fields)
+    assert sorted(headers) == sorted(
+        ["Content-Type", "Cache-Control", "RateLimit-Policy", "RateLimit"]
+        + ([] if retry_after is None else ["Retry-After"])
+    )
+    assert headers["Content-Type"] == "application/json"
+    assert headers["Cache-Control"] == "no-store"
+    assert "Pragma" not in headers
+    for name in ("RateLimit-Policy", "RateLimit"):
+        assert parse_fields(headers[name]) == parse_fields(fields[name])
+        assert set(parse_fields(headers[name])) == {q[0] for q in quotas}
+    assert headers.get("Retry-After") == (None if retry_after is None else str(retry_after))

@@ -167,7 +167,8 @@ class Load:
         self._task = asyncio.get_running_loop().create_task(self._run(tokens))
 
     async def stop(self) -> None:
-        assert self._task is not None
+        if self._task is None:  # never started
+            return
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task

@@ -102,7 +102,7 @@ On a cluster the rule holds per primary: an assertion's key is checked
 against the history of the primary serving it (`started_at_of`). The
 primaries of a new cluster may be vouched for one after the other: only the
 first starts at 0, so for LEEWAY after a deployment's very first start an
-assertion whose key lives on another primary may be refused once.
+assertion whose key lives on another primary may be refused.
 """
 
 from __future__ import annotations

@@ -376,6 +376,11 @@ class ShardedHistory:
         self._used.clear()
         self._compose()
 
+    @property
+    def used(self) -> frozenset[str]:
+        """The primaries read and filled now."""
+        return frozenset(self._used)
+
     def ready(self) -> list[str]:
         """The primaries vouched for and not used yet (see `use`)."""
         return [a for a in self._vouched() if a not in self._used]

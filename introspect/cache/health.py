@@ -211,10 +211,7 @@ class ClusterHealth(Health):
                 if isinstance(lost.cause, ServerChanged):
                     METRICS.history_losses.inc()
                 log.warning("%s: its slots answered from postgres until vouched for again", lost)
-                layout = self.history.redis.layout
-                for shard in () if layout is None else layout.shards:
-                    if shard.address == lost.address:
-                        self.local.drop_slots(shard.ranges)
+                self._drop_unused()
         elif isinstance(exc, ServerChanged) or not self.ok:
             super().failed(exc)
             return
@@ -228,10 +225,22 @@ class ClusterHealth(Health):
         except _NOT_VOUCHED:
             self._recover_soon()
 
+    def _drop_unused(self) -> None:
+        """Drop the in-process entries of every slot whose primary is not in use."""
+        layout, used = self.history.redis.layout, self.history.used
+        for shard in () if layout is None else layout.shards:
+            if shard.address not in used:
+                self.local.drop_slots(shard.ranges)
+
     async def _vouch(self) -> None:
+        used = self.history.used
         try:
             await self.history.vouch()
         finally:
+            if used - self.history.used:  # a primary in use replaced (found by the layout)
+                METRICS.history_losses.inc()
+                log.warning("a redis cluster primary was replaced: its slots read from postgres")
+                self._drop_unused()
             # Used as soon as vouched for, each primary, once the outbox is replayed: the
             # others' keys go to Postgres meanwhile.
             ready = self.history.ready()

@@ -403,6 +403,15 @@ async def test_moving_the_hot_slot_under_load_serves_no_stale_answer_and_loses_n
         listeners[token] = body["listeners"]
         assert body["revoked"] == 1
 
+    async def every_worker_listens() -> bool:  # run first: a worker may still be subscribing
+        async with http.post(
+            f"{bases[1]}/admin/revocations",
+            json={"token": await issue(http, bases[0], app)},
+            headers=bearer,
+        ) as resp:
+            return bool((await resp.json())["listeners"] == INSTANCES * WORKERS)
+
+    await eventually(every_worker_listens, within=30)
     try:
         await asyncio.sleep(0.2)
         await admin_revoke(others[0])

@@ -275,10 +275,10 @@ async def test_a_failed_primary_sends_only_its_own_slots_to_postgres(
     valkey_cluster: DevCluster,
 ) -> None:
     """SIGKILL the primary serving credential A's entry while credential B's (and the
-    clients' records) live on others: once every worker met the loss, B is answered without a
-    Postgres query, A from Postgres, correctly (revoked before and during the failover:
-    inactive; live: active), no 5xx, and both instances use every primary again without a
-    restart once the replica is promoted."""
+    clients' records) live on others: once every worker met the loss, B is answered by the
+    in-process cache or Redis (no miss read from Postgres, by /metrics), A from Postgres,
+    correctly (revoked before and during the failover: inactive; live: active), no 5xx, and
+    both instances use every primary again without a restart once the replica is promoted."""
     app = await register(authority)
     rs = await register(authority, scopes=(), can_introspect=True)
     records = {
@@ -296,11 +296,18 @@ async def test_a_failed_primary_sends_only_its_own_slots_to_postgres(
         await asyncio.to_thread(valkey_cluster.kill, node)
         await eventually(lambda: loss_seen_everywhere(http, bases), within=30)
         await asyncio.sleep(FLUSHED)
-        before = await pg_queries(http, bases)
+        before = await layers(http, bases)
         answers = await introspect_everywhere(http, bases, {"token": b_token}, rs, 40)
         await asyncio.sleep(FLUSHED)
-        assert await pg_queries(http, bases) == before
+        after = await layers(http, bases)
         assert all(body["active"] for body in answers)
+        # Every one answered by the in-process cache or Redis: no miss went to Postgres.
+        assert after["hits local"] + after["misses local"] == (
+            before["hits local"] + before["misses local"] + 40
+        )
+        assert after["misses local"] - after["hits redis"] == (
+            before["misses local"] - before["hits redis"]
+        )
         load.start(a_tokens)
         revoked[a_tokens[1]] = await revoke(http, bases[1], a_tokens[1], app)
         await eventually(lambda: asyncio.to_thread(valkey_cluster.healthy), within=30)
@@ -349,15 +356,19 @@ async def loss_seen_everywhere(http: aiohttp.ClientSession, bases: list[str]) ->
     return True
 
 
-async def pg_queries(http: aiohttp.ClientSession, bases: list[str]) -> float:
-    """The Postgres queries every worker of every instance counted so far."""
-    total = 0.0
+async def layers(http: aiohttp.ClientSession, bases: list[str]) -> dict[str, float]:
+    """Every instance's cache hits and misses by layer so far (`hits local`...): an
+    introspection hits or misses the in-process layer, and a miss Redis does not answer
+    (a hit there) is read from Postgres."""
+    found = dict.fromkeys(("hits local", "misses local", "hits redis", "misses redis"), 0.0)
     for base in bases:
         async with http.get(f"{base}/metrics") as resp:
             for line in (await resp.text()).splitlines():
-                if line.startswith("introspect_pg_queries_total "):
-                    total += float(line.split()[1])
-    return total
+                for name in found:
+                    kind, layer = name.split()
+                    if line.startswith(f'introspect_cache_{kind}_total{{layer="{layer}"}} '):
+                        found[name] += float(line.split()[-1])
+    return found
 
 
 def restart(cluster: DevCluster, node: Node) -> None:

@@ -167,8 +167,8 @@ async def test_a_cluster_lookup_answers_the_keys_of_a_primary_not_vouched_for_as
         marker, identity = await vouched(redis)
         layout = await redis.refresh()
         first, second = (s.address for s in layout.shards[:2])
-        keys = {}
-        while len(keys) < 2:
+        keys: dict[str | None, bytes] = {}
+        while first not in keys or second not in keys:
             key = unique("per-primary")
             keys.setdefault(redis.address_of(key), key)
         one, other = keys[first], keys[second]

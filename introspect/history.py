@@ -45,11 +45,18 @@ NOSAVE` (an older snapshot loaded without a restart), and demoting a primary
 to a replica behind the same address without closing its clients'
 connections, which the once-a-second watch sees within a second.
 
-On a Valkey Cluster (introspect/redis/cluster.py) the "server" is the whole
-cluster: its identity is a digest of its layout and of every primary's run id
-and replication id, and every primary holds a copy of the marker, read with
-its entries. A failover, a restarted or replaced primary, or a moved slot is
-another cluster: every slot is answered from Postgres until the replay.
+On a Valkey Cluster (introspect/redis/cluster.py) each primary is such a
+server, vouched for on its own (`ShardedHistory`: one `History` per primary,
+by address): its marker names its own run id and replication id and lives
+on it, under a hash tag it serves, and is read with its entries. A primary
+that restarts, is replaced, or whose replica is promoted in its place is a
+history this worker cannot vouch for: the keys of its slots (and only
+those) are answered from Postgres, and the in-process entries of those
+slots dropped, until the change log is written to it again; the other
+primaries keep serving. A slot moved between two vouched primaries loses
+nothing (MIGRATE carries each key with its value, a primary cannot give a
+slot away while it holds keys of it, and a writer's tombstone follows ASK
+and MOVED): no history changes, the layout is only read again.
 
 Any other state is a history this worker cannot vouch for: it answers from
 Postgres only (neither from Redis nor from its in-process cache, which is
@@ -91,12 +98,18 @@ least `rfc7523.LEEWAY` after the new history's replay started are accepted
 (an assertion's `iat` is at most LEEWAY ahead of the time it was seen). The
 first history a deployment ever vouches for forgot nothing (no assertion
 was accepted before it), so it starts at 0 (`redis_histories` in Postgres).
+On a cluster the rule holds per primary: an assertion's key is checked
+against the history of the primary serving it (`started_at_of`). The
+primaries of a new cluster may be vouched for one after the other: only the
+first starts at 0, so for LEEWAY after a deployment's very first start an
+assertion whose key lives on another primary may be refused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -110,9 +123,17 @@ from redis.exceptions import RedisError
 from introspect import store
 from introspect.metrics import METRICS
 from introspect.redis import open_redis, resp
-from introspect.redis.port import EvictingRedis, HistoryUnknown, Redis
+from introspect.redis.cluster import ClusterRedis, ShardLost, compose
+from introspect.redis.port import EvictingRedis, HistoryPort, HistoryUnknown
 
-__all__ = ["EvictingRedis", "History", "HistoryUnknown", "Marker", "refuse_eviction"]
+__all__ = [
+    "EvictingRedis",
+    "History",
+    "HistoryUnknown",
+    "Marker",
+    "ShardedHistory",
+    "refuse_eviction",
+]
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +199,7 @@ class History:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: HistoryPort,
         pool: asyncpg.Pool,
         replay: Callable[[int, bytes], Awaitable[int]],
         window: int,
@@ -201,6 +222,10 @@ class History:
     def started_at(self) -> int:
         """When the vouched history started (0 for the first ever, or none vouched yet)."""
         return 0 if self.marker is None else self.marker.started_at
+
+    def started_at_of(self, _key: bytes) -> int:
+        """When the vouched history holding `key` started: `started_at`."""
+        return self.started_at
 
     def forget(self) -> None:
         """Stop vouching (a loss was seen): nothing is read from Redis until `vouch`."""
@@ -281,3 +306,134 @@ class History:
             log.info("vouching for redis history %s", marker.nonce)
         self.marker = marker
         self.value = marker.encode()
+
+
+class ShardedHistory:
+    """A Valkey Cluster's histories: one `History` per primary, each vouched for on its own.
+
+    What the read path names (`value`, `identity`) is every vouched primary's marker and
+    identity (`cluster.compose`): a lookup reads, and a fill writes, only the keys of those
+    primaries, each on that very process; the keys of any other are answered from Postgres.
+    """
+
+    def __init__(
+        self,
+        redis: ClusterRedis,
+        pool: asyncpg.Pool,
+        replay: Callable[[int, bytes], Awaitable[int]],
+        window: int,
+    ) -> None:
+        self.redis = redis
+        self.pool = pool
+        self._replay = replay
+        self.window = window
+        # One history per primary (`host:port`), vouched for or not.
+        self.units: dict[str, History] = {}
+        # The vouched primaries the read path uses: a primary vouched for again is used only
+        # once the outbox is replayed (a change whose tombstone it missed is written first).
+        self._used: set[str] = set()
+        self.value: bytes | None = None
+        self.identity: bytes | None = None
+
+    def _unit(self, address: str) -> History:
+        unit = self.units.get(address)
+        if unit is None:
+            replay = functools.partial(self._replay_on, address)
+            node = self.redis.node(address)
+            unit = self.units[address] = History(node, self.pool, replay, self.window)
+        return unit
+
+    async def _replay_on(self, address: str, since: int, identity: bytes) -> int:
+        """The change log written again on one primary: the rows of its slots only (the
+        other primaries hold every change already, and a write never leaves its primary)."""
+        return await self._replay(since, compose({address: identity}) or b"")
+
+    def _vouched(self) -> dict[str, History]:
+        return {a: u for a, u in self.units.items() if u.marker is not None}
+
+    def _compose(self) -> None:
+        vouched = {a: u for a, u in self._vouched().items() if a in self._used}
+        self.value = compose({a: u.value for a, u in vouched.items() if u.value is not None})
+        self.identity = compose({a: u.identity for a, u in vouched.items() if u.identity})
+
+    @property
+    def pending(self) -> bool:
+        """Whether a primary serving slots now is not vouched for (or none is known yet)."""
+        layout = self.redis.layout
+        vouched = self._vouched()
+        return layout is None or any(s.address not in vouched for s in layout.shards)
+
+    def started_at_of(self, key: bytes) -> int:
+        """When the vouched history of the primary serving `key` started (0: none)."""
+        address = self.redis.address_of(key)
+        unit = None if address is None else self.units.get(address)
+        return 0 if unit is None else unit.started_at
+
+    def forget(self) -> None:
+        """Stop vouching for every primary."""
+        for unit in self.units.values():
+            unit.forget()
+        self._used.clear()
+        self._compose()
+
+    @property
+    def used(self) -> frozenset[str]:
+        """The primaries read and filled now."""
+        return frozenset(self._used)
+
+    def ready(self) -> list[str]:
+        """The primaries vouched for and not used yet (see `use`)."""
+        return [a for a in self._vouched() if a not in self._used]
+
+    def use(self, addresses: list[str]) -> None:
+        """Read and fill these vouched primaries from now on."""
+        self._used.update(addresses)
+        self._compose()
+
+    def forget_unit(self, address: str) -> bool:
+        """Stop vouching for one primary; whether it was vouched for."""
+        unit = self.units.get(address)
+        if unit is None or unit.marker is None:
+            return False
+        unit.forget()
+        self._used.discard(address)
+        self._compose()
+        return True
+
+    async def check(self) -> list[ShardLost]:
+        """The layout asked again, and every vouched primary checked as `History.check`
+        does: the primaries found lost."""
+        layout = await self.redis.refresh()
+        vouched = self._vouched()
+
+        async def one(address: str) -> None:
+            try:
+                await vouched[address].check()
+            except (RedisError, OSError) as exc:
+                raise ShardLost(address, exc) from exc
+
+        shards = [s.address for s in layout.shards if s.address in vouched]
+        found = await asyncio.gather(*map(one, shards), return_exceptions=True)
+        lost = [f for f in found if isinstance(f, ShardLost)]
+        for failure in found:
+            if isinstance(failure, BaseException) and not isinstance(failure, ShardLost):
+                raise failure
+        return lost
+
+    async def vouch(self) -> None:
+        """Vouch for every primary serving slots now that is not vouched for (each as
+        `History.vouch`, all at once; `use` makes them read); raise the first failure once
+        the others are done."""
+        layout = await self.redis.refresh()
+        serving = {s.address for s in layout.shards}
+        for address in [a for a in self.units if a not in serving]:
+            del self.units[address]  # no longer a primary (a killed one rejoins as a replica)
+            self._used.discard(address)
+        self._compose()
+        pending = [a for a in sorted(serving) if self._unit(a).marker is None]
+        found = await asyncio.gather(
+            *(self.units[a].vouch() for a in pending), return_exceptions=True
+        )
+        for failure in found:
+            if isinstance(failure, BaseException):
+                raise failure

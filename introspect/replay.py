@@ -20,9 +20,9 @@ class AssertionReplay:
         (promise 6): an assertion that could have been presented before the
         vouched history started is refused (see introspect/history.py).
         """
-        if presented_from < self.cache.history.started_at:
-            return False
         key = b"introspect:jti:" + credentials.keyed_hash(
             self.server_secrets[0], f"{client_id}\x00{jti}"
         )
+        if presented_from < self.cache.history.started_at_of(key):
+            return False
         return await self.cache.remember_once(key, until)

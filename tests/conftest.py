@@ -21,7 +21,7 @@ import pytest
 from introspect import embedded
 from introspect.config import Settings
 from introspect.embedded.cluster import DevCluster
-from introspect.history import History
+from introspect.history import History, ShardedHistory
 from introspect.redis import LeanRedis
 from introspect.redis.cluster import ClusterRedis
 from introspect.service import Authority, open_authority
@@ -106,7 +106,7 @@ async def cluster_url(migrated: Stores, valkey_cluster: DevCluster) -> str:
     pool = await asyncpg.create_pool(migrated.database_url, min_size=1, max_size=1)
     redis = ClusterRedis(valkey_cluster.url)
     try:
-        await History(redis, pool, _nothing_to_replay, window=0).vouch()
+        await ShardedHistory(redis, pool, _nothing_to_replay, window=0).vouch()
     finally:
         redis.close()
         await pool.close()

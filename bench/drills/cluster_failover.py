@@ -13,7 +13,10 @@ third, then starts the killed node again (it rejoins as a replica).
 Per round it prints the requests, the stale answers (an answer active for a
 token whose revocation had returned when it was sent: must be 0), the 5xx
 and I/O errors (must be 0: Postgres answers meanwhile), p99 and max latency,
-and the seconds from the kill to a promoted replica and to full recovery.
+and the seconds from the kill to a promoted replica and to full recovery, and
+the share of introspections answered from Postgres from the kill to recovery
+(from /metrics: in-process misses Redis did not answer; only the killed
+primary's slots should, about a third of the tokens).
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ ROUNDS = 3
 TOKENS_PER_ROUND = 3
 REQUEST_TIMEOUT = 30.0
 RECOVERY_TIMEOUT = 60.0
+# Past every worker's flush of its counters into /metrics (introspect/metrics.py).
+FLUSHED = 1.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,17 +105,46 @@ async def _post(port: int, path: str, auth: dict[str, str], body: bytes) -> tupl
         conn.close()
 
 
+async def _get(port: int, path: str) -> tuple[int, bytes]:
+    conn = await Connection.open(HOST, port)
+    try:
+        return await conn.send(request_head("GET", HOST, port, path, {}) + b"\r\n")
+    finally:
+        conn.close()
+
+
 async def _redis_ok(ports: list[int]) -> bool:
     """Every worker of every instance (asked a few times each) uses Redis again."""
     for port in ports * 2 * WORKERS:
-        conn = await Connection.open(HOST, port)
-        try:
-            status, body = await conn.send(request_head("GET", HOST, port, "/readyz", {}) + b"\r\n")
-        finally:
-            conn.close()
+        status, body = await _get(port, "/readyz")
         if status != 200 or json.loads(body)["redis"] != "ok":
             return False
     return True
+
+
+async def _layers(ports: list[int]) -> dict[str, float]:
+    """Every instance's cache hits and misses by layer so far (`hits local`...), from /metrics
+    (each worker's counters lag by at most a second: introspect/metrics.py)."""
+    found: dict[str, float] = {}
+    for port in ports:
+        _status, body = await _get(port, "/metrics")
+        for line in body.decode().splitlines():
+            for kind in ("hits", "misses"):
+                for layer in ("local", "redis"):
+                    if line.startswith(f'introspect_cache_{kind}_total{{layer="{layer}"}} '):
+                        name = f"{kind} {layer}"
+                        found[name] = found.get(name, 0.0) + float(line.split()[-1])
+    return found
+
+
+def _postgres_share(before: dict[str, float], after: dict[str, float]) -> tuple[float, float]:
+    """Introspections between two `_layers` readings, and the share answered from Postgres:
+    every one misses the in-process layer or hits it; a miss that Redis does not answer is
+    read from Postgres."""
+    delta = {name: after.get(name, 0.0) - before.get(name, 0.0) for name in after}
+    total = delta.get("hits local", 0.0) + delta.get("misses local", 0.0)
+    from_postgres = delta.get("misses local", 0.0) - delta.get("hits redis", 0.0)
+    return total, from_postgres / total if total else 0.0
 
 
 async def _until(check: Callable[[], Awaitable[bool]], what: str) -> float:
@@ -160,6 +194,7 @@ class Drill:
         await asyncio.sleep(1.0)  # the new tokens cached everywhere
         began = len(load.answers)
         revoked: dict[str, float] = {}
+        layers = await _layers(self.ports)
         killed = time.monotonic()
         await asyncio.to_thread(self.cluster.kill, node)
         revoked[same[0]] = await self.revoke(self.ports[1], same[0])
@@ -167,6 +202,8 @@ class Drill:
         revoked[same[1]] = await self.revoke(self.ports[0], same[1])
         promoted = await _until(lambda: asyncio.to_thread(self.cluster.healthy), "promotion")
         recovered = await _until(lambda: _redis_ok(self.ports), "recovery")
+        await asyncio.sleep(FLUSHED)
+        introspections, share = _postgres_share(layers, await _layers(self.ports))
         revoked[same[2]] = await self.revoke(self.ports[1], same[2])
         await asyncio.sleep(1.0)
         answers = load.answers[began:]
@@ -181,7 +218,8 @@ class Drill:
             f"  killed {node.address}: requests {len(answers)}  stale {len(stale)}"
             f"  5xx/errors {len(errors)}  p99 {took[int(0.99 * (len(took) - 1))] * 1000:.1f} ms"
             f"  max {took[-1] * 1000:.1f} ms  promoted after {promoted - killed:.2f} s"
-            f"  recovered after {recovered - killed:.2f} s",
+            f"  recovered after {recovered - killed:.2f} s"
+            f"  from postgres {share:.0%} of {introspections:.0f} meanwhile",
             flush=True,
         )
         return not stale and not errors

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 from redis.exceptions import RedisError
@@ -19,9 +20,11 @@ from redis.exceptions import RedisError
 from introspect import store
 from introspect.cache.announce import Announcer, PostgresFailed, postgres
 from introspect.cache.local import LocalCache
-from introspect.history import History
+from introspect.history import History, ShardedHistory
 from introspect.metrics import METRICS
-from introspect.redis.port import EvictingRedis, HistoryUnknown, Redis, ServerChanged
+from introspect.redis.cluster import CLUSTER, ClusterRedis, ShardLost
+from introspect.redis.lean import LeanRedis
+from introspect.redis.port import EvictingRedis, HistoryUnknown, Redis, ServerChanged, Unwritten
 
 log = logging.getLogger(__name__)
 
@@ -56,15 +59,23 @@ class Health:
         self.announcer = announcer
         # Reads use Redis only once its history is vouched for: see `start` and `_recover`.
         self.ok = False
-        self.history = History(redis, pool, announcer.replay_changes, window=window)
+        self.history: History | ShardedHistory = self._history(
+            pool, announcer.replay_changes, window
+        )
         self._recovering: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
+
+    def _history(
+        self, pool: asyncpg.Pool, replay: Callable[[int, bytes], Awaitable[int]], window: int
+    ) -> History | ShardedHistory:
+        assert isinstance(self.redis, LeanRedis), "a cluster's health is ClusterHealth"
+        return History(self.redis, pool, replay, window=window)
 
     def failed(self, exc: BaseException) -> None:
         """Go straight to Postgres until Redis answers again, its history is vouched for
         and the outbox is replayed."""
         if isinstance(exc, ServerChanged):  # another server, or history lost
-            if self.ok or self.history.marker is not None:
+            if self.ok or self.history.value is not None:
                 METRICS.history_losses.inc()
                 log.warning("%s: answering from postgres until it is vouched for again", exc)
             self.history.forget()
@@ -72,8 +83,7 @@ class Health:
             log.warning("redis unreachable, answering from postgres: %s", type(exc).__name__)
         self.ok = False
         self.local.set_state(healthy=False)
-        if self._recovering is None or self._recovering.done():
-            self._recovering = asyncio.get_running_loop().create_task(self._recover())
+        self._recover_soon()
 
     async def start(self) -> None:
         """Vouch for the Redis history once (bounded), else keep trying in the background."""
@@ -88,6 +98,14 @@ class Health:
         await self.announcer.replay_outbox(older_than=store.now() + 1)
         self.ok = True
         self.local.set_state(healthy=True, vouched=self.history.identity)
+
+    def _recover_soon(self) -> None:
+        if self._recovering is None or self._recovering.done():
+            self._recovering = asyncio.get_running_loop().create_task(self._recover())
+
+    async def _check(self) -> None:
+        """Raise unless the vouched history is still the one Redis holds."""
+        await self.history.check()
 
     async def _recover(self) -> None:
         delay = 0.05
@@ -121,7 +139,7 @@ class Health:
             if not self.ok:
                 continue  # recovery vouches and replays the outbox before Redis is trusted
             try:
-                await self.history.check()
+                await self._check()
                 if ticks % OUTBOX_SWEEP_INTERVAL == 0:
                     await self.announcer.replay_outbox(
                         older_than=store.now() - OUTBOX_SWEEP_INTERVAL
@@ -144,7 +162,7 @@ class Health:
         `unreachable`. A history found lost here is handled as on any read."""
         try:
             if self.ok:
-                await self.history.check()
+                await self._check()
                 return "ok"
             await self.redis.ping()
         except HistoryUnknown as exc:
@@ -161,3 +179,99 @@ class Health:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+
+
+class ClusterHealth(Health):
+    """On a Valkey Cluster: each primary's history is vouched for on its own (ShardedHistory).
+
+    A primary found lost (failed, replaced, its replica promoted, its marker gone) costs only
+    its own slots: their keys are answered from Postgres and their in-process entries are
+    dropped, while every other primary keeps serving reads, fills and the in-process cache;
+    the recovery vouches for it again (its replay writes the change log's rows of its own
+    slots). What is not one primary's (the layout unknown, the hub's publish failing) keeps
+    the rules of one server.
+    """
+
+    history: ShardedHistory
+
+    def _history(
+        self, pool: asyncpg.Pool, replay: Callable[[int, bytes], Awaitable[int]], window: int
+    ) -> ShardedHistory:
+        assert isinstance(self.redis, ClusterRedis), "one server's health is Health"
+        self.redis.on_lost = self.failed
+        return ShardedHistory(self.redis, pool, replay, window)
+
+    def failed(self, exc: BaseException) -> None:
+        """A primary lost costs its slots only (a change's tombstones unwritten on it too);
+        no vouched history at all, as on one server; any other failure (the hub, the layout)
+        is left to the watch, which checks every primary."""
+        lost = exc.__cause__ if isinstance(exc, Unwritten) else exc
+        if isinstance(lost, ShardLost):
+            if self.history.forget_unit(lost.address):
+                if isinstance(lost.cause, ServerChanged):
+                    METRICS.history_losses.inc()
+                log.warning("%s: its slots answered from postgres until vouched for again", lost)
+                self._drop_unused()
+        elif isinstance(exc, ServerChanged) or not self.ok:
+            super().failed(exc)
+            return
+        self._recover_soon()
+
+    async def start(self) -> None:
+        """Vouch for every primary once (bounded); those that fail, in the background."""
+        try:
+            async with asyncio.timeout(self.redis.timeout):
+                await self._vouch()
+        except _NOT_VOUCHED:
+            self._recover_soon()
+
+    def _drop_unused(self) -> None:
+        """Drop the in-process entries of every slot whose primary is not in use."""
+        layout, used = self.history.redis.layout, self.history.used
+        for shard in () if layout is None else layout.shards:
+            if shard.address not in used:
+                self.local.drop_slots(shard.ranges)
+
+    async def _vouch(self) -> None:
+        used = self.history.used
+        try:
+            await self.history.vouch()
+        finally:
+            if used - self.history.used:  # a primary in use replaced (found by the layout)
+                METRICS.history_losses.inc()
+                log.warning("a redis cluster primary was replaced: its slots read from postgres")
+                self._drop_unused()
+            # Used as soon as vouched for, each primary, once the outbox is replayed: the
+            # others' keys go to Postgres meanwhile.
+            ready = self.history.ready()
+            if ready:
+                await self.announcer.replay_outbox(older_than=store.now() + 1)
+                self.history.use(ready)
+                if not self.ok:
+                    self.ok = True
+                    self.local.set_state(healthy=True, vouched=CLUSTER.identity)
+
+    async def _check(self) -> None:
+        for lost in await self.history.check():
+            self.failed(lost)
+        if self.history.pending:
+            self._recover_soon()
+
+    async def state(self) -> str:
+        """`ok` once every primary is vouched for, `replay pending` while one is not."""
+        found = await super().state()
+        return "replay pending" if found == "ok" and self.history.pending else found
+
+
+def open_health(
+    redis: Redis,
+    pool: asyncpg.Pool,
+    lazy_pool: asyncpg.Pool,
+    *,
+    local: LocalCache,
+    announcer: Announcer,
+    window: int,
+) -> Health:
+    """The health of one server, or of a cluster's primaries each on its own."""
+    kind = ClusterHealth if isinstance(redis, ClusterRedis) else Health
+    return kind(redis, pool, lazy_pool, local=local, announcer=announcer, window=window)

@@ -5,19 +5,25 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Sequence
 from typing import Any
+
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS as SLOTS
+from redis.crc import key_slot
 
 from introspect.cache.entry import (
     ANSWER,
     CACHEABLE,
     CLIENT_GEN,
     CLIENT_ID,
+    KEY_PREFIX,
     LOCAL_EXPIRES,
     REFRESH_AT,
     REVOKED_TTL,
     SUB,
     SUB_GEN,
     Entry,
+    client_key,
     inactive,
     lifetime,
     placed,
@@ -237,6 +243,20 @@ class LocalCache:
         if usable and not self.usable:
             self.clear()
         self.usable = usable
+
+    def drop_slots(self, ranges: Sequence[tuple[int, int]]) -> None:
+        """Drop what lives in these Redis Cluster hash slots (a primary whose history was
+        lost: introspect/cache/health.py): entries, final keys, client records."""
+        owned = bytearray(SLOTS)
+        for start, end in ranges:
+            owned[start : end + 1] = b"\x01" * (end + 1 - start)
+        self.epoch += 1
+        for keys in (self._entries, self._final):
+            for key in [k for k in keys if owned[key_slot(KEY_PREFIX + k)]]:
+                del keys[key]
+        for client_id in [c for c in self._clients if owned[key_slot(KEY_PREFIX + client_key(c))]]:
+            del self._clients[client_id]
+        self.due.clear()
 
     def clear(self) -> None:
         """Drop every entry (after a possibly missed message)."""

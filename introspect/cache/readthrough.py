@@ -35,7 +35,7 @@ from introspect.cache.entry import (
     inactive,
     lifetime,
 )
-from introspect.cache.health import HISTORY_MARGIN, Health
+from introspect.cache.health import HISTORY_MARGIN, open_health
 from introspect.cache.invalidation import Announced, Invalidation
 from introspect.cache.local import REFRESH_TO, LocalCache
 from introspect.metrics import METRICS
@@ -78,7 +78,7 @@ class CredentialCache:
         self.redis_ttl = redis_ttl
         self.negative_ttl = negative_ttl
         self.announcer = Announcer(redis, pool, self.lazy_pool)
-        self.health = Health(
+        self.health = open_health(
             redis,
             pool,
             self.lazy_pool,

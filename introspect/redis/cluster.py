@@ -11,16 +11,20 @@ pipelined client of that node (introspect/redis/resp.py), which identifies
 the server of every connection it opens: a batch that names an identity is
 sent only to that very process.
 
-One history for the whole cluster. The identity of the cluster is a digest of
-its layout (which slots each primary serves) and of each primary's own
-identity (run id, replication id): a failover, a restart, a node replaced or a
-slot moved makes another cluster identity, and the worker stops vouching
-(introspect/history.py) until the change log is replayed onto the new one.
-Each primary holds a copy of the history marker (and of the replay lock) under
-a hash tag it serves (`Shard.tag`): a lookup reads it, and a reader's fill
-checks it, in the same script as the entries of that node (a script may touch
+One history per primary. Each primary is vouched for on its own
+(introspect/history.py, `ShardedHistory`): its identity is its own run id and
+replication id, and it holds its own marker (and replay lock) under a hash
+tag it serves (`Shard.tag`). What the read path names (`compose`: each
+vouched primary's address with its identity, or its marker) pins every
+batch to those very processes: a lookup reads it, and a reader's fill checks
+it, in the same script as the entries of that node (a script may touch
 undeclared keys of other slots of its own node: `allow-cross-slot-keys`), so
 a flush of one node is seen by the very command that would read its state.
+A primary not named is not read (its keys are absent: Postgres answers) nor
+filled; one found lost (failed, replaced, its replica promoted, its marker
+gone) is told to `on_lost`, and only its slots wait for its replay. A slot
+moved between two vouched primaries changes no history: the layout is read
+again (a lookup that meets a key this node no longer serves asks for it).
 
 Lookups are grouped by node: one script per node, all nodes at once. A
 lookup that meets a slot being migrated reads what the source still holds and
@@ -42,10 +46,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -54,7 +57,7 @@ from redis.crc import key_slot
 from redis.exceptions import ConnectionError, RedisError, ResponseError
 
 from introspect.redis import resp
-from introspect.redis.lean import _FILL, _RELEASE, _SEAL, _TAKE_WINDOW, checked, fill_command
+from introspect.redis.lean import _FILL, _TAKE_WINDOW, HistoryOps, checked, fill_command
 from introspect.redis.port import LOCK, MARKER, HistoryUnknown, ServerChanged, Unwritten, Write
 
 # Pub/sub channels and acknowledgement lists: all on the primary serving this tag.
@@ -87,7 +90,9 @@ return 0
 """
 )
 
-_IDENTIFY: list[resp.Command] = [("INFO", "server"), ("INFO", "replication"), ("INFO", "memory")]
+# What a subscription reaches on a cluster, and the cluster seen as one server (its eviction
+# policy aside): invalidations do not depend on which primaries are vouched for.
+CLUSTER = resp.Server(run_id="cluster", replid="", role="master", maxmemory_policy="noeviction")
 _REDIRECTS = ("MOVED", "ASK")
 T = TypeVar("T")
 
@@ -121,6 +126,10 @@ class Shard:
     port: int
     ranges: tuple[tuple[int, int], ...]
     tag: bytes
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
 
     @property
     def marker(self) -> bytes:
@@ -162,12 +171,38 @@ class Layout:
             raise ConnectionError("no primary of the redis cluster serves this key's slot")
         return i
 
-    def describe(self, servers: Sequence[resp.Server]) -> bytes:
-        """Slots and server identities of every shard, as one value (hashed into the identity)."""
-        return b";".join(
-            b"%s@%s" % (repr(shard.ranges).encode(), server.identity)
-            for shard, server in zip(self.shards, servers, strict=True)
-        )
+
+class ShardLost(HistoryUnknown):
+    """One primary (`address`) failed, or its history cannot be vouched for: its slots only
+    are answered from Postgres until it is vouched for again (introspect/history.py)."""
+
+    def __init__(self, address: str, cause: BaseException) -> None:
+        super().__init__(f"redis cluster primary {address}: {cause}")
+        self.address = address
+        self.cause = cause
+
+
+def compose(values: dict[str, bytes]) -> bytes | None:
+    """What a worker vouches for on a cluster, as one value: one value per vouched
+    primary (its identity, or its marker) as `host:port=value`, comma-separated; None when
+    none is."""
+    return b",".join(b"%s=%s" % (a.encode(), v) for a, v in sorted(values.items())) or None
+
+
+@functools.lru_cache(maxsize=16)
+def _parse(value: bytes) -> dict[str, bytes] | None:
+    pairs = [item.partition(b"=") for item in value.split(b",")]
+    if not all(sep and address and held for address, sep, held in pairs):
+        return None
+    return {address.decode(): held for address, _sep, held in pairs}
+
+
+def vouched(value: bytes, error: type[ServerChanged]) -> dict[str, bytes]:
+    """`compose` read back (address: value); `error` when `value` is not one."""
+    found = _parse(value)
+    if found is None:
+        raise error("not what a redis cluster history is vouched as")
+    return found
 
 
 class ClusterRedis:
@@ -177,15 +212,14 @@ class ClusterRedis:
         self.seeds = [seed.strip() for seed in url.split(",") if seed.strip()]
         self.timeout = timeout
         self._clients: dict[tuple[str, int], resp.Client] = {}
+        self._nodes: dict[str, ClusterNode] = {}
         self.layout: Layout | None = None
-        # The primaries of `layout` as identified, and the cluster identity they make.
-        self._servers: tuple[resp.Server, ...] = ()
-        self._identity: bytes | None = None
-        # The last cluster identity seen: when another is seen, subscriptions start again.
-        self._announced: bytes | None = None
         self._blocking: resp.Client | None = None
         self._subscriptions: weakref.WeakSet[ClusterSubscription] = weakref.WeakSet()
         self._refreshing: asyncio.Task[Layout] | None = None
+        # Told of each primary found lost by a lookup, whose other primaries still answer
+        # (introspect/cache/health.py); without it, a lookup raises the loss.
+        self.on_lost: Callable[[ShardLost], None] | None = None
 
     # --- the nodes ----------------------------------------------------------------------------
 
@@ -198,11 +232,28 @@ class ClusterRedis:
             client = self._clients[address] = resp.Client(url, self.timeout, identify=True)
         return client
 
+    def node(self, address: str) -> ClusterNode:
+        """The history operations on the primary at `address` (`host:port`)."""
+        node = self._nodes.get(address)
+        if node is None:
+            node = self._nodes[address] = ClusterNode(self, address)
+        return node
+
+    def address_of(self, key: bytes) -> str | None:
+        """The primary serving `key` as last seen (`host:port`), or None."""
+        layout = self.layout
+        i = 255 if layout is None else layout.owner[key_slot(key)]
+        return None if layout is None or i == 255 else layout.shards[i].address
+
     async def refresh(self) -> Layout:
         """Ask the cluster which primary serves which slot (concurrent callers share one ask)."""
+        return await asyncio.shield(self._refresh_soon())
+
+    def _refresh_soon(self) -> asyncio.Task[Layout]:
         if self._refreshing is None or self._refreshing.done():
-            self._refreshing = asyncio.get_running_loop().create_task(self._refresh())
-        return await asyncio.shield(self._refreshing)
+            task = self._refreshing = asyncio.get_running_loop().create_task(self._refresh())
+            task.add_done_callback(_retrieved)
+        return self._refreshing
 
     async def _refresh(self) -> Layout:
         failure: Exception = ConnectionError("no redis cluster node given")
@@ -220,47 +271,29 @@ class ClusterRedis:
                 raise ConnectionError(f"the redis cluster at {host}:{port} serves no slot yet")
             if layout != self.layout:
                 self.layout = layout
-                self._identity = None
             return layout
         raise failure
 
     def _shard_client(self, shard: Shard) -> resp.Client:
         return self.client(shard.host, shard.port)
 
-    def _pins(self, identity: bytes) -> tuple[Layout, tuple[resp.Server, ...]]:
-        """The layout and servers of `identity`, or ServerChanged if it is not the current one."""
-        layout = self.layout
-        if layout is None or self._identity is None or self._identity != identity:
-            raise ServerChanged("the cluster's layout or a primary changed")
-        return layout, self._servers
-
-    def _compose(self, layout: Layout, servers: Sequence[resp.Server]) -> resp.Server:
-        digest = hashlib.sha256(layout.describe(servers)).hexdigest()[:40]
-        evicting = [s.maxmemory_policy for s in servers if s.maxmemory_policy != "noeviction"]
-        return resp.Server(
-            run_id=digest,
-            replid="cluster",
-            role="master",
-            maxmemory_policy=evicting[0] if evicting else "noeviction",
-        )
-
-    def _adopt(self, layout: Layout, servers: tuple[resp.Server, ...]) -> resp.Server:
-        server = self._compose(layout, servers)
-        if self._announced not in (None, server.identity):
-            # Subscribers opened on the old cluster identity subscribe again (promise 4).
-            for subscription in list(self._subscriptions):
-                subscription.close()
-        self._announced = server.identity
-        if self.layout == layout:
-            self._servers, self._identity = servers, server.identity
-        return server
+    def _lost(self, address: str, cause: BaseException, count: int) -> list[Any]:
+        """A lookup's answer for the keys of a primary found lost: absent (Postgres answers),
+        the loss told to `on_lost` (else raised)."""
+        lost = ShardLost(address, cause)
+        if self.on_lost is None:
+            raise lost from cause
+        self.on_lost(lost)
+        return [None] * count
 
     # --- identity and ping -----------------------------------------------------------------
 
     async def server(self) -> resp.Server:
+        """The cluster as one server: `CLUSTER`, with an evicting primary's policy if any."""
         layout = await self.refresh()
         servers = await asyncio.gather(*(self._shard_client(s).server() for s in layout.shards))
-        return self._adopt(layout, tuple(servers))
+        evicting = [s.maxmemory_policy for s in servers if s.maxmemory_policy != "noeviction"]
+        return CLUSTER if not evicting else replace(CLUSTER, maxmemory_policy=evicting[0])
 
     async def ping(self) -> None:
         down = [node for node, up in (await self.reachable()).items() if not up]
@@ -274,85 +307,48 @@ class ClusterRedis:
             *(self._shard_client(s).call("PING") for s in layout.shards), return_exceptions=True
         )
         return {
-            f"{shard.host}:{shard.port}": reply == b"PONG"
+            shard.address: reply == b"PONG"
             for shard, reply in zip(layout.shards, replies, strict=True)
         }
-
-    async def watch(self) -> tuple[resp.Server, bytes | None]:
-        layout = await self.refresh()
-
-        async def one(shard: Shard) -> tuple[resp.Server, bytes | None]:
-            replies = checked(
-                await self._shard_client(shard).execute(*_IDENTIFY, ("GET", shard.marker))
-            )
-            return resp.Server.from_info(*replies[:3]), replies[3]
-
-        found = await asyncio.gather(*(one(s) for s in layout.shards))
-        server = self._adopt(layout, tuple(s for s, _ in found))
-        markers = {marker for _, marker in found}
-        return server, markers.pop() if len(markers) == 1 else None
-
-    # --- vouching for a history --------------------------------------------------------------
-
-    async def _each(self, identity: bytes, *commands: Callable[[Shard], resp.Command]) -> list[Any]:
-        """Commands on every primary of `identity`, at once; the replies of each, in order."""
-        layout, servers = self._pins(identity)
-        replies = await asyncio.gather(
-            *(
-                self._shard_client(shard).execute(
-                    *(command(shard) for command in commands), identity=server.identity
-                )
-                for shard, server in zip(layout.shards, servers, strict=True)
-            )
-        )
-        return [reply[0] if len(commands) == 1 else reply for reply in map(checked, replies)]
-
-    async def history_state(self, identity: bytes) -> tuple[bytes | None, bool]:
-        states = await self._each(identity, lambda s: ("GET", s.marker), lambda s: ("GET", s.lock))
-        markers = [marker for marker, _ in states]
-        locks = [lock for _, lock in states]
-        common = set(markers)
-        return common.pop() if len(common) == 1 else None, any(lock is not None for lock in locks)
-
-    async def lock(self, owner: str, ttl_ms: int, identity: bytes) -> bool:
-        taken = await self._each(identity, lambda s: ("SET", s.lock, owner, "NX", "PX", ttl_ms))
-        if all(reply is not None for reply in taken):
-            return True
-        await self.unlock(owner, identity)
-        return False
-
-    async def seal(self, owner: str, marker: bytes, identity: bytes) -> bool:
-        sealed = await self._each(
-            identity, lambda s: ("EVAL", _SEAL, 2, s.lock, s.marker, owner, marker)
-        )
-        return all(reply == 1 for reply in sealed)
-
-    async def unlock(self, owner: str, identity: bytes) -> None:
-        await self._each(identity, lambda s: ("EVAL", _RELEASE, 1, s.lock, owner))
 
     # --- the cache ------------------------------------------------------------------------------
 
     async def lookup(
         self, keys: Sequence[bytes], marker: bytes, identity: bytes
     ) -> list[bytes | None]:
-        layout, servers = self._pins(identity)
+        """The values of `keys`; the keys of a primary not vouched for, lost (see `on_lost`)
+        or moving are absent (Postgres answers them)."""
+        layout = self.layout or await self.refresh()
+        markers, pins = vouched(marker, HistoryUnknown), vouched(identity, ServerChanged)
         groups: dict[int, list[int]] = {}
+        owner = layout.owner
         for position, key in enumerate(keys):
-            groups.setdefault(layout.shard(key), []).append(position)
+            groups.setdefault(owner[key_slot(key)], []).append(position)
 
         async def one(i: int, positions: list[int]) -> list[Any]:
+            if i == 255:  # no primary serves it now (a failover under way)
+                self._refresh_soon()
+                return [None] * len(positions)
             shard = layout.shards[i]
-            (reply,) = await self._shard_client(shard).execute(
-                ("EVAL", _LOOKUP, 1, shard.marker, marker, *(keys[p] for p in positions)),
-                identity=servers[i].identity,
-            )
+            held, pin = markers.get(shard.address), pins.get(shard.address)
+            if held is None or pin is None:  # not vouched for (yet): Postgres answers
+                return [None] * len(positions)
+            try:
+                (reply,) = await self._shard_client(shard).execute(
+                    ("EVAL", _LOOKUP, 1, shard.marker, held, *(keys[p] for p in positions)),
+                    identity=pin,
+                )
+            except (RedisError, OSError) as exc:
+                return self._lost(shard.address, exc, len(positions))
             if redirected(reply):  # a slot is moving: what is not here is absent
                 return [None] * len(positions)
             if isinstance(reply, ResponseError):
-                # A key of a slot this node no longer serves: another layout.
-                raise HistoryUnknown(f"redis cluster layout changed: {reply}")
+                # A key of a slot this node no longer serves: the slot moved, nothing is lost.
+                self._refresh_soon()
+                return [None] * len(positions)
             if reply == -1:
-                raise HistoryUnknown("redis lost its history marker")
+                lost = HistoryUnknown("redis lost its history marker")
+                return self._lost(shard.address, lost, len(positions))
             return list(reply)
 
         found: list[bytes | None] = [None] * len(keys)
@@ -362,44 +358,66 @@ class ClusterRedis:
                 found[position] = value
         return found
 
-    def _command(self, layout: Layout, write: Write) -> resp.Command:
-        marker = write.marker
-        if marker is None:
-            return fill_command(write)
-        shard = layout.shards[layout.shard(write.key)]
-        w = write
-        return ("EVAL", _MARKED_FILL, 1, w.key, w.version, w.value, w.ttl_ms, marker, shard.marker)
-
     async def write(self, writes: Sequence[Write], identity: bytes | None = None) -> None:
+        """Versioned writes. Pinned (`identity`): only to the primaries it names, each to that
+        very process; a write of any other primary's key is not sent (a reader's fill is only
+        a copy; a replay writes what belongs to its own primary)."""
         if not writes:
             return
-        if identity is not None:
-            layout, servers = self._pins(identity)
-        else:
-            layout, servers = self.layout or await self.refresh(), ()
-        groups: dict[int, list[Write]] = {}
+        layout = self.layout or await self.refresh()
+        pins = None if identity is None else vouched(identity, ServerChanged)
+        groups: dict[int, list[resp.Command]] = {}
+        plain: dict[int, list[Write]] = {}
+        unowned = False
         for write in writes:
-            groups.setdefault(layout.shard(write.key), []).append(write)
-
-        async def one(i: int, group: list[Write]) -> list[Any]:
+            i = layout.owner[key_slot(write.key)]
+            if i == 255:  # no primary serves it now (a failover under way)
+                unowned = unowned or pins is None  # a writer's: reported once the rest is done
+                continue
+            if pins is not None and layout.shards[i].address not in pins:
+                continue  # not a primary vouched for: not written
             shard = layout.shards[i]
-            pin = servers[i].identity if servers else None
-            replies = await self._shard_client(shard).execute(
-                *(self._command(layout, w) for w in group), identity=pin
-            )
-            for j, (write, reply) in enumerate(zip(group, replies, strict=True)):
+            command = fill_command(write)
+            if write.marker is not None:
+                held = vouched(write.marker, HistoryUnknown).get(shard.address)
+                if held is None:
+                    continue
+                k, v, value, ttl, _ = write
+                command = ("EVAL", _MARKED_FILL, 1, k, v, value, ttl, held, shard.marker)
+            groups.setdefault(i, []).append(command)
+            plain.setdefault(i, []).append(write)
+
+        async def one(i: int, commands: list[resp.Command]) -> list[Any]:
+            shard = layout.shards[i]
+            pin = None if pins is None else pins[shard.address]
+            try:
+                replies = await self._shard_client(shard).execute(*commands, identity=pin)
+            except (RedisError, OSError) as exc:
+                raise ShardLost(shard.address, exc) from exc
+            for j, (write, reply) in enumerate(zip(plain[i], replies, strict=True)):
                 if redirected(reply):
                     if write.marker is not None:
                         replies[j] = 0  # a reader's fill is only a copy: dropped
-                    elif identity is not None:
+                    elif pin is not None:  # a replay: its slot moved meanwhile, start again
                         raise ServerChanged(f"redis cluster layout changed: {reply}")
                     else:
                         replies[j] = await self._redirect(fill_command(write), reply)
-            return checked(replies)
+            if -1 in checked(replies):
+                raise ShardLost(shard.address, HistoryUnknown("redis lost its history marker"))
+            return replies
 
-        results = await _each_group(one, groups)
-        if any(-1 in replies for replies in results):
-            raise HistoryUnknown("redis lost its history marker")
+        found = await _each_group(one, groups, settle=True)
+        failures = [f for f in found if isinstance(f, BaseException)]
+        if pins is None and self.on_lost is not None:
+            # A primary that missed a writer's tombstone is read no more until the change is
+            # written to it again: every such primary is told, not only the first.
+            for failure in failures:
+                if isinstance(failure, ShardLost):
+                    self.on_lost(failure)
+        if failures:
+            raise failures[0]
+        if unowned:
+            raise ConnectionError("no primary of the redis cluster serves a written key's slot")
 
     async def _redirect(self, command: resp.Command, reply: ResponseError) -> Any:
         """Run a command where a MOVED or ASK reply sent it."""
@@ -500,17 +518,22 @@ class ClusterRedis:
     # --- replay memory ---------------------------------------------------------------------------
 
     async def remember_once(self, key: bytes, until: int, marker: bytes, identity: bytes) -> bool:
-        layout, servers = self._pins(identity)
-        i = layout.shard(key)
-        shard = layout.shards[i]
-        (first,) = checked(
-            await self._shard_client(shard).execute(
-                ("EVAL", _ONCE, 1, key, shard.marker, marker, until),
-                identity=servers[i].identity,
+        layout = self.layout or await self.refresh()
+        shard = layout.shards[layout.shard(key)]
+        held = vouched(marker, HistoryUnknown).get(shard.address)
+        pin = vouched(identity, ServerChanged).get(shard.address)
+        if held is None or pin is None:
+            raise ShardLost(shard.address, HistoryUnknown("its history is not vouched for yet"))
+        try:
+            (first,) = checked(
+                await self._shard_client(shard).execute(
+                    ("EVAL", _ONCE, 1, key, shard.marker, held, until), identity=pin
+                )
             )
-        )
+        except ServerChanged as exc:
+            raise ShardLost(shard.address, exc) from exc
         if first == -1:
-            raise HistoryUnknown("redis lost its history marker")
+            raise ShardLost(shard.address, HistoryUnknown("redis lost its history marker"))
         return bool(first == 1)
 
     def close(self) -> None:
@@ -525,50 +548,85 @@ class ClusterRedis:
 
 
 class ClusterSubscription:
-    """Sharded pub/sub on the hub primary; its `server` is the cluster it was opened on."""
+    """Sharded pub/sub on the hub primary; its `server` is the cluster (`CLUSTER`).
+
+    A failover of the hub primary ends the connection, a move of the hub's slot makes the
+    server end the subscription: either way the listener subscribes again (promise 4)."""
 
     def __init__(self, cluster: ClusterRedis) -> None:
         self._cluster = cluster
-        self._server: resp.Server | None = None
         self._inner: resp.Subscription | None = None
 
     @property
     def server(self) -> resp.Server | None:
-        return self._server if self._inner is not None else None
+        return CLUSTER if self._inner is not None else None
 
     async def open(
         self, channels: Sequence[str], on_message: Callable[[bytes, bytes], None]
     ) -> asyncio.Future[None]:
-        server = await self._cluster.server()
         host, port = await self._cluster.hub()
         url = node_url(self._cluster.seeds[0], host, port)
         inner = self._inner = resp.Subscription(url, self._cluster.timeout, sharded=True)
         prefix = len(HUB_TAG)
-        lost = await inner.open(
+        return await inner.open(
             [_tagged(c).decode() for c in channels],
             lambda channel, data: on_message(channel[prefix:], data),
         )
-        self._server = server
-        return lost
 
     def close(self) -> None:
         if self._inner is not None:
             self._inner.close()
 
 
+class ClusterNode(HistoryOps):
+    """The history operations (introspect/history.py) on one primary, with its copy of the
+    marker and lock under the hash tag it serves now."""
+
+    def __init__(self, cluster: ClusterRedis, address: str) -> None:
+        self._cluster = cluster
+        self.address = address
+        host, _, port = address.rpartition(":")
+        self.client = cluster.client(host, int(port))
+
+    def keys(self) -> tuple[bytes, bytes]:
+        layout = self._cluster.layout
+        for shard in () if layout is None else layout.shards:
+            if shard.address == self.address:
+                return shard.marker, shard.lock
+        raise ShardLost(self.address, ConnectionError("no longer a primary of the cluster"))
+
+
 async def _each_group(
-    one: Callable[[int, list[T]], Awaitable[list[Any]]], groups: dict[int, list[T]]
-) -> list[list[Any]]:
-    """`one` for every (shard, group), at once; the results in order (one group: no task)."""
+    one: Callable[[int, list[T]], Awaitable[list[Any]]],
+    groups: dict[int, list[T]],
+    *,
+    settle: bool = False,
+) -> list[Any]:
+    """`one` for every (shard, group), at once; the results in order (one group: no task).
+    With `settle`, each group's failure is its result, once every group is done."""
     if len(groups) == 1:
         ((i, group),) = groups.items()
-        return [await one(i, group)]
-    return await asyncio.gather(*(one(i, group) for i, group in groups.items()))
+        if not settle:
+            return [await one(i, group)]
+        try:
+            return [await one(i, group)]
+        except (RedisError, OSError) as exc:
+            return [exc]
+    found: list[Any] = await asyncio.gather(
+        *(one(i, group) for i, group in groups.items()), return_exceptions=settle
+    )
+    return found
 
 
 def _tagged(name: str | bytes) -> bytes:
     """A channel or list name under the hub tag."""
     return HUB_TAG + (name.encode() if isinstance(name, str) else name)
+
+
+def _retrieved(task: asyncio.Task[Layout]) -> None:
+    """A layout asked in the background: its failure is seen by the next one asked."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _owns(owner: bytes | bytearray, shard: int, slot: int) -> bool:

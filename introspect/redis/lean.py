@@ -71,12 +71,7 @@ redis.call('SET', KEYS[1], used + block, 'PX', ARGV[4])
 return {block, free - block}
 """
 
-_WATCH: list[resp.Command] = [
-    ("INFO", "server"),
-    ("INFO", "replication"),
-    ("INFO", "memory"),
-    ("GET", MARKER),
-]
+_IDENTIFY: list[resp.Command] = [("INFO", "server"), ("INFO", "replication"), ("INFO", "memory")]
 
 
 def fill_command(write: Write) -> resp.Command:
@@ -95,7 +90,49 @@ def checked(replies: list[Any]) -> list[Any]:
     return replies
 
 
-class LeanRedis:
+class HistoryOps:
+    """The history operations (`port.HistoryPort`) on one server, over `self.client`, with
+    the marker and the replay lock under `keys()`."""
+
+    client: resp.Client
+
+    def keys(self) -> tuple[bytes, bytes]:
+        """The marker's key and the replay lock's."""
+        return MARKER, LOCK
+
+    async def server(self) -> resp.Server:
+        return await self.client.server()
+
+    async def watch(self) -> tuple[resp.Server, bytes | None]:
+        marker, _lock = self.keys()
+        replies = checked(await self.client.execute(*_IDENTIFY, ("GET", marker)))
+        return resp.Server.from_info(*replies[:3]), replies[3]
+
+    async def history_state(self, identity: bytes) -> tuple[bytes | None, bool]:
+        marker, lock = checked(
+            await self.client.execute(*(("GET", key) for key in self.keys()), identity=identity)
+        )
+        return marker, lock is not None
+
+    async def lock(self, owner: str, ttl_ms: int, identity: bytes) -> bool:
+        _marker, lock = self.keys()
+        (locked,) = checked(
+            await self.client.execute(("SET", lock, owner, "NX", "PX", ttl_ms), identity=identity)
+        )
+        return locked is not None
+
+    async def seal(self, owner: str, marker: bytes, identity: bytes) -> bool:
+        key, lock = self.keys()
+        seal: resp.Command = ("EVAL", _SEAL, 2, lock, key, owner, marker)
+        (sealed,) = checked(await self.client.execute(seal, identity=identity))
+        return bool(sealed == 1)
+
+    async def unlock(self, owner: str, identity: bytes) -> None:
+        _marker, lock = self.keys()
+        checked(await self.client.execute(("EVAL", _RELEASE, 1, lock, owner), identity=identity))
+
+
+class LeanRedis(HistoryOps):
     """`introspect.redis.port.Redis` on one server: one pipelined connection per worker,
     which identifies the server of every connection it opens."""
 
@@ -106,38 +143,8 @@ class LeanRedis:
         # Blocking pops of acknowledgements, on a connection of their own (opened when used).
         self._blocking: resp.Client | None = None
 
-    async def server(self) -> resp.Server:
-        return await self.client.server()
-
     async def ping(self) -> None:
         await self.client.call("PING")
-
-    async def watch(self) -> tuple[resp.Server, bytes | None]:
-        replies = checked(await self.client.execute(*_WATCH))
-        return resp.Server.from_info(*replies[:3]), replies[3]
-
-    async def history_state(self, identity: bytes) -> tuple[bytes | None, bool]:
-        marker, lock = checked(
-            await self.client.execute(("GET", MARKER), ("GET", LOCK), identity=identity)
-        )
-        return marker, lock is not None
-
-    async def lock(self, owner: str, ttl_ms: int, identity: bytes) -> bool:
-        (locked,) = checked(
-            await self.client.execute(("SET", LOCK, owner, "NX", "PX", ttl_ms), identity=identity)
-        )
-        return locked is not None
-
-    async def seal(self, owner: str, marker: bytes, identity: bytes) -> bool:
-        (sealed,) = checked(
-            await self.client.execute(
-                ("EVAL", _SEAL, 2, LOCK, MARKER, owner, marker), identity=identity
-            )
-        )
-        return bool(sealed == 1)
-
-    async def unlock(self, owner: str, identity: bytes) -> None:
-        checked(await self.client.execute(("EVAL", _RELEASE, 1, LOCK, owner), identity=identity))
 
     async def lookup(
         self, keys: Sequence[bytes], marker: bytes, identity: bytes

@@ -8,7 +8,10 @@ Cluster), and no caller changes. What every implementation keeps:
 
 * Identity. An operation that names an `identity` (`resp.Server.identity`:
   a server process and its replication history) runs only on a connection
-  to that very server, else raises `ServerChanged` and sends nothing.
+  to that very server, else raises `ServerChanged` and sends nothing. On a
+  cluster, the identity and the marker name each vouched primary
+  (`cluster.compose`), and an operation on a primary they do not name is
+  not sent (a lookup answers its keys absent).
 * The history marker. A lookup and a reader's fill check the marker (the
   value under `MARKER`) in the same command that reads or writes the
   entries, and raise `HistoryUnknown` when it is not the one named: a lost
@@ -37,6 +40,7 @@ __all__ = [
     "LOCK",
     "MARKER",
     "EvictingRedis",
+    "HistoryPort",
     "HistoryUnknown",
     "Redis",
     "Server",
@@ -98,24 +102,15 @@ class Subscription(Protocol):
         """Drop the subscription."""
 
 
-class Redis(Protocol):
-    """The operations the product needs from Redis."""
-
-    # The deadline of every operation (s): past it, Redis is treated as down.
-    timeout: float
-
-    # --- identity and ping -----------------------------------------------------------------
+class HistoryPort(Protocol):
+    """What vouching for one server's history needs (introspect/history.py): on one server,
+    the `LeanRedis` itself; on a cluster, each primary (`ClusterRedis.node`)."""
 
     async def server(self) -> Server:
         """Who answers now (connecting if needed)."""
 
-    async def ping(self) -> None:
-        """Raise unless Redis answers."""
-
     async def watch(self) -> tuple[Server, bytes | None]:
         """Who answers on the connection in use, and the marker it holds, in one round trip."""
-
-    # --- vouching for a history (introspect/history.py) ------------------------------------
 
     async def history_state(self, identity: bytes) -> tuple[bytes | None, bool]:
         """The marker `identity` holds, and whether a replay holds the lock."""
@@ -129,12 +124,28 @@ class Redis(Protocol):
     async def unlock(self, owner: str, identity: bytes) -> None:
         """Release the lock if `owner` holds it."""
 
+
+class Redis(Protocol):
+    """The operations the product needs from Redis."""
+
+    # The deadline of every operation (s): past it, Redis is treated as down.
+    timeout: float
+
+    # --- identity and ping -----------------------------------------------------------------
+
+    async def server(self) -> Server:
+        """Who answers now (connecting if needed); on a cluster, the cluster as one."""
+
+    async def ping(self) -> None:
+        """Raise unless Redis answers."""
+
     # --- the cache --------------------------------------------------------------------------
 
     async def lookup(
         self, keys: Sequence[bytes], marker: bytes, identity: bytes
     ) -> list[bytes | None]:
-        """The values of `keys` in order (None: absent), under `marker` (else HistoryUnknown)."""
+        """The values of `keys` in order (None: absent), under `marker` (else HistoryUnknown;
+        on a cluster, per primary: see ClusterRedis.lookup)."""
 
     async def write(self, writes: Sequence[Write], identity: bytes | None = None) -> None:
         """Run versioned writes; HistoryUnknown if one was refused for its marker."""

@@ -12,12 +12,15 @@ import asyncio
 import contextlib
 import secrets
 from collections.abc import Iterator
+from typing import cast
 
+import asyncpg
 import pytest
 
+from introspect.history import ShardedHistory
 from introspect.redis import LeanRedis, Redis, Write
-from introspect.redis.cluster import ClusterRedis
-from introspect.redis.port import HistoryUnknown, ServerChanged
+from introspect.redis.cluster import ClusterRedis, compose
+from introspect.redis.port import HistoryPort, HistoryUnknown, ServerChanged
 from introspect.store import now
 from tests.conftest import Stores
 
@@ -43,10 +46,23 @@ def redis(request: pytest.FixtureRequest, migrated: Stores) -> Iterator[Redis]:
 
 
 async def vouched(redis: Redis) -> tuple[bytes, bytes]:
-    """The session Valkey's history marker and its server's identity."""
-    server, marker = await redis.watch()
-    assert marker is not None
-    return marker, server.identity
+    """The history marker and the identity the read path names: the session Valkey's, or
+    every primary's of the session cluster (adopted from conftest's vouching)."""
+    if isinstance(redis, LeanRedis):
+        server, marker = await redis.watch()
+        assert marker is not None
+        return marker, server.identity
+    assert isinstance(redis, ClusterRedis)
+    history = ShardedHistory(redis, cast(asyncpg.Pool, None), _no_replay, window=0)
+    await history.vouch()
+    history.use(history.ready())
+    assert history.value is not None
+    assert history.identity is not None
+    return history.value, history.identity
+
+
+async def _no_replay(_since: int, _identity: bytes) -> int:
+    raise AssertionError("conftest vouched for the session's histories: nothing to replay")
 
 
 async def test_a_versioned_write_never_replaces_a_newer_version(redis: Redis) -> None:
@@ -126,10 +142,49 @@ async def test_a_publication_counts_its_receivers_and_acknowledgements_come_back
 
 
 async def test_the_marker_is_the_one_the_history_keeps(redis: Redis) -> None:
-    """`watch` reads the marker key the history protocol writes, with the server's identity."""
-    _marker, identity = await vouched(redis)
-    _server, marker = await redis.watch()
-    held, locked = await redis.history_state(identity)
-    assert held == marker
-    assert not locked
+    """`watch` reads the marker key the history protocol writes, with the server's identity
+    (on a cluster, each primary's own)."""
+    await vouched(redis)
+    nodes: list[HistoryPort] = [redis] if isinstance(redis, LeanRedis) else []
+    if isinstance(redis, ClusterRedis):
+        nodes = [redis.node(address) for address in await redis.reachable()]
+    for node in nodes:
+        server, marker = await node.watch()
+        held, locked = await node.history_state(server.identity)
+        assert held == marker
+        assert marker is not None
+        assert marker.startswith(server.identity + b"|")
+        assert not locked
     await redis.ping()
+
+
+async def test_a_cluster_lookup_answers_the_keys_of_a_primary_not_vouched_for_as_absent(
+    cluster_url: str,
+) -> None:
+    """Keys of a primary the marker and identity do not name are not read (Postgres answers
+    them), nor written by a reader's fill; the named primaries answer theirs."""
+    with contextlib.closing(ClusterRedis(cluster_url)) as redis:
+        marker, identity = await vouched(redis)
+        layout = await redis.refresh()
+        first, second = (s.address for s in layout.shards[:2])
+        keys: dict[str | None, bytes] = {}
+        while first not in keys or second not in keys:
+            key = unique("per-primary")
+            keys.setdefault(redis.address_of(key), key)
+        one, other = keys[first], keys[second]
+        await redis.write([Write(one, 1, b"1|a", 60_000), Write(other, 1, b"1|b", 60_000)])
+        only_first = (
+            compose({first: vouched_as(marker, first)}),
+            compose({first: vouched_as(identity, first)}),
+        )
+        assert only_first[0] is not None
+        assert only_first[1] is not None
+        assert await redis.lookup([one, other], *only_first) == [b"1|a", None]
+        fills = [Write(k, 2, b"2|new", 60_000, only_first[0]) for k in (one, other)]
+        await redis.write(fills, only_first[1])
+        assert await redis.lookup([one, other], marker, identity) == [b"2|new", b"1|b"]
+
+
+def vouched_as(value: bytes, address: str) -> bytes:
+    """One primary's part of what the read path names."""
+    return dict(item.split(b"=", 1) for item in value.split(b","))[address.encode()]

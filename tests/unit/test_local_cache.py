@@ -1,20 +1,28 @@
-"""LocalCache's refresh bookkeeping: when an in-process entry comes due to be read again."""
+"""LocalCache: when an in-process entry comes due to be read again, and what a lost cluster
+primary drops."""
 
 from __future__ import annotations
 
 import math
 import time
 
+from hypothesis import given
+from hypothesis import strategies as st
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS as SLOTS
+from redis.crc import key_slot
+
 from introspect.cache import (
     ANSWER,
     AUD,
     CLIENT_ID,
+    KEY_PREFIX,
     REFRESH_AT,
     REFRESH_FROM,
     REFRESH_TO,
     SUB,
     LocalCache,
     answered,
+    client_key,
     decode,
     inactive,
 )
@@ -156,3 +164,20 @@ def test_a_final_answer_obeys_messages_and_the_epoch() -> None:
     revoked = local.get(b"k", 0.0)
     assert revoked is not None
     assert revoked[ANSWER] is None
+
+
+@given(st.lists(st.binary(min_size=1, max_size=8), min_size=1, max_size=40, unique=True))
+def test_dropping_slots_drops_exactly_what_lives_in_them(keys: list[bytes]) -> None:
+    """A cluster primary lost: the entries, final keys and client records whose Redis keys
+    hash to its slots are dropped, every other one is kept."""
+    local = usable()
+    lost = (0, SLOTS // 2 - 1)
+    for i, key in enumerate(keys):
+        local.put(key, LIVE if i % 2 else inactive(), local.epoch, now=0)
+        local.put_client(key.hex(), None, local.epoch)
+    local.drop_slots([lost])
+    for key in keys:
+        inside = lost[0] <= key_slot(KEY_PREFIX + key) <= lost[1]
+        assert (local.get(key, 0.0) is None) == inside
+        record_inside = lost[0] <= key_slot(KEY_PREFIX + client_key(key.hex())) <= lost[1]
+        assert local.get_client(key.hex(), 0.0)[0] != record_inside

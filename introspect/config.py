@@ -57,7 +57,9 @@ class Settings:
     # Cache tuning: a size of 0 turns the in-process layer off, a Redis TTL of 0 the Redis
     # layer (invalidations are still published and applied).
     local_cache_size: int = 100_000
-    local_cache_ttl: float = 10.0
+    # (Coherence comes from the invalidations and the heartbeat, not from this lifetime: it
+    # bounds how often a worker reads an entry again from Redis.)
+    local_cache_ttl: float = 60.0
     redis_cache_ttl: int = 300
     negative_cache_ttl: int = 30
     # How long a resource server following the revocation feed may reuse an introspection
@@ -178,7 +180,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         issuer_override=env.get("INTROSPECT_ISSUER") or None,
         secrets=keys,
         local_cache_size=_int(env, "INTROSPECT_LOCAL_CACHE_SIZE", 100_000),
-        local_cache_ttl=float(_int(env, "INTROSPECT_LOCAL_CACHE_TTL", 10)),
+        local_cache_ttl=float(_int(env, "INTROSPECT_LOCAL_CACHE_TTL", 60)),
         redis_cache_ttl=_int(env, "INTROSPECT_REDIS_CACHE_TTL", 300),
         negative_cache_ttl=_int(env, "INTROSPECT_NEGATIVE_CACHE_TTL", 30, minimum=1),
         rs_cache_ttl=_int(env, "INTROSPECT_RS_CACHE_TTL", 60),

@@ -181,6 +181,31 @@ async def test_credits_stay_exact_when_redis_restarts_mid_run(
         assert read["remaining"] == CREDITS - counts[True]
 
 
+async def test_the_refill_of_an_interval_is_applied_once_across_three_workers(
+    settings: Settings, authority: Authority, tmp_path: Path
+) -> None:
+    """An empty account refilled last in the previous interval, presented 1,000 times at once
+    over 3 workers: this interval's refill is applied once, whichever worker renews first, so
+    exactly its amount of answers are active (not one refill per worker or per lease)."""
+    amount = 30
+    credits = {
+        "sub": "refilled",
+        "credits": {"remaining": 0, "refill": {"amount": amount, "interval": 3600}},
+    }
+    async with _key_served(settings, authority, tmp_path, 3, credits) as (_, remote, rs, key):
+        moved = await authority.pool.execute(
+            "UPDATE credit_accounts SET period = period - 1 WHERE owner = $1",
+            f"api_key:{key['id']}",
+        )
+        assert moved == "UPDATE 1"
+        counts = await _credit_run(remote, rs, key["key"], None)
+        assert counts[True] == amount
+        assert counts[None] == 0
+        read = await _balance_settles(remote, key["id"])
+        assert read["remaining"] == 0
+        assert read["lost"] == 0
+
+
 WINDOW = 2
 LIMIT = 50
 # Requests stop this long before a window ends, so each answer falls in one window.

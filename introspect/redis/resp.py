@@ -54,10 +54,8 @@ def pack(commands: Sequence[Command]) -> bytes:
     for command in commands:
         out.append(b"*%d\r\n" % len(command))
         for arg in command:
-            if isinstance(arg, str):
-                arg = arg.encode()
-            elif isinstance(arg, int):
-                arg = b"%d" % arg
+            if not isinstance(arg, bytes):  # keys and values, the most, are bytes already
+                arg = arg.encode() if isinstance(arg, str) else b"%d" % arg
             out.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
     return b"".join(out)
 

@@ -10,7 +10,10 @@ one event-loop iteration are written together at its end, on one
 connection per worker (Redis answers in order, so a FIFO of waiting
 batches is the whole protocol); replies are parsed by hiredis. One
 future per batch, no task, no per-command timer: a watchdog aborts the
-connection when the oldest batch waited longer than the timeout.
+connection when the oldest batch waited longer than the timeout. A batch
+that is itself made at the end of an iteration (the coalesced lookups'
+MGET) may instead be written at once and answered by a callback from the
+reading of its last reply (`Client.send_then`): no future at all.
 
 It is the wire under the Redis port's one-server implementation
 (introspect/redis/lean.py), where every command the product sends is written.

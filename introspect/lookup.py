@@ -60,10 +60,16 @@ class CredentialLookup:
         verified locally (RFC 9068 §4). An in-process entry was only ever stored
         after this worker verified that very string.
         """
-        kind = credentials.parse(token)
-        jwt = kind is not Kind.ACCESS_TOKEN and kind is not Kind.API_KEY
-        if jwt and (kind is not None or not rfc9068.jwt_shaped(token)):
-            return _INACTIVE
+        if key is not None and "." not in token:
+            # Memoized, and no JWT (a compact JWS has two dots, an opaque credential none):
+            # a well-formed opaque credential, parsed when first seen (a read through Redis
+            # after an in-process miss skips the format check, as an in-process hit does).
+            jwt = False
+        else:
+            kind = credentials.parse(token)
+            jwt = kind is not Kind.ACCESS_TOKEN and kind is not Kind.API_KEY
+            if jwt and (kind is not None or not rfc9068.jwt_shaped(token)):
+                return _INACTIVE
         secrets = self.server_secrets
         primary = credentials.keyed_hash(secrets[0], token) if key is None else key
         refused = False

@@ -176,11 +176,11 @@ class Stores(Memory, Protocol):
         """A client record, read if need be; None when there is none."""
 
 
-@dataclass(frozen=True, slots=True)
-class Pending:
+class Pending(NamedTuple):
     """Where the synchronous step stopped: a caller that may introspect and its `token`, with
     the keyed hash memory held for it and, when only its owner's record was missing, its
-    in-process entry."""
+    in-process entry (a NamedTuple: made on every request memory cannot answer, each Redis
+    hit's; a frozen dataclass sets each field through object.__setattr__)."""
 
     caller: Client
     token: str

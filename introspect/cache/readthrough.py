@@ -54,6 +54,11 @@ REFRESH_BATCH = 500
 REFRESH_GATHER = 0.1
 
 
+def _by_key(keys: list[bytes], values: list[bytes | None]) -> dict[bytes, bytes]:
+    """The values found, by key."""
+    return {k: v for k, v in zip(keys, values, strict=True) if v is not None}
+
+
 class CredentialCache:
     """The read path over the three layers, and the write path that keeps them coherent."""
 
@@ -87,7 +92,7 @@ class CredentialCache:
             window=max(redis_ttl, negative_ttl) + HISTORY_MARGIN,
         )
         self.history = self.health.history
-        self._gets: Coalescer[bytes, bytes] = Coalescer(self._mget)
+        self._gets: Coalescer[bytes, bytes] = Coalescer(self._mget, start_many=self._mget_now)
         self._fills: Coalescer[Write, None] = Coalescer(self._fill_many)
         self._refreshing: asyncio.Task[None] | None = None
         # Awaited between a read and the fills it leads to: tests force interleavings here.
@@ -219,13 +224,33 @@ class CredentialCache:
 
     async def _mget(self, keys: list[bytes]) -> dict[bytes, bytes]:
         """The entries of `keys`, read with the history marker, from the vouched server only."""
+        marker, identity = self._vouched()
+        METRICS.redis_calls.inc()
+        values = await self.redis.lookup([KEY_PREFIX + k for k in keys], marker, identity)
+        return _by_key(keys, values)
+
+    def _mget_now(
+        self, keys: list[bytes], found: Callable[[dict[bytes, bytes] | BaseException], None]
+    ) -> bool:
+        """`_mget` sent at once when a connection is open, its entries handed to `found` as
+        they come in (see Coalescer); False when it cannot be (then `_mget`)."""
+        marker, identity = self._vouched()
+
+        def values(read: list[bytes | None] | BaseException) -> None:
+            found(read if isinstance(read, BaseException) else _by_key(keys, read))
+
+        sent = self.redis.lookup_then([KEY_PREFIX + k for k in keys], marker, identity, values)
+        if sent:
+            METRICS.redis_calls.inc()
+        return sent
+
+    def _vouched(self) -> tuple[bytes, bytes]:
+        """The marker and server this worker vouches for; HistoryUnknown when none."""
         history = self.history
         marker, identity = history.value, history.identity
         if marker is None or identity is None:
             raise HistoryUnknown("no vouched redis history")
-        METRICS.redis_calls.inc()
-        values = await self.redis.lookup([KEY_PREFIX + k for k in keys], marker, identity)
-        return {k: v for k, v in zip(keys, values, strict=True) if v is not None}
+        return marker, identity
 
     async def _redis_fill(self, key: bytes, entry: Entry, marker: bytes) -> None:
         now = store.now()

@@ -313,6 +313,16 @@ class ClusterRedis:
 
     # --- the cache ------------------------------------------------------------------------------
 
+    def lookup_then(
+        self,
+        keys: Sequence[bytes],
+        marker: bytes,
+        identity: bytes,
+        found: Callable[[list[bytes | None] | BaseException], None],
+    ) -> bool:
+        """Never at once: keys go to several primaries, each possibly to connect (`lookup`)."""
+        return False
+
     async def lookup(
         self, keys: Sequence[bytes], marker: bytes, identity: bytes
     ) -> list[bytes | None]:

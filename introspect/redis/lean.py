@@ -8,7 +8,7 @@ assertions, the rate-limit window counters, PUBLISH, the acknowledgement lists a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from redis.exceptions import ResponseError
@@ -90,6 +90,15 @@ def checked(replies: list[Any]) -> list[Any]:
     return replies
 
 
+def _values(replies: list[Any], marker: bytes) -> list[bytes | None]:
+    """The values of a lookup's `MGET <marker key> <keys>`, if the marker is `marker`."""
+    (values,) = checked(replies)
+    if values[0] != marker:
+        raise HistoryUnknown("redis lost its history marker")
+    found: list[bytes | None] = values[1:]  # MGET: a value or nil for each key
+    return found
+
+
 class HistoryOps:
     """The history operations (`port.HistoryPort`) on one server, over `self.client`, with
     the marker and the replay lock under `keys()`."""
@@ -149,11 +158,29 @@ class LeanRedis(HistoryOps):
     async def lookup(
         self, keys: Sequence[bytes], marker: bytes, identity: bytes
     ) -> list[bytes | None]:
-        (values,) = checked(await self.client.execute(("MGET", MARKER, *keys), identity=identity))
-        if values[0] != marker:
-            raise HistoryUnknown("redis lost its history marker")
-        found: list[bytes | None] = values[1:]  # MGET: a value or nil for each key
-        return found
+        return _values(
+            await self.client.execute(("MGET", MARKER, *keys), identity=identity), marker
+        )
+
+    def lookup_then(
+        self,
+        keys: Sequence[bytes],
+        marker: bytes,
+        identity: bytes,
+        found: Callable[[list[bytes | None] | BaseException], None],
+    ) -> bool:
+        def replied(replies: list[Any] | BaseException) -> None:
+            if isinstance(replies, BaseException):
+                found(replies)
+                return
+            try:
+                values = _values(replies, marker)
+            except Exception as exc:  # to the askers, never into the connection's reading
+                found(exc)
+            else:
+                found(values)
+
+        return self.client.send_then([("MGET", MARKER, *keys)], replied, identity)
 
     async def write(self, writes: Sequence[Write], identity: bytes | None = None) -> None:
         results = checked(await self.client.execute(*map(fill_command, writes), identity=identity))

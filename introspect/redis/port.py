@@ -147,6 +147,18 @@ class Redis(Protocol):
         """The values of `keys` in order (None: absent), under `marker` (else HistoryUnknown;
         on a cluster, per primary: see ClusterRedis.lookup)."""
 
+    def lookup_then(
+        self,
+        keys: Sequence[bytes],
+        marker: bytes,
+        identity: bytes,
+        found: Callable[[list[bytes | None] | BaseException], None],
+    ) -> bool:
+        """`lookup`, sent at once when it can be without waiting (a connection to `identity`
+        open): its values, or its error, go to `found` when they come in. False, with nothing
+        sent and `found` never called, when it cannot (then `lookup`); raises as `lookup`
+        would before sending (ServerChanged)."""
+
     async def write(self, writes: Sequence[Write], identity: bytes | None = None) -> None:
         """Run versioned writes; HistoryUnknown if one was refused for its marker."""
 

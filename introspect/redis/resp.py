@@ -10,7 +10,10 @@ one event-loop iteration are written together at its end, on one
 connection per worker (Redis answers in order, so a FIFO of waiting
 batches is the whole protocol); replies are parsed by hiredis. One
 future per batch, no task, no per-command timer: a watchdog aborts the
-connection when the oldest batch waited longer than the timeout.
+connection when the oldest batch waited longer than the timeout. A batch
+that is itself made at the end of an iteration (the coalesced lookups'
+MGET) may instead be written at once and answered by a callback from the
+reading of its last reply (`Client.send_then`): no future at all.
 
 It is the wire under the Redis port's one-server implementation
 (introspect/redis/lean.py), where every command the product sends is written.
@@ -46,6 +49,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 Arg = bytes | str | int
 Command = Sequence[Arg]
+# Called with a batch's replies, or the error that failed it (see Client.send_then).
+Replied = Callable[[list[Any] | BaseException], None]
 
 
 def pack(commands: Sequence[Command]) -> bytes:
@@ -54,10 +59,8 @@ def pack(commands: Sequence[Command]) -> bytes:
     for command in commands:
         out.append(b"*%d\r\n" % len(command))
         for arg in command:
-            if isinstance(arg, str):
-                arg = arg.encode()
-            elif isinstance(arg, int):
-                arg = b"%d" % arg
+            if not isinstance(arg, bytes):  # keys and values, the most, are bytes already
+                arg = arg.encode() if isinstance(arg, str) else b"%d" % arg
             out.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
     return b"".join(out)
 
@@ -161,13 +164,33 @@ _IDENTIFY: list[Command] = [("INFO", "server"), ("INFO", "replication"), ("INFO"
 
 
 class _Batch:
-    __slots__ = ("expected", "future", "replies", "sent")
+    """A batch in flight: its replies go to `future`, or to `replied` (see Client.send_then)."""
 
-    def __init__(self, future: asyncio.Future[list[Any]], expected: int, sent: float) -> None:
+    __slots__ = ("expected", "future", "replied", "replies", "sent")
+
+    def __init__(
+        self,
+        future: asyncio.Future[list[Any]] | None,
+        expected: int,
+        sent: float,
+        replied: Replied | None = None,
+    ) -> None:
         self.future = future
+        self.replied = replied
         self.replies: list[Any] = []
         self.expected = expected
         self.sent = sent
+
+    def land(self, outcome: list[Any] | BaseException) -> None:
+        """Hand the replies (or the error) over, once."""
+        if self.replied is not None:
+            replied, self.replied = self.replied, None
+            replied(outcome)
+        elif self.future is not None and not self.future.done():
+            if isinstance(outcome, BaseException):
+                self.future.set_exception(outcome)
+            else:
+                self.future.set_result(outcome)
 
 
 class _Protocol(asyncio.Protocol):
@@ -205,7 +228,21 @@ class _Protocol(asyncio.Protocol):
         if not self.alive or self.transport is None:
             future.set_exception(ConnectionError("redis connection lost"))
             return future
-        self.batches.append(_Batch(future, len(commands), time.monotonic()))
+        self._queue(_Batch(future, len(commands), time.monotonic()), commands)
+        return future
+
+    def send_now(self, commands: Sequence[Command], replied: Replied) -> None:
+        """Write `commands` at once, behind what this iteration queued before them, and hand
+        their replies (or the error that fails them) to `replied` as they come in."""
+        if not self.alive:
+            replied(ConnectionError("redis connection lost"))
+            return
+        self._queue(_Batch(None, len(commands), time.monotonic(), replied), commands)
+        self._write()
+
+    def _queue(self, batch: _Batch, commands: Sequence[Command]) -> None:
+        loop = asyncio.get_running_loop()
+        self.batches.append(batch)
         # The batches of one event-loop iteration go out in one write, at its end: one
         # system call (on loopback, the sender pays for the receiver's side of TCP too) for
         # the MGET, the fills and the publishes that many requests made meanwhile, and no
@@ -216,11 +253,12 @@ class _Protocol(asyncio.Protocol):
             loop.call_soon(self._write)
         if self._watchdog is None:
             self._watchdog = loop.call_later(self.timeout, self._check)
-        return future
 
     def _write(self) -> None:
         """Send what the batches of this loop iteration queued, in one write."""
         out, self._out = self._out, []
+        if not out:  # written already, by a `send_now`
+            return
         transport = self.transport
         if self.alive and transport is not None and not transport.is_closing():
             transport.write(out[0] if len(out) == 1 else b"".join(out))
@@ -261,15 +299,12 @@ class _Protocol(asyncio.Protocol):
             batch.replies.append(reply)
             if len(batch.replies) == batch.expected:
                 self.batches.popleft()
-                if not batch.future.done():
-                    batch.future.set_result(batch.replies)
+                batch.land(batch.replies)
 
     def connection_lost(self, exc: Exception | None) -> None:
         error = self._error or ConnectionError(f"redis connection lost: {exc or 'closed'}")
         while self.batches:
-            batch = self.batches.popleft()
-            if not batch.future.done():
-                batch.future.set_exception(error)
+            self.batches.popleft().land(error)
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
@@ -330,6 +365,14 @@ async def _open(
         raise ConnectionError(f"cannot connect to redis: {exc}") from exc
 
 
+def _require(protocol: _Protocol, identity: bytes | None) -> None:
+    """Raise ServerChanged unless `protocol` reaches the server `identity` names (if any)."""
+    if identity is not None:
+        server = protocol.server
+        if server is None or server.identity != identity:
+            raise ServerChanged("redis server or history changed")
+
+
 class Client:
     """Batches of commands over one lazily (re)opened connection."""
 
@@ -353,11 +396,25 @@ class Client:
         protocol = self._protocol
         if protocol is None or not protocol.alive:
             protocol = await self._connect()
-        if identity is not None:
-            server = protocol.server
-            if server is None or server.identity != identity:
-                raise ServerChanged("redis server or history changed")
+        _require(protocol, identity)
         return await protocol.send(commands)
+
+    def send_then(
+        self, commands: Sequence[Command], replied: Replied, identity: bytes | None = None
+    ) -> bool:
+        """Send the commands now, and call `replied` with their replies (error replies in
+        place) or the error that failed them, from the reading of the last reply: no future,
+        no task, and no wait for the end of the loop iteration. False, with nothing sent and
+        `replied` never called, when no connection is open (then `execute`, which opens one).
+
+        With `identity`, as `execute` (ServerChanged raised, nothing sent).
+        """
+        protocol = self._protocol
+        if protocol is None or not protocol.alive:
+            return False
+        _require(protocol, identity)
+        protocol.send_now(commands, replied)
+        return True
 
     async def server(self) -> Server:
         """Who answers on this client's connection (connecting if needed; `identify` only)."""

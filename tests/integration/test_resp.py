@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import AsyncIterator
+from typing import Any, cast
 
 import pytest
 import redis.asyncio as redis
 from redis.exceptions import AuthenticationError, ConnectionError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from introspect.redis.resp import Client, Subscription
+from introspect.redis.resp import Client, Replied, ServerChanged, Subscription
 from tests.conftest import Stores
 from tests.helpers import eventually, free_port
 from tests.valkey import Valkey
@@ -110,6 +111,77 @@ async def test_a_cancelled_batch_does_not_shift_later_replies(client: Client) ->
     assert await client.execute(("GET", second)) == [b"2"]
     assert task.cancelled()
     await client.call("DEL", first, second)
+
+
+def _collector() -> tuple[asyncio.Future[list[Any] | BaseException], Replied]:
+    """A future set with what a `send_then` callback is handed (once; a second call fails)."""
+    got: asyncio.Future[list[Any] | BaseException] = asyncio.get_running_loop().create_future()
+    return got, got.set_result
+
+
+async def test_send_then_needs_an_open_connection_and_sends_nothing_without(
+    client: Client,
+) -> None:
+    """With no connection open, `send_then` says so and never calls back; `execute` opens one."""
+    got, replied = _collector()
+    assert not client.send_then([("PING",)], replied)
+    await asyncio.sleep(0)
+    assert not got.done()
+    assert await client.call("PING") == b"PONG"
+    assert client.send_then([("PING",)], replied)
+    assert await asyncio.wait_for(got, WAIT) == [b"PONG"]
+
+
+async def test_send_then_keeps_order_with_batches_queued_before_it(client: Client) -> None:
+    """A batch sent at once goes behind what the same iteration queued: each gets its own
+    replies, error replies in place, handed to its callback."""
+    key = unique("now")
+    await client.call("PING")
+    queued = asyncio.ensure_future(client.execute(("SET", key, 1), ("INCR", key)))
+    await asyncio.sleep(0)  # queued, its write left for the end of the iteration
+    assert client._protocol is not None
+    got, replied = _collector()
+    queued_too = client._protocol.send([("INCR", key)])
+    assert client.send_then([("INCR", key), ("HGET", key, "f"), ("GET", key)], replied)
+    assert await asyncio.wait_for(queued, WAIT) == [b"OK", 2]
+    assert await asyncio.wait_for(queued_too, WAIT) == [3]
+    four, wrong_type, value = cast(list[Any], await asyncio.wait_for(got, WAIT))
+    assert (four, value) == (4, b"4")
+    assert isinstance(wrong_type, ResponseError)
+    await client.call("DEL", key)
+
+
+async def test_send_then_refuses_another_server_before_sending(stores: Stores) -> None:
+    """With an identity the connection does not reach, ServerChanged and nothing sent."""
+    identifying = Client(stores.redis_url, identify=True)
+    try:
+        server = await identifying.server()
+        got, replied = _collector()
+        with pytest.raises(ServerChanged):
+            identifying.send_then([("PING",)], replied, identity=b"another:server")
+        assert identifying.send_then([("PING",)], replied, identity=server.identity)
+        assert await asyncio.wait_for(got, WAIT) == [b"PONG"]
+    finally:
+        identifying.close()
+
+
+async def test_send_then_hands_a_lost_connection_to_its_callback(
+    client: Client, admin: redis.Redis
+) -> None:
+    """A batch sent at once whose connection dies gets the ConnectionError in its callback."""
+    key = unique("lost")
+    old_id = await client.call("CLIENT", "ID")
+    got, replied = _collector()
+    assert client.send_then([("BLPOP", key, 0)], replied)
+
+    async def blocked() -> bool:
+        clients = await admin.client_list(client_type="normal")
+        return any(int(c["id"]) == old_id and c["cmd"] == "blpop" for c in clients)
+
+    await eventually(blocked, within=WAIT)
+    assert await admin.execute_command("CLIENT", "KILL", "ID", old_id) == 1
+    assert isinstance(await asyncio.wait_for(got, WAIT), ConnectionError)
+    assert await client.call("PING") == b"PONG"
 
 
 async def test_call_raises_an_error_reply(client: Client) -> None:

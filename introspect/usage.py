@@ -5,11 +5,12 @@ every USAGE_FLUSH_INTERVAL seconds they are all written, in statements of at
 most USAGE_CHUNK keys a little apart, from each worker at a moment of its own.
 
 Written at once, a worker's batch was one burst of Postgres work, and every
-worker's came together (they start together): in the bench's mix at 5,600
-requests a second, some 1,700 keys a worker, 50-70 ms of a Postgres backend's
-CPU each, so for a tenth of a second every 10 s two of the machine's cores
-went to Postgres and the workers' requests waited (`python -m bench`, mix-open
-p99). Spread out, the same work is a few milliseconds now and then.
+worker's came within milliseconds of the others' (they start together): in
+the bench's mix at 5,600 requests a second, some 1,700 keys a worker, 50 ms
+or more of a Postgres backend's CPU each (100 keys: 4-5 ms), so every 10 s
+the backends took the cores of a two-core machine from the workers at once,
+and the requests in flight waited (`python -m bench`, mix-open p99). Spread
+out, the same work comes a few milliseconds at a time.
 """
 
 from __future__ import annotations

@@ -109,7 +109,7 @@ class Authority:
         self.listener: Listener | None = None
         self.keyring = signing.Keyring(pool, settings.secrets)
         self.clients = ClientRecords(pool, self.cache, self.local)
-        self.usage = UsageLog(pool)
+        self.usage = UsageLog(self.lazy_pool)
         # Rate limits and credits (introspect/limits/): leases from Redis and Postgres.
         self.meter = Meter(redis, pool)
         self.jwts = Jwts(self.keyring, self.issuer)

@@ -19,18 +19,25 @@ Starter = Callable[[list[K], Callable[[Outcome[K, V]], None]], bool]
 class Coalescer(Generic[K, V]):
     """Coalesces concurrent single-key calls into batched calls, at most `flights` at a time.
 
-    Concurrent requests each ask for one key. An ask schedules a flush for
-    the end of the current event-loop iteration, unless `flights` batches
-    are already out: then asks wait and go together in the next batch, as
-    soon as one lands. The busier the worker, the larger the batches and the
-    fewer the round trips: one MGET, one query, one COPY of new rows for
-    many requests. Asks for the same key share the answer.
+    Concurrent requests each ask for one key. The first ask of a batch
+    starts it, unless `flights` batches are out: then asks wait and go
+    together in the next batch, started as soon as one lands. The batch takes
+    every key asked for until it runs, in the next event-loop iteration, so
+    the asks of one iteration go together. The busier the worker, the larger
+    the batches and the fewer the round trips: one MGET, one query, one COPY
+    of new rows for many requests. Asks for the same key share the answer.
 
-    With `start_many`, a flush first tries to start the batch at once, its
-    outcome handed back by a callback (the Redis lookups' MGET, written in the
-    flush itself and answered from the reading of its reply): no task, no
-    coroutine, and none of the loop iterations they take, on every Redis hit.
-    When it cannot (no connection open), `fetch_many` runs in a task as usual.
+    Each hop through the event loop's queue waits for everything queued
+    before it, and under load that is most of a miss's latency, so a batch
+    takes one hop before it is sent, no more. Without `start_many` the batch
+    is a task, created at the first ask, that takes the keys at its first
+    step (not a callback that would then create the task). With
+    `start_many`, a callback at the end of the iteration starts the batch at
+    once, its outcome handed back by another callback (the Redis lookups'
+    MGET, written in the flush itself and answered from the reading of its
+    reply): no task, no coroutine, and none of the loop iterations they
+    take, on every Redis hit. When it cannot (no connection open),
+    `fetch_many` runs in a task as usual.
     """
 
     def __init__(
@@ -62,28 +69,41 @@ class Coalescer(Generic[K, V]):
         else:
             waiting.append(future)
         if not self._scheduled and self._out < self._flights:
-            self._scheduled = True
-            loop.call_soon(self._flush)
+            self._schedule()
         return future
 
-    def _flush(self) -> None:
-        self._scheduled = False
-        if not self._pending or self._out >= self._flights:
-            return
-        batch, self._pending = self._pending, {}
+    def _schedule(self) -> None:
+        """Start the next batch: it takes what was asked for by the time it first runs."""
+        self._scheduled = True
         self._out += 1
-        if self._start_many is not None:
-            try:
-                if self._start_many(list(batch), functools.partial(self._settle, batch)):
-                    return
-            except Exception as exc:  # refused before sending: every asker gets the failure
-                self._settle(batch, exc)
+        if self._start_many is None:
+            self._spawn(None)
+        else:
+            asyncio.get_running_loop().call_soon(self._flush, self._start_many)
+
+    def _take(self) -> dict[K, list[asyncio.Future[V | None]]]:
+        self._scheduled = False
+        batch, self._pending = self._pending, {}
+        return batch
+
+    def _flush(self, start_many: Starter[K, V]) -> None:
+        batch = self._take()
+        try:
+            if start_many(list(batch), functools.partial(self._settle, batch)):
                 return
+        except Exception as exc:  # refused before sending: every asker gets the failure
+            self._settle(batch, exc)
+            return
+        self._spawn(batch)
+
+    def _spawn(self, batch: dict[K, list[asyncio.Future[V | None]]] | None) -> None:
         task = asyncio.get_running_loop().create_task(self._run(batch))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, batch: dict[K, list[asyncio.Future[V | None]]]) -> None:
+    async def _run(self, batch: dict[K, list[asyncio.Future[V | None]]] | None) -> None:
+        if batch is None:
+            batch = self._take()
         try:
             found: Outcome[K, V] = await self._fetch_many(list(batch))
         except Exception as exc:
@@ -116,5 +136,4 @@ class Coalescer(Generic[K, V]):
         """A batch is done: the next may go."""
         self._out -= 1
         if self._pending and not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            self._schedule()

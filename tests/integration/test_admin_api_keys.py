@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import time
 
 from introspect import store
+from introspect.cache import KEY_ID, inactive
 from introspect.service import Authority
+from introspect.usage import USAGE_CHUNK, UsageLog
 from tests.admin_helpers import active, created_client, created_key, error_of, unique
 from tests.helpers import AdminAPI, Registered, Server, eventually
 from tests.integration.test_flow import introspect
@@ -219,3 +222,40 @@ async def test_concurrent_last_use_batches_do_not_deadlock(
         "SELECT min(last_used_at) FROM credentials WHERE id = ANY($1::text[])", ids
     )
     assert latest is not None
+
+
+async def test_a_paced_last_use_write_cut_short_keeps_what_it_did_not_write(
+    authority: Authority,
+) -> None:
+    """Last uses are written USAGE_CHUNK keys per statement, paced; stopped between two
+    statements, the keys not yet written stay remembered, and the next write has them all."""
+    now = int(time.time())
+    ids = [f"key_paced{unique('x')}{n}" for n in range(2 * USAGE_CHUNK + 1)]
+    await store.copy_access_tokens(
+        authority.pool,
+        [(i, "api_key", "opaque", os.urandom(32), None, "s", (), (), now, now, None) for i in ids],
+    )
+    usage = UsageLog(authority.lazy_pool)
+    blank = inactive()
+    for key_id in ids:
+        usage.note_use((*blank[:KEY_ID], key_id, *blank[KEY_ID + 1 :]))
+
+    async def written() -> int:
+        count = await authority.pool.fetchval(
+            "SELECT count(*) FROM credentials WHERE id = ANY($1::text[])"
+            " AND last_used_at IS NOT NULL",
+            ids,
+        )
+        return int(count)
+
+    pacing = asyncio.get_running_loop().create_task(usage.flush(pause=3600))
+
+    async def first_written() -> bool:
+        return await written() == USAGE_CHUNK
+
+    await eventually(first_written)
+    pacing.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await pacing
+    assert await usage.flush() == len(ids) - USAGE_CHUNK
+    assert await written() == len(ids)

@@ -110,3 +110,41 @@ async def test_asks_made_while_a_started_batch_is_out_go_together_when_it_lands(
     assert fetcher.started == [["a"], ["b", "c"]]
     fetcher.land(1)
     assert await asyncio.wait_for(asyncio.gather(*waiting), WAIT) == ["B", "C"]
+
+
+async def test_a_batch_is_fetched_in_the_iteration_after_the_asks() -> None:
+    """Without a starter, asks of one iteration go in one batch task, fetching in the next
+    iteration: each hop through the loop's queue waits behind everything queued before it,
+    which under load is most of a miss's latency. Once it lands, the asks that waited
+    meanwhile go together."""
+    loop = asyncio.get_running_loop()
+    iteration = 0
+
+    def count() -> None:
+        nonlocal iteration
+        iteration += 1
+        loop.call_soon(count)
+
+    fetched: list[tuple[int, list[int]]] = []
+    started, landed = asyncio.Event(), asyncio.Event()
+
+    async def fetch_many(keys: list[int]) -> dict[int, int]:
+        fetched.append((iteration, keys))
+        started.set()
+        if len(fetched) == 1:
+            await landed.wait()
+        return {k: -k for k in keys}
+
+    coalescer: Coalescer[int, int] = Coalescer(fetch_many)
+    loop.call_soon(count)
+    await asyncio.sleep(0)
+    asked = iteration
+    first = [coalescer.get(k) for k in (1, 2, 1)]
+    await started.wait()
+    assert fetched == [(asked + 1, [1, 2])]  # the asks' iteration, then the batch's
+    later = coalescer.get(3)  # one batch out: waits for it
+    await asyncio.sleep(0)
+    assert len(fetched) == 1
+    landed.set()
+    assert await asyncio.wait_for(asyncio.gather(*first, later), WAIT) == [-1, -2, -1, -3]
+    assert [keys for _at, keys in fetched] == [[1, 2], [3]]

@@ -48,6 +48,7 @@ from bench import loadgen, scenarios, seed
 from bench.http import basic_auth
 from bench.loadgen import Outcome
 from bench.procs import Service, free_port, pids_listening
+from bench.profile import Profiler
 from bench.report import Target
 from bench.run import SCRAPE_SETTLE, Cpu, cpu_us
 from bench.scenarios import CONFIGS, Scenario
@@ -82,6 +83,7 @@ class Options:
     revocations: int
     scenarios: tuple[str, ...]
     data_dir: Path
+    profile: bool = False
 
 
 @dataclass(frozen=True)
@@ -227,7 +229,7 @@ class Run:
         )
         return outcome.rate, cpu_us(cpu.cores(outcome.generator_cpu), outcome)
 
-    def load(self, up: Instances, scenario: Scenario, valkey: list[int]) -> Measured:
+    def load(self, up: Instances, scenario: Scenario, valkey: list[int], label: str) -> Measured:
         """Prefill, warm up and drive `scenario` on `up`, beside a fresh ceiling."""
         opts = self.opts
         if scenario.prefill is not None:
@@ -236,7 +238,12 @@ class Run:
         drive(up.ports, scenario, scenario.warmup, opts.warmup, opts.connections)
         workers = [pid for pids in up.workers() for pid in pids]
         cpu, valkey_cpu = Cpu(workers, [*self.postgres, *valkey]), Cpu([], valkey)
+        profiler = Profiler(self.logs) if opts.profile else None
+        name = f"{label}-{scenario.name}"
+        recording = profiler.start(name, workers[0], opts.duration) if profiler else None
         outcome = drive(up.ports, scenario, scenario.bodies, opts.duration, opts.connections)
+        if profiler is not None and recording is not None:
+            print(f"{label:<8} {scenario.name:<10} {profiler.finish(recording)}", flush=True)
         return Measured(
             outcome,
             ceiling_rate,
@@ -289,7 +296,7 @@ class Run:
             log = self.logs / f"{label}-{config}.log"
             with serving({**env, **CONFIGS[config]}, count, workers_each, log) as up:
                 for name in names:
-                    m = measured[name] = self.load(up, self.built[name], valkey)
+                    m = measured[name] = self.load(up, self.built[name], valkey, label)
                     print(_load_line(label, name, m), flush=True)
                 if revoking:
                     found = self.revocation(up, share)
@@ -390,6 +397,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--scenarios", default=",".join(ALL), help=f"comma-separated subset of: {', '.join(ALL)}"
     )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample the first worker of each side with py-spy during each scenario",
+    )
     args = p.parse_args(argv)
     names = tuple(n.strip() for n in args.scenarios.split(",") if n.strip())
     if set(names) - set(ALL):
@@ -405,6 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         revocations=100 if args.quick else 1000,
         scenarios=names,
         data_dir=Path(tempfile.mkdtemp(prefix="introspect-bench-cluster-")),
+        profile=args.profile,
     )
     logs = opts.data_dir
     stores_dir = Path(".introspect-bench-cluster").absolute()

@@ -18,11 +18,18 @@ realistic mix, steady state: each credential of its sequence presented once
 before, over the instances); throughput as % of the ceiling, and by CPU
 (`cpu %`: the ceiling's server CPU per request as a % of the scenario's,
 Postgres and Valkey included, which the neighbours of a shared machine
-disturb less). Then revocation: per revocation, the /revoke call itself, and
-its propagation: from sending /revoke until every worker of every instance
-answers inactive (p50, p99), with the active answers after /revoke returned
-(must be 0). The targets close the report. The failover figures are the
-drill's: `python -m bench.drills cluster_failover`.
+disturb less), and the Valkey processes' cores. Then revocation, each side
+revoking credentials of its own, every worker of every instance holding each
+in its in-process cache first: its propagation, from the commit until the last
+worker acknowledged dropping it (the server's own histogram,
+`introspect_invalidation_seconds`, scraped around the run: bucket bounds),
+which is what the target judges; the /revoke call end to end (the fsync'd
+commit included); and, as before, from sending /revoke until the last probe
+answered inactive (the probes ask once /revoke returned, so this adds a probe
+round trip), with the active answers after /revoke returned (must be 0).
+`--profile` samples the first worker of each side with py-spy (bench/profile.py).
+The targets close the report. The failover figures are the drill's:
+`python -m bench.drills cluster_failover`.
 """
 
 from __future__ import annotations

@@ -196,7 +196,7 @@ class Ceiling:
         )
 
 
-def _cpu_us(cores: dict[str, float | None], outcome: Outcome) -> float | None:
+def cpu_us(cores: dict[str, float | None], outcome: Outcome) -> float | None:
     """CPU microseconds the server and its stores spent per request."""
     answered = outcome.ok + outcome.error_count
     if not answered:
@@ -205,7 +205,7 @@ def _cpu_us(cores: dict[str, float | None], outcome: Outcome) -> float | None:
     return busy * outcome.duration * 1e6 / answered
 
 
-class _Cpu:
+class Cpu:
     """CPU used over a window: by the server workers, the stores, and the whole machine."""
 
     def __init__(self, workers: list[int], store_roots: list[int]) -> None:
@@ -416,10 +416,10 @@ class Bench:
         if self.ceiling is None:
             return None
         duration = float(max(2, round(self.opts.duration / 4)))
-        cpu = _Cpu(self.ceiling[2].workers(), [])
+        cpu = Cpu(self.ceiling[2].workers(), [])
         outcome = self._drive(self._ceiling_load(duration), "ceiling, again")
         cores = cpu.cores(outcome.generator_cpu)
-        return Ceiling(outcome.rate, _cpu_us(cores, outcome), cores["other"] or 0.0)
+        return Ceiling(outcome.rate, cpu_us(cores, outcome), cores["other"] or 0.0)
 
     def _ceiling_at(self, rate: float) -> dict[str, float]:
         """The ceiling's latencies at an open-loop scenario's rate, just before it."""
@@ -465,7 +465,7 @@ class Bench:
             self._drive(load(scenario.warmup, opts.warmup), "warmup")
         before = self._scrape(port) if metrics else None
         workers = service.workers()
-        cpu = _Cpu(workers, self.store_roots if metrics else [])
+        cpu = Cpu(workers, self.store_roots if metrics else [])
         profiling = (
             self.profiler.start(scenario.name, workers[0], opts.duration)
             if (self.profiler is not None and metrics)
@@ -504,7 +504,7 @@ class Bench:
             notes.append(self._slices_summary(scenario.name, workers))
         adjacent = Ceiling.around(first, self._ceiling_again() if bracket else None)
         mode = f"{rate:,.0f}/s open" if rate is not None else f"{opts.connections} conns"
-        cost = _cpu_us(cores, outcome)
+        cost = cpu_us(cores, outcome)
         if adjacent is not None:
             noisy = max(adjacent.other, cores["other"] or 0.0)
             if noisy > NOISY:

@@ -22,6 +22,7 @@ PAUSES = (
     "introspect_gc_pause_seconds",
     "introspect_event_loop_lag_seconds",
     "introspect_request_seconds",
+    "introspect_invalidation_seconds",
 )
 
 

@@ -39,6 +39,11 @@ FLUSH_INTERVAL = 1.0
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5)
 # Pauses of the cyclic GC and lags of the event loop: from a tenth of a millisecond up.
 _PAUSE_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+# A change's propagation to every listener: a millisecond or two, finely, up to ACK_TIMEOUT.
+_PROPAGATION_BUCKETS = (
+    *(0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.015, 0.025),
+    *(0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
 # The event loop's lag is probed this often (seconds): a timer that should fire now.
 LAG_INTERVAL = 0.1
 
@@ -186,6 +191,14 @@ class Metrics:
             "introspect_feed_delivery_lag_seconds",
             "From an event's write to a poll answer carrying it (each delivery)",
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+        )
+        # Revocation's propagation, once per change: from its publication (right after the
+        # commit) until every listener of every instance acknowledged it, Redis's tombstones
+        # included (or ACK_TIMEOUT, for a listener that did not).
+        self.invalidation_acked = Histogram(
+            "introspect_invalidation_seconds",
+            "From a committed change's publication until every listener acknowledged it",
+            buckets=_PROPAGATION_BUCKETS,
         )
         self._polls_waiting = Gauge(
             "introspect_feed_polls_waiting",

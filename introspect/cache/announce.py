@@ -72,6 +72,7 @@ class Announcer:
 
     async def publish(self, invalidation: Invalidation) -> int:
         """Tombstone Redis and publish, in one pipeline; how many listeners acknowledged."""
+        started = time.monotonic()
         nonce = self._collector.nonce()
         try:
             # Whatever the history: a newer version never brings back an old state.
@@ -86,7 +87,9 @@ class Announcer:
             raise
         METRICS.invalidations_sent.inc()
         deadline = time.monotonic() + ACK_TIMEOUT
-        return await self._collector.wait(nonce, receivers, deadline)
+        acknowledged = await self._collector.wait(nonce, receivers, deadline)
+        METRICS.invalidation_acked.observe(time.monotonic() - started)
+        return acknowledged
 
     async def replay_outbox(self, older_than: int) -> int:
         """Publish the invalidations left in the outbox; return how many."""

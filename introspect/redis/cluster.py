@@ -16,17 +16,25 @@ One history per primary. Each primary is vouched for on its own
 replication id, and it holds its own marker (and replay lock) under a hash
 tag it serves (`Shard.tag`). What the read path names (`compose`: each
 vouched primary's address with its identity, or its marker) pins every
-batch to those very processes: a lookup reads it, and a reader's fill checks
-it, in the same script as the entries of that node (a script may touch
-undeclared keys of other slots of its own node: `allow-cross-slot-keys`), so
-a flush of one node is seen by the very command that would read its state.
+batch to those very processes. A reader's fill checks it in the same script
+as the entry it writes (a script may touch undeclared keys of other slots of
+its own node: `allow-cross-slot-keys`), so a flush of one node is seen by the
+very command that would write into it. A lookup reads it first, then the
+entries, in one pipeline on that pinned connection (plain GETs: a server runs
+one connection's commands in order, and a Lua loop of GETs cost several times
+as much): every entry is then read after a moment when the node held the
+history vouched for, and a node loses writes only by a restart or a
+promotion, which the pinned connection does not survive, or by a flush,
+after which it holds only writers' tombstones (newer versions, safe anywhere)
+and, once replayed and sealed again, fills checked under its new marker.
 A primary not named is not read (its keys are absent: Postgres answers) nor
 filled; one found lost (failed, replaced, its replica promoted, its marker
 gone) is told to `on_lost`, and only its slots wait for its replay. A slot
 moved between two vouched primaries changes no history: the layout is read
 again (a lookup that meets a key this node no longer serves asks for it).
 
-Lookups are grouped by node: one script per node, all nodes at once. A
+Lookups are grouped by node: one pipeline per node, all queued at once (each
+one write), no task per node. A
 lookup that meets a slot being migrated reads what the source still holds and
 an absent key (moved already) as absent: Postgres answers it. Writers'
 tombstones follow MOVED and ASK (a newer version is safe anywhere); readers'
@@ -63,18 +71,6 @@ from introspect.redis.port import LOCK, MARKER, HistoryUnknown, ServerChanged, U
 # Pub/sub channels and acknowledgement lists: all on the primary serving this tag.
 HUB_TAG = b"{introspect}"
 _CROSS = "#!lua flags=allow-cross-slot-keys\n"
-
-# KEYS[1] this node's marker; ARGV[1] the marker vouched for, then the keys (of this node).
-# -1: the marker is not that one.
-_LOOKUP = (
-    _CROSS
-    + """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
-local found = {}
-for i = 2, #ARGV do found[i - 1] = redis.call('GET', ARGV[i]) end
-return found
-"""
-)
 
 # A reader's fill: `_FILL` of lean.py, with this node's marker given as ARGV[5].
 _MARKED_FILL = _CROSS + _FILL.replace("KEYS[2]", "ARGV[5]")
@@ -277,14 +273,13 @@ class ClusterRedis:
     def _shard_client(self, shard: Shard) -> resp.Client:
         return self.client(shard.host, shard.port)
 
-    def _lost(self, address: str, cause: BaseException, count: int) -> list[Any]:
-        """A lookup's answer for the keys of a primary found lost: absent (Postgres answers),
-        the loss told to `on_lost` (else raised)."""
+    def _lost(self, address: str, cause: BaseException) -> None:
+        """A primary a lookup found lost: its keys are absent (Postgres answers them), the loss
+        told to `on_lost` (else raised)."""
         lost = ShardLost(address, cause)
         if self.on_lost is None:
             raise lost from cause
         self.on_lost(lost)
-        return [None] * count
 
     # --- identity and ping -----------------------------------------------------------------
 
@@ -334,38 +329,44 @@ class ClusterRedis:
         owner = layout.owner
         for position, key in enumerate(keys):
             groups.setdefault(owner[key_slot(key)], []).append(position)
-
-        async def one(i: int, positions: list[int]) -> list[Any]:
-            if i == 255:  # no primary serves it now (a failover under way)
+        # Every node's batch is queued before any reply is awaited, with no task: each goes
+        # out in one write at the end of this loop iteration (see `resp.Client.submit`).
+        sent: list[tuple[Shard, bytes, list[int], Awaitable[list[Any]]]] = []
+        for i, positions in groups.items():
+            if i == 255:  # no primary serves it now (a failover under way): absent
                 self._refresh_soon()
-                return [None] * len(positions)
+                continue
             shard = layout.shards[i]
             held, pin = markers.get(shard.address), pins.get(shard.address)
             if held is None or pin is None:  # not vouched for (yet): Postgres answers
-                return [None] * len(positions)
+                continue
+            batch = [("GET", shard.marker), *(("GET", keys[p]) for p in positions)]
+            sent.append(
+                (shard, held, positions, self._shard_client(shard).submit(*batch, identity=pin))
+            )
+        replies: list[list[Any] | BaseException] = []
+        for *_, pending in sent:
             try:
-                (reply,) = await self._shard_client(shard).execute(
-                    ("EVAL", _LOOKUP, 1, shard.marker, held, *(keys[p] for p in positions)),
-                    identity=pin,
-                )
+                replies.append(await pending)
             except (RedisError, OSError) as exc:
-                return self._lost(shard.address, exc, len(positions))
-            if redirected(reply):  # a slot is moving: what is not here is absent
-                return [None] * len(positions)
-            if isinstance(reply, ResponseError):
-                # A key of a slot this node no longer serves: the slot moved, nothing is lost.
-                self._refresh_soon()
-                return [None] * len(positions)
-            if reply == -1:
-                lost = HistoryUnknown("redis lost its history marker")
-                return self._lost(shard.address, lost, len(positions))
-            return list(reply)
-
+                replies.append(exc)
         found: list[bytes | None] = [None] * len(keys)
-        replies = await _each_group(one, groups)
-        for positions, values in zip(groups.values(), replies, strict=True):
+        for (shard, held, positions, _), reply in zip(sent, replies, strict=True):
+            if isinstance(reply, BaseException):
+                self._lost(shard.address, reply)
+                continue
+            first, *values = reply
+            if redirected(first):  # the marker's slot is moving: this node's keys are absent
+                continue
+            if first != held:
+                self._lost(shard.address, HistoryUnknown("redis lost its history marker"))
+                continue
             for position, value in zip(positions, values, strict=True):
-                found[position] = value
+                if not isinstance(value, ResponseError):
+                    found[position] = value
+                elif str(value).startswith("MOVED"):  # its slot moved: absent, nothing lost
+                    self._refresh_soon()
+                # ASK: its slot is being migrated and the key moved already: absent
         return found
 
     async def write(self, writes: Sequence[Write], identity: bytes | None = None) -> None:

@@ -38,7 +38,7 @@ import collections
 import socket
 import ssl
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -415,6 +415,22 @@ class Client:
         _require(protocol, identity)
         protocol.send_now(commands, replied)
         return True
+
+    def submit(self, *commands: Command, identity: bytes | None = None) -> Awaitable[list[Any]]:
+        """`execute`, queued now: on a live connection, the batch's future, with no coroutine
+        or task (a caller sending to several servers queues each batch, then awaits them; each
+        goes out in its connection's one write at the end of this loop iteration); otherwise
+        a task that connects first. A batch `identity` refuses fails with ServerChanged."""
+        protocol = self._protocol
+        if not commands or protocol is None or not protocol.alive:
+            return asyncio.ensure_future(self.execute(*commands, identity=identity))
+        try:
+            _require(protocol, identity)
+        except ServerChanged as exc:
+            refused: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+            refused.set_exception(exc)
+            return refused
+        return protocol.send(commands)
 
     async def server(self) -> Server:
         """Who answers on this client's connection (connecting if needed; `identify` only)."""

@@ -68,6 +68,22 @@ async def test_request_counts_and_latency_add_up(
     assert _value(after, total) - _value(before, total) == 4
 
 
+async def test_a_revocation_times_its_propagation(server: Server, app_client: Registered) -> None:
+    """Each revocation that changed something adds one observation of its propagation, from
+    publication to the last acknowledgement; one that changed nothing adds none."""
+    count = "introspect_invalidation_seconds_count"
+    token = (
+        await server.post_form(
+            "/token", {"grant_type": "client_credentials"}, headers=app_client.auth
+        )
+    ).json()["access_token"]
+    before = (await server.request("GET", "/metrics")).body.decode()
+    for _ in range(2):  # the second finds it revoked already: nothing published
+        await server.post_form("/revoke", {"token": token}, headers=app_client.auth)
+    after = (await server.request("GET", "/metrics")).body.decode()
+    assert _value(after, count) - _value(before, count) == 1
+
+
 async def test_exposition_is_rendered_off_the_event_loop(
     server: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -12,10 +12,12 @@ import asyncio
 import contextlib
 import secrets
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import cast
 
 import asyncpg
 import pytest
+from redis.crc import key_slot
 
 from introspect.history import ShardedHistory
 from introspect.redis import LeanRedis, Redis, Write
@@ -188,3 +190,32 @@ async def test_a_cluster_lookup_answers_the_keys_of_a_primary_not_vouched_for_as
 def vouched_as(value: bytes, address: str) -> bytes:
     """One primary's part of what the read path names."""
     return dict(item.split(b"=", 1) for item in value.split(b","))[address.encode()]
+
+
+async def test_a_cluster_lookup_sent_to_a_node_that_no_longer_serves_a_key_reads_it_absent(
+    cluster_url: str,
+) -> None:
+    """With a layout gone stale (a key's slot moved to another vouched primary meanwhile), the
+    node asked answers MOVED for that key: it is absent (Postgres answers it), nothing is lost,
+    the layout is asked again, and the next lookup reads it where it lives now; the keys the
+    node does serve are read as usual."""
+    with contextlib.closing(ClusterRedis(cluster_url)) as redis:
+        marker, identity = await vouched(redis)
+        layout = await redis.refresh()
+        first, second = (s.address for s in layout.shards[:2])
+        keys: dict[str | None, bytes] = {}
+        while first not in keys or second not in keys:
+            key = unique("stale-layout")
+            keys.setdefault(redis.address_of(key), key)
+        here, moved = keys[first], keys[second]
+        await redis.write([Write(here, 1, b"1|here", 60_000), Write(moved, 1, b"1|moved", 60_000)])
+        # The stale view: `moved`'s slot said to be served by the first primary.
+        owner = bytearray(layout.owner)
+        owner[key_slot(moved)] = owner[key_slot(here)]
+        redis.layout = replace(layout, owner=bytes(owner))
+        assert await redis.lookup([here, moved], marker, identity) == [b"1|here", None]
+        asked = redis._refreshing  # the layout asked again, in the background
+        assert asked is not None
+        async with asyncio.timeout(WAIT):
+            assert await asked == layout
+        assert await redis.lookup([here, moved], marker, identity) == [b"1|here", b"1|moved"]

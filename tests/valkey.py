@@ -8,6 +8,7 @@ never do any of this to the session's shared Valkey.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import secrets
 import subprocess
@@ -125,3 +126,68 @@ async def serving(settings: Settings, valkey: Valkey) -> AsyncIterator[Server]:
     finally:
         await srv.http.close()
         await test_server.close()
+
+
+class Proxy:
+    """A TCP proxy standing for a Redis address whose server may change (a failover), or
+    whose link may be slow for one command (`hold`)."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.port = free_port()
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._pattern: bytes | None = None
+        self._released = asyncio.Event()
+        self.holding = asyncio.Event()  # set once a chunk is held (see hold)
+
+    def hold(self, pattern: bytes) -> None:
+        """Hold on its way to the server the first chunk sent with `pattern` in it, and all
+        that follows it on its connection, until `release` (a slow link for one command)."""
+        self._pattern = pattern
+        self._released.clear()
+        self.holding.clear()
+
+    def release(self) -> None:
+        """Let what `hold` held go on to the server."""
+        self._pattern = None
+        self._released.set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+
+    async def switch(self, target: int) -> None:
+        """Send new connections to `target`, and drop the open ones (as a failover does)."""
+        self.target = target
+        for writer in list(self._writers):
+            writer.close()
+
+    async def close(self) -> None:
+        await self.switch(self.target)
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
+        except OSError:
+            writer.close()
+            return
+        self._writers.update((writer, up_writer))
+        try:
+            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+        finally:
+            self._writers.difference_update((writer, up_writer))
+            for each in (writer, up_writer):
+                each.close()
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            while data := await reader.read(65536):
+                if self._pattern is not None and self._pattern in data:
+                    self.holding.set()
+                    await self._released.wait()
+                writer.write(data)
+                await writer.drain()
+        writer.close()

@@ -12,13 +12,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import pytest
 
 from introspect import admin, credentials
 from introspect.cache import KEY_PREFIX, client_key
+from introspect.config import Settings
 from introspect.service import Authority
-from tests.helpers import Registered, Server, register
+from tests.helpers import Registered, Server, eventually, register, start_server
+from tests.valkey import Proxy, Valkey, ready
 
 GRANT = {"grant_type": "client_credentials"}
 
@@ -142,3 +145,44 @@ async def test_client_record_read_before_a_change_is_not_cached(
     server.authority.local.clear()  # so the next answer reads the owner's record from Redis
     resp = await server.post_form("/introspect", {"token": token}, headers=resource_server.auth)
     assert resp.body == b'{"active":false}'
+
+
+async def test_a_read_through_postgres_answers_without_waiting_for_its_fill(
+    settings: Settings, valkey: Valkey
+) -> None:
+    """The answer read from Postgres goes out whether or not its Redis fill has landed: with
+    the fill held on its way to Valkey, the introspection still answers, and the fill lands
+    once it goes on."""
+    await valkey.wait_ready()
+    proxy = Proxy(valkey.port)
+    await proxy.start()
+    url = f"redis://:{valkey.password}@127.0.0.1:{proxy.port}/0"
+    test_server, srv = await start_server(replace(settings, redis_url=url))
+    try:
+        await eventually(lambda: ready(srv))
+        app = await register(srv.authority)
+        rs = await register(srv.authority, can_introspect=True)
+        token = (await srv.post_form("/token", GRANT, headers=app.auth)).json()["access_token"]
+        key = KEY_PREFIX + credentials.keyed_hash(srv.authority.server_secrets[0], token)
+        await valkey.command("DEL", key)  # the issue's own fill: this read goes to Postgres
+        proxy.hold(b'"active":true')  # in the fill's value only
+        try:
+            form = {"token": token}
+            resp = await asyncio.wait_for(srv.post_form("/introspect", form, headers=rs.auth), 5)
+            assert resp.json()["active"] is True
+            # Answered before its fill could give up (a Redis timeout, counted against its
+            # health): waiting for the fill, the answer came only after that timeout.
+            assert srv.authority.cache.health.ok
+            await asyncio.wait_for(proxy.holding.wait(), 5)  # the fill was sent, and is held
+            assert await valkey.command("GET", key) is None
+        finally:
+            proxy.release()
+
+        async def filled() -> bool:
+            return await valkey.command("GET", key) is not None
+
+        await eventually(filled)
+    finally:
+        await srv.http.close()
+        await test_server.close()
+        await proxy.close()

@@ -9,7 +9,6 @@ argument these tests check is in introspect/history.py.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import secrets
 import subprocess
 import sys
@@ -38,7 +37,7 @@ from tests.helpers import (
 )
 from tests.integration.test_private_key_jwt import key_client, token
 from tests.integration.test_races import Gate
-from tests.valkey import Valkey, ready, running, serving
+from tests.valkey import Proxy, Valkey, ready, running, serving
 
 GRANT = {"grant_type": "client_credentials"}
 # Fresh connections per check: the kernel spreads them over both workers.
@@ -177,53 +176,6 @@ async def test_a_restart_from_an_older_snapshot_brings_back_no_old_state(
             await eventually(lambda: remote.counted("redis_history_losses", 1), within=20)
         finally:
             await remote.http.close()
-
-
-class Proxy:
-    """A TCP proxy standing for a Redis address whose server may change (a failover)."""
-
-    def __init__(self, target: int) -> None:
-        self.target = target
-        self.port = free_port()
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
-
-    async def switch(self, target: int) -> None:
-        """Send new connections to `target`, and drop the open ones (as a failover does)."""
-        self.target = target
-        for writer in list(self._writers):
-            writer.close()
-
-    async def close(self) -> None:
-        await self.switch(self.target)
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
-        except OSError:
-            writer.close()
-            return
-        self._writers.update((writer, up_writer))
-        try:
-            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
-        finally:
-            self._writers.difference_update((writer, up_writer))
-            for each in (writer, up_writer):
-                each.close()
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    with contextlib.suppress(OSError, asyncio.IncompleteReadError):
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    writer.close()
 
 
 async def test_a_replica_promoted_before_it_received_a_revocation_brings_back_no_old_state(

@@ -116,10 +116,14 @@ async def ready(srv: Server) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def serving(settings: Settings, valkey: Valkey) -> AsyncIterator[Server]:
-    """An in-process server on the session's Postgres and `valkey`, once it is ready."""
+async def serving(
+    settings: Settings, valkey: Valkey, via: Proxy | None = None
+) -> AsyncIterator[Server]:
+    """An in-process server on the session's Postgres and `valkey` (through `via`, a started
+    proxy, when given), once it is ready."""
     await valkey.wait_ready()
-    test_server, srv = await start_server(replace(settings, redis_url=valkey.url))
+    url = valkey.url if via is None else f"redis://:{valkey.password}@127.0.0.1:{via.port}/0"
+    test_server, srv = await start_server(replace(settings, redis_url=url))
     try:
         await eventually(lambda: ready(srv))
         yield srv
@@ -155,6 +159,13 @@ class Proxy:
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+
+    async def __aenter__(self) -> Proxy:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
 
     async def switch(self, target: int) -> None:
         """Send new connections to `target`, and drop the open ones (as a failover does)."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from dataclasses import replace
 
 import pytest
 
@@ -20,8 +19,8 @@ from introspect import admin, credentials
 from introspect.cache import KEY_PREFIX, client_key
 from introspect.config import Settings
 from introspect.service import Authority
-from tests.helpers import Registered, Server, eventually, register, start_server
-from tests.valkey import Proxy, Valkey, ready
+from tests.helpers import Registered, Server, eventually, register
+from tests.valkey import Proxy, Valkey, serving
 
 GRANT = {"grant_type": "client_credentials"}
 
@@ -153,13 +152,7 @@ async def test_a_read_through_postgres_answers_without_waiting_for_its_fill(
     """The answer read from Postgres goes out whether or not its Redis fill has landed: with
     the fill held on its way to Valkey, the introspection still answers, and the fill lands
     once it goes on."""
-    await valkey.wait_ready()
-    proxy = Proxy(valkey.port)
-    await proxy.start()
-    url = f"redis://:{valkey.password}@127.0.0.1:{proxy.port}/0"
-    test_server, srv = await start_server(replace(settings, redis_url=url))
-    try:
-        await eventually(lambda: ready(srv))
+    async with Proxy(valkey.port) as proxy, serving(settings, valkey, via=proxy) as srv:
         app = await register(srv.authority)
         rs = await register(srv.authority, can_introspect=True)
         token = (await srv.post_form("/token", GRANT, headers=app.auth)).json()["access_token"]
@@ -182,7 +175,3 @@ async def test_a_read_through_postgres_answers_without_waiting_for_its_fill(
             return await valkey.command("GET", key) is not None
 
         await eventually(filled)
-    finally:
-        await srv.http.close()
-        await test_server.close()
-        await proxy.close()

@@ -188,12 +188,10 @@ async def test_a_replica_promoted_before_it_received_a_revocation_brings_back_no
         replica_args = ("--replicaof", "127.0.0.1", str(primary.port))
         with running(tmp_path / "replica", *replica_args, password=primary.password) as replica:
             await replica.wait_ready()
-            proxy = Proxy(primary.port)
-            await proxy.start()
-            url = f"redis://:{primary.password}@127.0.0.1:{proxy.port}/0"
-            test_server, srv = await start_server(replace(settings, redis_url=url))
-            try:
-                await eventually(lambda: ready(srv))
+            async with (
+                Proxy(primary.port) as proxy,
+                serving(settings, primary, via=proxy) as srv,
+            ):
                 app = await register(authority)
                 rs = await register(authority, scopes=(), can_introspect=True)
                 answer = await srv.post_form("/token", GRANT, headers=app.auth)
@@ -217,10 +215,6 @@ async def test_a_replica_promoted_before_it_received_a_revocation_brings_back_no
                 assert not await active()
                 history = await replica.command("GET", "introspect:history")
                 assert isinstance(history, bytes)  # the promoted server was vouched for
-            finally:
-                await srv.http.close()
-                await test_server.close()
-                await proxy.close()
 
 
 async def test_a_flush_during_a_stale_read_through_brings_back_no_old_state(

@@ -21,7 +21,7 @@ from redis.crc import key_slot
 
 from introspect.history import ShardedHistory
 from introspect.redis import LeanRedis, Redis, Write
-from introspect.redis.cluster import ClusterRedis, compose
+from introspect.redis.cluster import ClusterRedis, Layout, compose
 from introspect.redis.port import HistoryPort, HistoryUnknown, ServerChanged
 from introspect.store import now
 from tests.conftest import Stores
@@ -167,13 +167,7 @@ async def test_a_cluster_lookup_answers_the_keys_of_a_primary_not_vouched_for_as
     them), nor written by a reader's fill; the named primaries answer theirs."""
     with contextlib.closing(ClusterRedis(cluster_url)) as redis:
         marker, identity = await vouched(redis)
-        layout = await redis.refresh()
-        first, second = (s.address for s in layout.shards[:2])
-        keys: dict[str | None, bytes] = {}
-        while first not in keys or second not in keys:
-            key = unique("per-primary")
-            keys.setdefault(redis.address_of(key), key)
-        one, other = keys[first], keys[second]
+        _, (first, one), (_, other) = await keys_of_two_primaries(redis, "per-primary")
         await redis.write([Write(one, 1, b"1|a", 60_000), Write(other, 1, b"1|b", 60_000)])
         only_first = (
             compose({first: vouched_as(marker, first)}),
@@ -185,6 +179,20 @@ async def test_a_cluster_lookup_answers_the_keys_of_a_primary_not_vouched_for_as
         fills = [Write(k, 2, b"2|new", 60_000, only_first[0]) for k in (one, other)]
         await redis.write(fills, only_first[1])
         assert await redis.lookup([one, other], marker, identity) == [b"2|new", b"1|b"]
+
+
+async def keys_of_two_primaries(
+    redis: ClusterRedis, prefix: str
+) -> tuple[Layout, tuple[str, bytes], tuple[str, bytes]]:
+    """The cluster's layout, and a new key served by each of its first two primaries (with
+    the primary's address)."""
+    layout = await redis.refresh()
+    first, second = (s.address for s in layout.shards[:2])
+    keys: dict[str | None, bytes] = {}
+    while first not in keys or second not in keys:
+        key = unique(prefix)
+        keys.setdefault(redis.address_of(key), key)
+    return layout, (first, keys[first]), (second, keys[second])
 
 
 def vouched_as(value: bytes, address: str) -> bytes:
@@ -201,13 +209,7 @@ async def test_a_cluster_lookup_sent_to_a_node_that_no_longer_serves_a_key_reads
     node does serve are read as usual."""
     with contextlib.closing(ClusterRedis(cluster_url)) as redis:
         marker, identity = await vouched(redis)
-        layout = await redis.refresh()
-        first, second = (s.address for s in layout.shards[:2])
-        keys: dict[str | None, bytes] = {}
-        while first not in keys or second not in keys:
-            key = unique("stale-layout")
-            keys.setdefault(redis.address_of(key), key)
-        here, moved = keys[first], keys[second]
+        layout, (_, here), (_, moved) = await keys_of_two_primaries(redis, "stale-layout")
         await redis.write([Write(here, 1, b"1|here", 60_000), Write(moved, 1, b"1|moved", 60_000)])
         # The stale view: `moved`'s slot said to be served by the first primary.
         owner = bytearray(layout.owner)

@@ -19,7 +19,7 @@ from redis.exceptions import RedisError
 
 from introspect import store
 from introspect.cache.announce import Announcer
-from introspect.cache.coalescer import Coalescer
+from introspect.cache.coalescer import Coalescer, Outcome
 from introspect.cache.entry import (
     ANSWER,
     CACHEABLE,
@@ -229,9 +229,7 @@ class CredentialCache:
         values = await self.redis.lookup([KEY_PREFIX + k for k in keys], marker, identity)
         return _by_key(keys, values)
 
-    def _mget_now(
-        self, keys: list[bytes], found: Callable[[dict[bytes, bytes] | BaseException], None]
-    ) -> bool:
+    def _mget_now(self, keys: list[bytes], found: Callable[[Outcome[bytes, bytes]], None]) -> bool:
         """`_mget` sent at once when a connection is open, its entries handed to `found` as
         they come in (see Coalescer); False when it cannot be (then `_mget`)."""
         marker, identity = self._vouched()

@@ -66,7 +66,15 @@ from redis.exceptions import ConnectionError, RedisError, ResponseError
 
 from introspect.redis import resp
 from introspect.redis.lean import _FILL, _TAKE_WINDOW, HistoryOps, checked, fill_command
-from introspect.redis.port import LOCK, MARKER, HistoryUnknown, ServerChanged, Unwritten, Write
+from introspect.redis.port import (
+    LOCK,
+    MARKER,
+    HistoryUnknown,
+    Looked,
+    ServerChanged,
+    Unwritten,
+    Write,
+)
 
 # Pub/sub channels and acknowledgement lists: all on the primary serving this tag.
 HUB_TAG = b"{introspect}"
@@ -309,11 +317,7 @@ class ClusterRedis:
     # --- the cache ------------------------------------------------------------------------------
 
     def lookup_then(
-        self,
-        keys: Sequence[bytes],
-        marker: bytes,
-        identity: bytes,
-        found: Callable[[list[bytes | None] | BaseException], None],
+        self, keys: Sequence[bytes], marker: bytes, identity: bytes, found: Looked
     ) -> bool:
         """Never at once: keys go to several primaries, each possibly to connect (`lookup`)."""
         return False

@@ -8,13 +8,13 @@ assertions, the rate-limit window counters, PUBLISH, the acknowledgement lists a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from redis.exceptions import ResponseError
 
 from introspect.redis import resp
-from introspect.redis.port import LOCK, MARKER, HistoryUnknown, Write
+from introspect.redis.port import LOCK, MARKER, HistoryUnknown, Looked, Write
 
 # KEYS[1] the key, KEYS[2] (readers' fills only) the history marker; ARGV[1] version,
 # ARGV[2] the value, ARGV[3] TTL in ms, ARGV[4] the marker the reader vouches for.
@@ -163,11 +163,7 @@ class LeanRedis(HistoryOps):
         )
 
     def lookup_then(
-        self,
-        keys: Sequence[bytes],
-        marker: bytes,
-        identity: bytes,
-        found: Callable[[list[bytes | None] | BaseException], None],
+        self, keys: Sequence[bytes], marker: bytes, identity: bytes, found: Looked
     ) -> bool:
         def replied(replies: list[Any] | BaseException) -> None:
             if isinstance(replies, BaseException):

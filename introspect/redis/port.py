@@ -53,6 +53,8 @@ __all__ = [
 # The history marker (introspect/history.py) and the lock of the replay that writes it.
 MARKER = b"introspect:history"
 LOCK = b"introspect:replaying"
+# Called with a lookup's values in order (None: absent), or the error that failed it.
+Looked = Callable[[list[bytes | None] | BaseException], None]
 
 
 class HistoryUnknown(ServerChanged):
@@ -148,11 +150,7 @@ class Redis(Protocol):
         on a cluster, per primary: see ClusterRedis.lookup)."""
 
     def lookup_then(
-        self,
-        keys: Sequence[bytes],
-        marker: bytes,
-        identity: bytes,
-        found: Callable[[list[bytes | None] | BaseException], None],
+        self, keys: Sequence[bytes], marker: bytes, identity: bytes, found: Looked
     ) -> bool:
         """`lookup`, sent at once when it can be without waiting (a connection to `identity`
         open): its values, or its error, go to `found` when they come in. False, with nothing

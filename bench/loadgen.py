@@ -22,8 +22,8 @@ import asyncio
 import multiprocessing
 import signal
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection as Pipe
 from multiprocessing.sharedctypes import SynchronizedArray
 from multiprocessing.synchronize import Event
@@ -63,6 +63,7 @@ class Outcome:
     percentiles: dict[str, float]
     generator_cpu: float  # CPU seconds the generator itself used
     tool: str
+    samples: list[int] = field(default_factory=list)  # each latency (us), where the tool gives them
 
     @property
     def rate(self) -> float:
@@ -73,6 +74,24 @@ class Outcome:
     def error_count(self) -> int:
         """Every failed request: non-2xx, socket errors and timeouts."""
         return sum(self.errors.values())
+
+
+def pooled(outcomes: Sequence[Outcome]) -> Outcome:
+    """Several runs of one load as one: counts, time and CPU summed, latencies pooled."""
+    errors: dict[str, int] = {}
+    for one in outcomes:
+        for kind, count in one.errors.items():
+            errors[kind] = errors.get(kind, 0) + count
+    samples = [us for one in outcomes for us in one.samples]
+    return Outcome(
+        ok=sum(one.ok for one in outcomes),
+        errors=errors,
+        duration=sum(one.duration for one in outcomes),
+        percentiles=percentiles_ms(samples),
+        generator_cpu=sum(one.generator_cpu for one in outcomes),
+        tool="; ".join(dict.fromkeys(one.tool for one in outcomes)),
+        samples=samples,
+    )
 
 
 def percentiles_ms(latencies_us: list[int]) -> dict[str, float]:
@@ -286,4 +305,5 @@ def run(
         percentiles=percentiles_ms(latencies),
         generator_cpu=sum(r["cpu"] for r in results.values()),
         tool=f"builtin x{processes}",
+        samples=latencies,
     )

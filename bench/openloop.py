@@ -108,6 +108,7 @@ def outcome(stdout: str, latencies: bytes) -> Outcome:
     data: dict[str, Any] = json.loads(line[len(MARKER) :])
     values = array.array("I")
     values.frombytes(latencies)
+    samples = values.tolist()
     errors = {kind: data[kind] for kind in ("connect", "io", "timeout") if data[kind]}
     errors |= {f"status {code}": n for code, n in data["status"].items()}
     # Requests held back by the pool, and sends more than 1 ms after their due time (the
@@ -118,9 +119,10 @@ def outcome(stdout: str, latencies: bytes) -> Outcome:
         ok=data["ok"],
         errors=errors,
         duration=data["duration_us"] / 1e6,
-        percentiles=percentiles_ms(values.tolist()),
+        percentiles=percentiles_ms(samples),
         generator_cpu=data["cpu_us"] / 1e6,
         tool=", ".join(["openloop (C)", *notes]),
+        samples=samples,
     )
 
 

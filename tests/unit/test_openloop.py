@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import openloop, report
+from bench import loadgen, openloop, report
 from bench.loadgen import Load
 from bench.report import Results, Row
 
@@ -95,6 +95,20 @@ def test_outcome_names_what_bent_the_schedule() -> None:
     assert out.percentiles == {}
 
 
+def test_rounds_pool_into_one_outcome() -> None:
+    """Rounds of one load pooled: counts, errors, time and CPU summed, percentiles over every
+    latency of every round (not a mean of the rounds' percentiles)."""
+    fast = openloop.outcome(_line(ok=100), array.array("I", [1000] * 100).tobytes())
+    slow = array.array("I", [1000] * 98 + [50_000, 60_000]).tobytes()
+    out = loadgen.pooled([fast, openloop.outcome(_line(ok=100, held=1), slow)])
+    assert (out.ok, out.duration, out.generator_cpu) == (200, 4.0, 0.3)
+    assert out.errors == {"io": 2, "status 401": 2}
+    assert out.percentiles["p99"] == 50.0  # the 198th of 200 latencies
+    assert out.percentiles["max"] == 60.0
+    assert out.tool == "openloop (C); openloop (C), 1 held by the pool of 32"
+    assert len(out.samples) == 200
+
+
 def test_outcome_without_result_line_is_an_error() -> None:
     """A run that printed no result line fails loudly instead of reporting zeros."""
     with pytest.raises(RuntimeError, match="no result"):
@@ -105,7 +119,7 @@ def _row(name: str, p99: float, ceiling: dict[str, float]) -> Row:
     latency = {"p50": 1.0, "p99": p99, "max": 9.0}
     work: dict[str, float | None] = {"handler_p99_ms": 0.5, "lag_p99_ms": 2.5}
     return Row(name, name, "6,000/s open", "openloop (C)", 6000.0, None, None, None, latency,
-               {}, {}, None, work, [], ceiling)  # fmt: skip
+               {}, {}, None, work, [], ceiling, [1.2, 2.0])  # fmt: skip
 
 
 def test_report_sets_open_loop_rows_beside_the_ceiling_at_the_same_rate() -> None:
@@ -121,6 +135,6 @@ def test_report_sets_open_loop_rows_beside_the_ceiling_at_the_same_rate() -> Non
     ]
     text = report.render(Results(meta=meta, rows=rows), [])
     table = text[text.index("open loop next to the ceiling") :].splitlines()
-    own, ceiling = ["1.00", "3.00", "9.00"], ["0.50", "2.00", "4.00", "1.5x"]
+    own, ceiling = ["1.00", "3.00", "9.00"], ["0.50", "2.00", "4.00", "1.6x", "1.2", "2.0"]
     assert table[3].split() == ["local-hit", "6,000/s", "open", *own, *ceiling, "0.50", "2.50"]
     assert table[4] == ""  # the ceiling's own row, closed or open, is not set beside itself

@@ -26,6 +26,8 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
+from introspect.web.fast import Declined, Shortcut
+
 log = logging.getLogger("introspect.http")
 
 HEAD_TIMEOUT = 10.0
@@ -67,14 +69,24 @@ class Answers:
 
 
 class Connection(RequestHandler):
-    """One client connection: aiohttp's handler with redacted failures and a head timeout."""
+    """One client connection: aiohttp's handler with redacted failures and a head timeout,
+    and the plainest introspections answered below it (`fast.Shortcut`)."""
 
-    __slots__ = ("_head_timeout", "_head_timer")
+    __slots__ = ("_head_timeout", "_head_timer", "_held", "_shortcut")
 
-    def __init__(self, manager: web.Server, *, head_timeout: float, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        manager: web.Server,
+        *,
+        head_timeout: float,
+        shortcut: Shortcut | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(manager, **kwargs)
         self._head_timeout = head_timeout
         self._head_timer: asyncio.TimerHandle | None = None
+        self._shortcut = shortcut
+        self._held = b""  # the start of a plain request, held until the rest has come
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Start the head timer, then serve as aiohttp does."""
@@ -82,11 +94,58 @@ class Connection(RequestHandler):
         super().connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
-        """Parse as aiohttp does; the first complete head (or parse error) stops the head timer."""
+        """Answer a plain introspection here, else parse as aiohttp does; the first complete
+        head (or parse error) stops the head timer."""
+        shortcut = self._shortcut
+        # (aiohttp feeds itself b"" to go on with what its parser held back: that is its own.)
+        if shortcut is not None and data and not (self._force_close or self._close):
+            if self._held:
+                data, self._held = self._held + data, b""
+            answer = shortcut.answer(data, self._between_requests())
+            if isinstance(answer, bytes):
+                self._answered(answer)
+                return
+            if answer is Declined.PART:
+                self._held = data
+                return
+            if answer is Declined.OTHER:
+                self._shortcut = None  # aiohttp's parser may now be inside a request
         super().data_received(data)
         if self._head_timer is not None and self._request_count:
             self._head_timer.cancel()
             self._head_timer = None
+
+    def _between_requests(self) -> bool:
+        """Whether aiohttp holds no request of this connection: none queued, none being
+        answered, its loop waiting for the next (the only time an answer may be written
+        here, after every earlier one)."""
+        waiter = self._waiter
+        # No waiter yet: a new connection whose first read came before aiohttp's loop started.
+        waiting = self._request_count == 0 if waiter is None else not waiter.done()
+        return (
+            waiting
+            and not self._messages
+            and not self._request_in_progress
+            and self._payload_parser is None
+            and not self._upgraded
+            and not self._buffer_paused
+        )
+
+    def _answered(self, answer: bytes) -> None:
+        """Write an answer made by the shortcut, and keep the books aiohttp keeps for one."""
+        assert self.transport is not None
+        self.transport.write(answer)
+        self._request_count += 1
+        if self._manager is not None:
+            self._manager.requests_count += 1
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        # The keep-alive timer runs from the last answer, as after one of aiohttp's.
+        close_time = self._loop.time() + self._keepalive_timeout
+        self._next_keepalive_close_time = close_time
+        if self._keepalive_handle is None:
+            self._keepalive_handle = self._loop.call_at(close_time, self._process_keepalive)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         """Stop the head timer with the connection."""
@@ -156,12 +215,21 @@ class AccessLog(AbstractAccessLogger):
 class _Server(web.Server):
     """aiohttp's connection factory, making `Connection`s."""
 
-    def __init__(self, *args: Any, head_timeout: float, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, head_timeout: float, shortcut: Shortcut | None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._head_timeout = head_timeout
+        self._shortcut = shortcut
 
     def __call__(self) -> RequestHandler:
-        return Connection(self, loop=self._loop, head_timeout=self._head_timeout, **self._kwargs)
+        return Connection(
+            self,
+            loop=self._loop,
+            head_timeout=self._head_timeout,
+            shortcut=self._shortcut,
+            **self._kwargs,
+        )
 
 
 class Runner(web.AppRunner):
@@ -189,11 +257,14 @@ class Runner(web.AppRunner):
 
     async def _make_server(self) -> web.Server:
         made = await super()._make_server()
+        # With an access log, every answer goes through aiohttp, which writes its line.
+        plain = self._kwargs.get("access_log") is None and Shortcut.serves(self.app)
         return _Server(
             made.request_handler,
             request_factory=made.request_factory,
             handler_cancellation=made.handler_cancellation,
             loop=made._loop,
             head_timeout=self._head_timeout,
+            shortcut=Shortcut(self.app) if plain else None,
             **made._kwargs,
         )

@@ -1,0 +1,191 @@
+"""The introspection answers memory can give, written below aiohttp's web layer (issue 19).
+
+A resource server's `POST /introspect` for a credential this worker holds
+is answered from memory in microseconds, yet through aiohttp it costs two
+task steps, a request object, the middlewares, a response object and its
+signal: about half of the worker's CPU per answer. `Shortcut.answer` reads a
+request that arrived whole in one read and answers it at once, on the
+connection's transport, when it is the plainest kind:
+
+- exactly `POST /introspect HTTP/1.1`, a head of well-formed header lines
+  (a token name, a value of visible characters), one `Content-Length` and
+  a body of exactly that length, nothing before or after it;
+- the exact form content type; no `Transfer-Encoding`, `Content-Encoding`,
+  `Expect`, `Upgrade`, `X-Request-Id`, no `Connection` but `keep-alive`,
+  no `Accept` asking for a signed answer;
+- a form with no error, and an answer `rfc7662.from_memory` gives whole
+  (an `Answer`, or a `Metered` one: a limited credential's count is taken
+  there, so it is answered here too).
+
+Anything else goes to aiohttp untouched: the same bytes, which it parses
+and answers as it always does (errors, reads through Redis, JWT answers,
+draining). Both paths make the same answer: its headers come from
+`public.caching`, and it is counted in the same metric. The accepted grammar is
+a strict subset of what aiohttp's parser accepts, read the same way, so no
+request can mean one thing here and another there.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from enum import Enum
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from aiohttp.helpers import rfc822_formatted_time
+
+from introspect import forms, rfc7662, rfc9701
+from introspect.metrics import METRICS
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    from introspect.limits import Metered
+    from introspect.rfc7662 import Answer
+    from introspect.service import Authority
+    from introspect.web.protocol import Answers
+
+REQUEST_LINE = b"POST /introspect HTTP/1.1"
+ROUTE = "/introspect"  # the metric label, as the error middleware names the route
+FORM = b"application/x-www-form-urlencoded"
+# A longer body (or one the app would refuse as too large) goes through aiohttp.
+MAX_BODY = 8192
+# A head longer than this goes through aiohttp (whose own limit is 8190 bytes per line).
+MAX_HEAD = 8192
+_START = REQUEST_LINE + b"\r\n"
+_REQUEST = re.compile(rb"[A-Z]+ [\x21-\x7e]+ HTTP/1\.[01]")
+_NAME = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# A header value: visible ASCII, space and tab (no control character, no obs-text).
+_VALUE = re.compile(rb"[\t\x20-\x7e]*")
+# Headers that send a request through aiohttp whatever their value.
+_REFUSED = frozenset(
+    {b"transfer-encoding", b"content-encoding", b"expect", b"upgrade", b"x-request-id"}
+)
+# Headers read here (any header twice sends the request through aiohttp).
+_READ = frozenset(
+    {b"content-length", b"content-type", b"authorization", b"accept", b"connection", b"host"}
+)
+
+
+class Declined(Enum):
+    """Why a read was left to aiohttp."""
+
+    # One whole request of the plain grammar that needs aiohttp's path (an error to answer,
+    # a read through Redis, a signed answer): aiohttp's parser ends it between two requests.
+    WHOLE = "whole"
+    # The start of a plain request, the rest to come: held by the connection until it has
+    # come (the head timer and aiohttp's keep-alive timer still bound how long).
+    PART = "part"
+    # Not one whole request of the plain grammar (several, a part of another kind, bytes
+    # that are no request): aiohttp's parser may be left inside a request, so the connection
+    # stays with aiohttp.
+    OTHER = "other"
+
+
+class Shortcut:
+    """Answers `POST /introspect` from memory for one app's connections (see the module)."""
+
+    __slots__ = ("_answers", "_app", "_authority", "_caching", "_max_body")
+
+    def __init__(self, app: web.Application) -> None:
+        self._app = app
+        self._authority: Authority | None = None
+        self._answers: Answers | None = None
+        self._caching: Callable[[Authority, Answer | Metered], Mapping[str, str]] | None = None
+        self._max_body = min(MAX_BODY, app._client_max_size - 1)
+
+    @staticmethod
+    def serves(app: web.Application) -> bool:
+        """Whether `app` answers `POST /introspect` (the admin app, on its own port, does not)."""
+        return any(
+            route.method == "POST"
+            and route.resource is not None
+            and route.resource.canonical == ROUTE
+            for route in app.router.routes()
+        )
+
+    def answer(self, data: bytes, idle: bool) -> bytes | Declined:
+        """The whole HTTP answer to `data`, or why it goes to aiohttp; `idle`: whether aiohttp
+        is between two requests on this connection (else nothing may be answered before it
+        answers the one it holds)."""
+        started = time.perf_counter()
+        head_end = data.find(b"\r\n\r\n")
+        if head_end < 0:
+            if idle and len(data) < MAX_HEAD and _START.startswith(data[: len(_START)]):
+                return Declined.PART
+            return Declined.OTHER
+        lines = data[:head_end].split(b"\r\n")
+        if head_end >= MAX_HEAD or not _REQUEST.fullmatch(lines[0]):
+            return Declined.OTHER
+        headers: dict[bytes, bytes] = {}
+        plain = idle and lines[0] == REQUEST_LINE
+        for line in lines[1:]:
+            name, colon, value = line.partition(b":")
+            if not colon or not _NAME.fullmatch(name) or not _VALUE.fullmatch(value):
+                return Declined.OTHER
+            name = name.lower()
+            if name in headers:
+                if name == b"content-length":
+                    return Declined.OTHER
+                plain = False
+            elif name in _READ:
+                headers[name] = value.strip(b" \t")
+            elif name in _REFUSED:
+                if name == b"transfer-encoding":
+                    return Declined.OTHER
+                plain = False
+        length = headers.get(b"content-length", b"0")
+        if not length.isdigit() or len(length) > 5 or (length[0] == 48 and length != b"0"):
+            return Declined.OTHER  # (no leading zero: one spelling of each length)
+        body = data[head_end + 4 :]
+        declared = int(length)
+        if len(body) != declared:
+            if plain and len(body) < declared <= self._max_body:
+                return Declined.PART  # its body comes in a later read
+            return Declined.OTHER
+        # One whole request: aiohttp's parser, fed it, would end between two requests.
+        if not plain or len(body) > self._max_body or headers.get(b"content-type") != FORM:
+            return Declined.WHOLE
+        connection = headers.get(b"connection")
+        if connection is not None and connection.lower() != b"keep-alive":
+            return Declined.WHOLE
+        return self._decide(headers, body, started)
+
+    def _decide(self, headers: dict[bytes, bytes], body: bytes, started: float) -> bytes | Declined:
+        authority = self._authority
+        if authority is None:
+            # Imported here: both import protocol, which imports this module.
+            from introspect.web.keys import ANSWERS, AUTHORITY
+            from introspect.web.public import caching
+
+            if AUTHORITY not in self._app:  # not started yet
+                return Declined.WHOLE
+            authority = self._authority = self._app[AUTHORITY]
+            self._answers = self._app[ANSWERS]
+            self._caching = caching
+        if self._answers is not None and self._answers.draining:
+            return Declined.WHOLE  # aiohttp's path says `Connection: close`
+        accept = headers.get(b"accept")
+        try:
+            if accept is not None and rfc9701.wants_jwt(accept.decode("ascii")):
+                return Declined.WHOLE
+            params = forms.single(forms.parse_form(body))
+            authorization = headers.get(b"authorization")
+            found = rfc7662.from_memory(
+                authority,
+                None if authorization is None else authorization.decode("latin-1"),
+                params,
+            )
+        except Exception:  # aiohttp's path decides again, answers (and logs) it
+            return Declined.WHOLE
+        if found is None or isinstance(found, rfc7662.Pending):
+            return Declined.WHOLE
+        assert self._caching is not None
+        head = [b"HTTP/1.1 200 OK"]
+        for name, value in self._caching(authority, found).items():
+            head.append(f"{name}: {value}".encode("latin-1"))
+        head.append(b"Content-Length: %d" % len(found.body))
+        head.append(b"Date: " + rfc822_formatted_time().encode("ascii"))
+        METRICS.request(ROUTE, 200, time.perf_counter() - started)
+        return b"\r\n".join(head) + b"\r\n\r\n" + found.body

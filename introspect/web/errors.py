@@ -43,6 +43,9 @@ UNAVAILABLE = (
     TimeoutError,
 )
 
+# The answer to a request whose stores are unavailable (see UNAVAILABLE).
+UNREACHABLE = {"error": "temporarily_unavailable", "error_description": "a store is unreachable"}
+
 
 def json_response(
     body: object, status: int = 200, headers: dict[str, str] | None = None
@@ -100,10 +103,7 @@ def error_response(request: web.Request, exc: Exception) -> web.Response:
     name = _route_name(request.match_info.route)
     if isinstance(exc, UNAVAILABLE):
         log.warning("store unavailable on %s: %s", name, type(exc).__name__, extra=_ids(request))
-        return json_response(
-            {"error": "temporarily_unavailable", "error_description": "a store is unreachable"},
-            503,
-        )
+        return json_response(UNREACHABLE, 503)
     log.exception("unexpected error on %s", name, extra=_ids(request), exc_info=exc)
     return json_response({"error": "server_error", "error_description": "internal error"}, 500)
 
@@ -132,4 +132,9 @@ def _ids(request: web.Request) -> dict[str, str]:
     given = request.headers.get(REQUEST_ID)
     if given is not None and _REQUEST_ID.fullmatch(given):
         return {"request_id": given}
+    return new_ids()
+
+
+def new_ids() -> dict[str, str]:
+    """The log record extras of a failing request that named no X-Request-Id."""
     return {"request_id": os.urandom(8).hex()}

@@ -27,16 +27,19 @@ request can mean one thing here and another there.
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from enum import Enum
 from typing import TYPE_CHECKING
 
+import orjson
 from aiohttp import web
 from aiohttp.helpers import rfc822_formatted_time
 
 from introspect import forms, rfc7662, rfc9701
 from introspect.metrics import METRICS
+from introspect.web.errors import UNAVAILABLE, UNREACHABLE, new_ids
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -46,6 +49,7 @@ if TYPE_CHECKING:
     from introspect.service import Authority
     from introspect.web.protocol import Answers
 
+log = logging.getLogger("introspect.web")
 REQUEST_LINE = b"POST /introspect HTTP/1.1"
 ROUTE = "/introspect"  # the metric label, as the error middleware names the route
 FORM = b"application/x-www-form-urlencoded"
@@ -105,7 +109,7 @@ class Shortcut:
             for route in app.router.routes()
         )
 
-    def answer(self, data: bytes, idle: bool) -> bytes | Declined:
+    def answer(self, data: bytes, idle: bool) -> bytes | Later | Declined:
         """The whole HTTP answer to `data`, or why it goes to aiohttp; `idle`: whether aiohttp
         is between two requests on this connection (else nothing may be answered before it
         answers the one it holds)."""
@@ -152,7 +156,9 @@ class Shortcut:
             return Declined.WHOLE
         return self._decide(headers, body, started)
 
-    def _decide(self, headers: dict[bytes, bytes], body: bytes, started: float) -> bytes | Declined:
+    def _decide(
+        self, headers: dict[bytes, bytes], body: bytes, started: float
+    ) -> bytes | Later | Declined:
         authority = self._authority
         if authority is None:
             # Imported here: both import protocol, which imports this module.
@@ -171,21 +177,74 @@ class Shortcut:
             if accept is not None and rfc9701.wants_jwt(accept.decode("ascii")):
                 return Declined.WHOLE
             params = forms.single(forms.parse_form(body))
-            authorization = headers.get(b"authorization")
-            found = rfc7662.from_memory(
-                authority,
-                None if authorization is None else authorization.decode("latin-1"),
-                params,
-            )
+            raw = headers.get(b"authorization")
+            authorization = None if raw is None else raw.decode("ascii")
+            found = rfc7662.from_memory(authority, authorization, params)
         except Exception:  # aiohttp's path decides again, answers (and logs) it
             return Declined.WHOLE
-        if found is None or isinstance(found, rfc7662.Pending):
-            return Declined.WHOLE
+        if found is None:
+            return Declined.WHOLE  # the caller must be authenticated: aiohttp's path does it
+        if isinstance(found, rfc7662.Pending):
+            return Later(self, authority, authorization, params, found, started)
+        return self.written(authority, found, started)
+
+    def written(self, authority: Authority, found: Answer | Metered, started: float) -> bytes:
+        """The HTTP answer of `found`, counted as the view's is."""
         assert self._caching is not None
         head = [b"HTTP/1.1 200 OK"]
         for name, value in self._caching(authority, found).items():
             head.append(f"{name}: {value}".encode("latin-1"))
-        head.append(b"Content-Length: %d" % len(found.body))
-        head.append(b"Date: " + rfc822_formatted_time().encode("ascii"))
         METRICS.request(ROUTE, 200, time.perf_counter() - started)
-        return b"\r\n".join(head) + b"\r\n\r\n" + found.body
+        return _framed(head, found.body)
+
+
+def _framed(head: list[bytes], body: bytes) -> bytes:
+    """`head` (status line and headers) with Content-Length and Date, then `body`."""
+    head.append(b"Content-Length: %d" % len(body))
+    head.append(b"Date: " + rfc822_formatted_time().encode("ascii"))
+    return b"\r\n".join(head) + b"\r\n\r\n" + body
+
+
+_UNREACHABLE = orjson.dumps(UNREACHABLE)
+
+
+class Later:
+    """The rest of an introspection memory could not answer whole (a read through Redis or
+    Postgres, a lease to take): `rfc7662.complete` goes on from where `from_memory` stopped,
+    as the view's does. The connection writes what `run` returns, or hands the request to
+    aiohttp when it returns None (a failure of another kind than an unreachable store:
+    aiohttp's path decides again, answers and logs it)."""
+
+    __slots__ = ("_authority", "_authorization", "_params", "_pending", "_shortcut", "_started")
+
+    def __init__(
+        self,
+        shortcut: Shortcut,
+        authority: Authority,
+        authorization: str | None,
+        params: dict[str, str],
+        pending: rfc7662.Pending,
+        started: float,
+    ) -> None:
+        self._shortcut = shortcut
+        self._authority = authority
+        self._authorization = authorization
+        self._params = params
+        self._pending = pending
+        self._started = started
+
+    async def run(self) -> bytes | None:
+        """The HTTP answer, or None."""
+        authority = self._authority
+        try:
+            _caller, found = await rfc7662.complete(
+                authority, self._authorization, self._params, self._pending
+            )
+        except UNAVAILABLE as exc:
+            log.warning("store unavailable on %s: %s", ROUTE, type(exc).__name__, extra=new_ids())
+            METRICS.request(ROUTE, 503, time.perf_counter() - self._started)
+            head = [b"HTTP/1.1 503 Service Unavailable", b"Content-Type: application/json"]
+            return _framed(head, _UNREACHABLE)
+        except Exception:  # aiohttp's path decides again, answers (and logs) it
+            return None
+        return self._shortcut.written(authority, found, self._started)

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sys
 from typing import Any
@@ -26,7 +27,7 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
-from introspect.web.fast import Declined, Shortcut
+from introspect.web.fast import Declined, Later, Shortcut
 
 log = logging.getLogger("introspect.http")
 
@@ -72,7 +73,7 @@ class Connection(RequestHandler):
     """One client connection: aiohttp's handler with redacted failures and a head timeout,
     and the plainest introspections answered below it (`fast.Shortcut`)."""
 
-    __slots__ = ("_head_timeout", "_head_timer", "_held", "_shortcut")
+    __slots__ = ("_head_timeout", "_head_timer", "_held", "_later", "_shortcut")
 
     def __init__(
         self,
@@ -87,6 +88,7 @@ class Connection(RequestHandler):
         self._head_timer: asyncio.TimerHandle | None = None
         self._shortcut = shortcut
         self._held = b""  # the start of a plain request, held until the rest has come
+        self._later: asyncio.Task[bytes | None] | None = None  # an answer of ours under way
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Start the head timer, then serve as aiohttp does."""
@@ -99,11 +101,19 @@ class Connection(RequestHandler):
         shortcut = self._shortcut
         # (aiohttp feeds itself b"" to go on with what its parser held back: that is its own.)
         if shortcut is not None and data and not (self._force_close or self._close):
+            if self._later is not None:
+                # Answered after the one under way: read no further until it is written.
+                self._held += data
+                self._pause_transport_reading()
+                return
             if self._held:
                 data, self._held = self._held + data, b""
             answer = shortcut.answer(data, self._between_requests())
             if isinstance(answer, bytes):
                 self._answered(answer)
+                return
+            if isinstance(answer, Later):
+                self._defer(answer, data)
                 return
             if answer is Declined.PART:
                 self._held = data
@@ -129,7 +139,38 @@ class Connection(RequestHandler):
             and self._payload_parser is None
             and not self._upgraded
             and not self._buffer_paused
+            and not self._paused  # a client not reading its answers gets aiohttp's back-pressure
         )
+
+    def _defer(self, later: Later, request: bytes) -> None:
+        """Answer `request` once `later` has run (aiohttp's shutdown waits for it, as for one
+        of its own handlers)."""
+        self._request_in_progress = True
+        if self._head_timer is not None:  # a whole head came
+            self._head_timer.cancel()
+            self._head_timer = None
+        task = self._loop.create_task(later.run())
+        task.add_done_callback(functools.partial(self._deferred, request))
+        self._later = task
+
+    def _deferred(self, request: bytes, task: asyncio.Task[bytes | None]) -> None:
+        self._later = None
+        self._request_in_progress = False
+        if self._handler_waiter is not None and not self._handler_waiter.done():
+            self._handler_waiter.set_result(None)
+        transport = self.transport
+        if task.cancelled() or transport is None or transport.is_closing():
+            return
+        answer = task.result()
+        if answer is None:
+            super().data_received(request)  # aiohttp answers it, and what follows
+        else:
+            self._answered(answer)
+        held, self._held = self._held, b""
+        if not (self._reading_paused or self._buffer_paused):
+            self._resume_transport_reading()
+        if held:
+            self.data_received(held)
 
     def _answered(self, answer: bytes) -> None:
         """Write an answer made by the shortcut, and keep the books aiohttp keeps for one."""
@@ -148,11 +189,22 @@ class Connection(RequestHandler):
             self._keepalive_handle = self._loop.call_at(close_time, self._process_keepalive)
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        """Stop the head timer with the connection."""
+        """Stop the head timer, and an answer of ours under way, with the connection."""
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
+        if self._later is not None:
+            self._later.cancel()
         super().connection_lost(exc)
+
+    def _process_keepalive(self) -> None:
+        """aiohttp's keep-alive check, which takes a connection whose answer is under way
+        here for idle (aiohttp holds no request of it): look again a timeout later."""
+        if self._later is None:
+            super()._process_keepalive()
+            return
+        close_time = self._loop.time() + self._keepalive_timeout
+        self._keepalive_handle = self._loop.call_at(close_time, self._process_keepalive)
 
     def _head_expired(self) -> None:
         self._head_timer = None

@@ -13,7 +13,7 @@ import pytest
 from introspect import credentials
 from introspect.config import Settings
 from introspect.credentials import Kind
-from introspect.web.fast import Declined, Shortcut
+from introspect.web.fast import Declined, Later, Shortcut
 from tests.helpers import Registered, Server, start_server
 
 GRANT = {"grant_type": "client_credentials"}
@@ -59,11 +59,14 @@ async def connected(
 def outcomes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """What the shortcut made of each read, in order ("answered", or the Declined value)."""
     seen: list[str] = []
-    real: Callable[[Shortcut, bytes, bool], bytes | Declined] = Shortcut.answer
+    real: Callable[[Shortcut, bytes, bool], bytes | Later | Declined] = Shortcut.answer
 
-    def spy(self: Shortcut, data: bytes, idle: bool) -> bytes | Declined:
+    def spy(self: Shortcut, data: bytes, idle: bool) -> bytes | Later | Declined:
         out = real(self, data, idle)
-        seen.append("answered" if isinstance(out, bytes) else out.value)
+        if isinstance(out, Declined):
+            seen.append(out.value)
+        else:
+            seen.append("answered" if isinstance(out, bytes) else "later")
         return out
 
     monkeypatch.setattr(Shortcut, "answer", spy)
@@ -100,6 +103,26 @@ async def test_the_shortcut_answers_as_aiohttp_does(
     assert fast[0] == b"HTTP/1.1 200 OK"
     assert b'"active":true' in fast[2]
     assert slow == [fast, fast]
+
+
+async def test_a_read_through_the_stores_is_answered_as_aiohttp_does(
+    server: Server, app_client: Registered, resource_server: Registered, outcomes: list[str]
+) -> None:
+    """A caller held in memory presenting a credential memory does not hold (a new token, an
+    unknown one): the shortcut goes on through Redis and Postgres (`rfc7662.complete`) and
+    answers as aiohttp's path does."""
+    await held(server, resource_server, await token_for(server, app_client))  # the caller
+    for token in (await token_for(server, app_client), credentials.generate(Kind.ACCESS_TOKEN)):
+        request = introspection(resource_server, token)
+        async with connected(server) as (reader, writer):
+            writer.write(request)
+            first = await read_answer(reader)
+        async with connected(server) as (reader, writer):
+            writer.write(request + request)
+            slow = [await read_answer(reader), await read_answer(reader)]
+        assert outcomes[-2:] == ["later", "other"]
+        assert slow == [first, first]
+        assert first[0] == b"HTTP/1.1 200 OK"
 
 
 async def test_a_request_in_two_reads_is_answered(

@@ -39,13 +39,14 @@ from aiohttp.helpers import rfc822_formatted_time
 
 from introspect import forms, rfc7662, rfc9701
 from introspect.metrics import METRICS
+from introspect.rfc7662 import Answer
 from introspect.web.errors import UNAVAILABLE, UNREACHABLE, new_ids
+from introspect.web.headers import answer_age, caching, metered_headers
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Mapping
 
     from introspect.limits import Metered
-    from introspect.rfc7662 import Answer
     from introspect.service import Authority
     from introspect.web.protocol import Answers
 
@@ -58,10 +59,11 @@ MAX_BODY = 8192
 # A head longer than this goes through aiohttp (whose own limit is 8190 bytes per line).
 MAX_HEAD = 8192
 _START = REQUEST_LINE + b"\r\n"
-_REQUEST = re.compile(rb"[A-Z]+ [\x21-\x7e]+ HTTP/1\.[01]")
-_NAME = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-# A header value: visible ASCII, space and tab (no control character, no obs-text).
-_VALUE = re.compile(rb"[\t\x20-\x7e]*")
+# A request line, then header lines: a token name, a colon, a value of visible ASCII, spaces
+# and tabs (no control character, no obs-text), each line ended by CRLF.
+_HEAD = re.compile(
+    rb"[A-Z]+ [\x21-\x7e]+ HTTP/1\.[01]\r\n(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e]*\r\n)*"
+)
 # Headers that send a request through aiohttp whatever their value.
 _REFUSED = frozenset(
     {b"transfer-encoding", b"content-encoding", b"expect", b"upgrade", b"x-request-id"}
@@ -90,13 +92,14 @@ class Declined(Enum):
 class Shortcut:
     """Answers `POST /introspect` from memory for one app's connections (see the module)."""
 
-    __slots__ = ("_answers", "_app", "_authority", "_caching", "_max_body")
+    __slots__ = ("_answers", "_app", "_authority", "_blocks", "_limited", "_max_body")
 
     def __init__(self, app: web.Application) -> None:
         self._app = app
         self._authority: Authority | None = None
         self._answers: Answers | None = None
-        self._caching: Callable[[Authority, Answer | Metered], Mapping[str, str]] | None = None
+        self._blocks: dict[int, bytes] = {}  # an unlimited answer's header lines, by max-age
+        self._limited = b""  # the fixed header lines of a limited credential's answer
         self._max_body = min(MAX_BODY, app._client_max_size - 1)
 
     @staticmethod
@@ -119,15 +122,13 @@ class Shortcut:
             if idle and len(data) < MAX_HEAD and _START.startswith(data[: len(_START)]):
                 return Declined.PART
             return Declined.OTHER
-        lines = data[:head_end].split(b"\r\n")
-        if head_end >= MAX_HEAD or not _REQUEST.fullmatch(lines[0]):
+        if head_end >= MAX_HEAD or not _HEAD.fullmatch(data, 0, head_end + 2):
             return Declined.OTHER
+        lines = data[:head_end].split(b"\r\n")
         headers: dict[bytes, bytes] = {}
         plain = idle and lines[0] == REQUEST_LINE
         for line in lines[1:]:
-            name, colon, value = line.partition(b":")
-            if not colon or not _NAME.fullmatch(name) or not _VALUE.fullmatch(value):
-                return Declined.OTHER
+            name, _, value = line.partition(b":")
             name = name.lower()
             if name in headers:
                 if name == b"content-length":
@@ -161,15 +162,13 @@ class Shortcut:
     ) -> bytes | Later | Declined:
         authority = self._authority
         if authority is None:
-            # Imported here: both import protocol, which imports this module.
-            from introspect.web.keys import ANSWERS, AUTHORITY
-            from introspect.web.public import caching
+            from introspect.web.keys import ANSWERS, AUTHORITY  # (keys imports protocol)
 
             if AUTHORITY not in self._app:  # not started yet
                 return Declined.WHOLE
             authority = self._authority = self._app[AUTHORITY]
             self._answers = self._app[ANSWERS]
-            self._caching = caching
+            self._limited = _encoded(metered_headers({}))
         if self._answers is not None and self._answers.draining:
             return Declined.WHOLE  # aiohttp's path says `Connection: close`
         accept = headers.get(b"accept")
@@ -189,23 +188,33 @@ class Shortcut:
         return self.written(authority, found, started)
 
     def written(self, authority: Authority, found: Answer | Metered, started: float) -> bytes:
-        """The HTTP answer of `found`, counted as the view's is."""
-        assert self._caching is not None
-        head = [b"HTTP/1.1 200 OK"]
-        for name, value in self._caching(authority, found).items():
-            head.append(f"{name}: {value}".encode("latin-1"))
+        """The HTTP answer of `found`, with the view's headers (`public.caching`), counted as
+        the view's is. An unlimited answer's headers depend on its max-age only: they are
+        encoded once per max-age."""
+        if isinstance(found, Answer):
+            age = answer_age(authority, found)
+            block = self._blocks.get(age)
+            if block is None:
+                block = self._blocks[age] = _encoded(caching(authority, found))
+        else:
+            block = self._limited + _encoded(found.headers)
         METRICS.request(ROUTE, 200, time.perf_counter() - started)
-        return _framed(head, found.body)
+        return _framed(_OK + block, found.body)
 
 
-def _framed(head: list[bytes], body: bytes) -> bytes:
-    """`head` (status line and headers) with Content-Length and Date, then `body`."""
-    head.append(b"Content-Length: %d" % len(body))
-    head.append(b"Date: " + rfc822_formatted_time().encode("ascii"))
-    return b"\r\n".join(head) + b"\r\n\r\n" + body
+def _encoded(headers: Mapping[str, str]) -> bytes:
+    """Header lines, each ended by CRLF."""
+    return "".join(f"{name}: {value}\r\n" for name, value in headers.items()).encode("latin-1")
+
+
+def _framed(head: bytes, body: bytes) -> bytes:
+    """`head` (the status line and header lines) with Content-Length and Date, then `body`."""
+    date = rfc822_formatted_time().encode("ascii")
+    return b"%sContent-Length: %d\r\nDate: %s\r\n\r\n%s" % (head, len(body), date, body)
 
 
 _UNREACHABLE = orjson.dumps(UNREACHABLE)
+_OK = b"HTTP/1.1 200 OK\r\n"
 
 
 class Later:
@@ -243,7 +252,7 @@ class Later:
         except UNAVAILABLE as exc:
             log.warning("store unavailable on %s: %s", ROUTE, type(exc).__name__, extra=new_ids())
             METRICS.request(ROUTE, 503, time.perf_counter() - self._started)
-            head = [b"HTTP/1.1 503 Service Unavailable", b"Content-Type: application/json"]
+            head = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
             return _framed(head, _UNREACHABLE)
         except Exception:  # aiohttp's path decides again, answers (and logs) it
             return None

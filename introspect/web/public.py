@@ -7,11 +7,8 @@ in `introspect/rfc*.py`) or the authority, and writes the answer.
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Mapping
 
 from aiohttp import web
-from multidict import CIMultiDict
 
 from introspect import (
     forms,
@@ -24,10 +21,10 @@ from introspect import (
     signing,
 )
 from introspect.errors import InvalidRequest, UnauthorizedClient
-from introspect.limits import Metered
 from introspect.service import Authority
 from introspect.store import Client
 from introspect.web.errors import json_response
+from introspect.web.headers import caching
 from introspect.web.keys import AUTHORITY, BOARD, READINESS
 
 log = logging.getLogger(__name__)
@@ -96,46 +93,6 @@ async def introspect(request: web.Request) -> web.Response:
     else:
         answer = found
     return web.Response(body=answer.body, headers=caching(authority, answer))
-
-
-def caching(authority: Authority, answer: rfc7662.Answer | Metered) -> Mapping[str, str]:
-    """The headers of a JSON introspection answer, decided in this one place: its
-    `Cache-Control` says how long a resource server may reuse it (see rfc7662.max_age), except
-    that a limited credential's answer carries the RateLimit fields (and Retry-After when
-    refused) and is never stored, since each use of it must be counted."""
-    if isinstance(answer, Metered):
-        return metered_headers(answer.headers)
-    settings = authority.settings
-    age = rfc7662.max_age(
-        answer, settings.rs_cache_ttl, settings.negative_cache_ttl, int(time.time())
-    )
-    headers = _JSON_HEADERS.get(age)
-    if headers is None:
-        headers = _JSON_HEADERS[age] = CIMultiDict(
-            {"Content-Type": "application/json", "Cache-Control": f"private, max-age={age}"}
-        )
-    return headers
-
-
-def metered_headers(fields: Mapping[str, str]) -> CIMultiDict[str]:
-    """The headers of a limited credential's JSON answer with its RateLimit `fields` (and
-    Retry-After when refused): never stored, since each use must be counted."""
-    headers = _LIMITED_HEADERS.copy()
-    headers.extend(fields)
-    return headers
-
-
-# The headers of introspection answers by max-age, each built once (a Response copies them):
-# one per second of INTROSPECT_RS_CACHE_TTL at most.
-_JSON_HEADERS: dict[int, CIMultiDict[str]] = {}
-# The fixed headers of a limited credential's answer, to which its RateLimit fields are added:
-# copying a CIMultiDict keeps the keys it has already case-folded, where one built from a dict
-# folds every key again (and the Response copies it once more). No `Pragma`: RFC 6749 §5.1 asks
-# for it on token responses, and no introspection answer carries it (RFC 9111 §5.4 deprecates
-# it; `Cache-Control: no-store` is what SPEC asks).
-_LIMITED_HEADERS: CIMultiDict[str] = CIMultiDict(
-    {"Content-Type": "application/json", "Cache-Control": "no-store"}
-)
 
 
 @routes.post("/revoke")

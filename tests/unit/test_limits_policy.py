@@ -13,7 +13,7 @@ from introspect.admin import validation
 from introspect.errors import Invalid, InvalidRequest
 from introspect.limits import policy
 from introspect.store.records import Limits, Refill, Window
-from introspect.web.public import metered_headers
+from introspect.web.headers import metered_headers
 from tests.integration.test_limits import parse_fields
 
 _NAME = st.from_regex(r"[A-Za-z0-9_-]{1,32}", fullmatch=True)

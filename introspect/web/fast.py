@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING
 
@@ -217,6 +218,7 @@ _UNREACHABLE = orjson.dumps(UNREACHABLE)
 _OK = b"HTTP/1.1 200 OK\r\n"
 
 
+@dataclass(frozen=True, slots=True)
 class Later:
     """The rest of an introspection memory could not answer whole (a read through Redis or
     Postgres, a lease to take): `rfc7662.complete` goes on from where `from_memory` stopped,
@@ -224,36 +226,25 @@ class Later:
     aiohttp when it returns None (a failure of another kind than an unreachable store:
     aiohttp's path decides again, answers and logs it)."""
 
-    __slots__ = ("_authority", "_authorization", "_params", "_pending", "_shortcut", "_started")
-
-    def __init__(
-        self,
-        shortcut: Shortcut,
-        authority: Authority,
-        authorization: str | None,
-        params: dict[str, str],
-        pending: rfc7662.Pending,
-        started: float,
-    ) -> None:
-        self._shortcut = shortcut
-        self._authority = authority
-        self._authorization = authorization
-        self._params = params
-        self._pending = pending
-        self._started = started
+    shortcut: Shortcut
+    authority: Authority
+    authorization: str | None
+    params: dict[str, str]
+    pending: rfc7662.Pending
+    started: float
 
     async def run(self) -> bytes | None:
         """The HTTP answer, or None."""
-        authority = self._authority
+        authority = self.authority
         try:
             _caller, found = await rfc7662.complete(
-                authority, self._authorization, self._params, self._pending
+                authority, self.authorization, self.params, self.pending
             )
         except UNAVAILABLE as exc:
             log.warning("store unavailable on %s: %s", ROUTE, type(exc).__name__, extra=new_ids())
-            METRICS.request(ROUTE, 503, time.perf_counter() - self._started)
+            METRICS.request(ROUTE, 503, time.perf_counter() - self.started)
             head = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
             return _framed(head, _UNREACHABLE)
         except Exception:  # aiohttp's path decides again, answers (and logs) it
             return None
-        return self._shortcut.written(authority, found, self._started)
+        return self.shortcut.written(authority, found, self.started)

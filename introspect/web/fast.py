@@ -4,8 +4,8 @@ A resource server's `POST /introspect` for a credential this worker holds
 is answered from memory in microseconds, yet through aiohttp it costs two
 task steps, a request object, the middlewares, a response object and its
 signal: about half of the worker's CPU per answer. `Shortcut.answer` reads a
-request that arrived whole in one read and answers it at once, on the
-connection's transport, when it is the plainest kind:
+request that arrived whole (in one read, or in several held until whole) and
+answers it on the connection's transport when it is the plainest kind:
 
 - exactly `POST /introspect HTTP/1.1`, a head of well-formed header lines
   (a token name, a value of visible characters), one `Content-Length` and
@@ -13,15 +13,16 @@ connection's transport, when it is the plainest kind:
 - the exact form content type; no `Transfer-Encoding`, `Content-Encoding`,
   `Expect`, `Upgrade`, `X-Request-Id`, no `Connection` but `keep-alive`,
   no `Accept` asking for a signed answer;
-- a form with no error, and an answer `rfc7662.from_memory` gives whole
-  (an `Answer`, or a `Metered` one: a limited credential's count is taken
-  there, so it is answered here too).
+- a form with no error, from a caller `rfc7662.from_memory` knows: its
+  answer is written at once (an `Answer`, or a `Metered` one: a limited
+  credential's count is taken there), or once `rfc7662.complete` has gone on
+  through Redis and Postgres (`Later`, for a `Pending` one).
 
 Anything else goes to aiohttp untouched: the same bytes, which it parses
-and answers as it always does (errors, reads through Redis, JWT answers,
+and answers as it always does (callers to authenticate, errors, JWT answers,
 draining). Both paths make the same answer: its headers come from
-`public.caching`, and it is counted in the same metric. The accepted grammar is
-a strict subset of what aiohttp's parser accepts, read the same way, so no
+`web/headers.py`, and it is counted in the same metric. The accepted grammar
+is a strict subset of what aiohttp's parser accepts, read the same way, so no
 request can mean one thing here and another there.
 """
 
@@ -78,8 +79,9 @@ _READ = frozenset(
 class Declined(Enum):
     """Why a read was left to aiohttp."""
 
-    # One whole request of the plain grammar that needs aiohttp's path (an error to answer,
-    # a read through Redis, a signed answer): aiohttp's parser ends it between two requests.
+    # One whole request of the plain grammar that needs aiohttp's path (a caller to
+    # authenticate, an error to answer, a signed answer): aiohttp's parser ends it between
+    # two requests.
     WHOLE = "whole"
     # The start of a plain request, the rest to come: held by the connection until it has
     # come (the head timer and aiohttp's keep-alive timer still bound how long).

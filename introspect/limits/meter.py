@@ -33,7 +33,16 @@ from typing import NamedTuple
 import asyncpg
 from redis.exceptions import RedisError
 
-from introspect.limits.policy import Shown, fields, policy_item, reset_in, window_number
+from introspect.limits.policy import (
+    POLICY,
+    RATELIMIT,
+    Shown,
+    fields,
+    policy_item,
+    ratelimit_item,
+    reset_in,
+    window_number,
+)
 from introspect.metrics import METRICS
 from introspect.redis.port import Redis
 from introspect.store import credits as store_credits
@@ -117,11 +126,13 @@ class _Slot:
 @dataclass(frozen=True, slots=True)
 class _Plan:
     """What deciding needs of one limit set, worked out once (not per request): its windows,
-    and the name of its credits in the fields."""
+    the name of its credits in the fields, and its one window when that is all it has (no
+    credits: see `Meter.decide`)."""
 
     limits: Limits
     slots: tuple[_Slot, ...]
     credits: str
+    single: _Slot | None
 
 
 def _plan(limits: Limits) -> _Plan:
@@ -135,7 +146,8 @@ def _plan(limits: Limits) -> _Plan:
         )
         for w in limits.windows
     )
-    return _Plan(limits, slots, f"{scope}-credits")
+    single = slots[0] if len(slots) == 1 and not limits.credits else None
+    return _Plan(limits, slots, f"{scope}-credits", single)
 
 
 def _replan(plan: _Plan | None, limits: Limits) -> _Plan:
@@ -143,7 +155,7 @@ def _replan(plan: _Plan | None, limits: Limits) -> _Plan:
     are equal (an entry read again holds an equal copy: comparing them on every request from
     then on would cost more than this once), a new one otherwise."""
     if plan is not None and plan.limits == limits:
-        return _Plan(limits, plan.slots, plan.credits)
+        return _Plan(limits, plan.slots, plan.credits, plan.single)
     return _plan(limits)
 
 
@@ -177,8 +189,34 @@ class Meter:
     def decide(self, applied: Sequence[Limits], cost: int, answer: bytes) -> Metered | None:
         """The metered answer when every lease it needs is in memory (spending `cost` from
         each when all allow it); None when a lease must be taken first (`admit`)."""
+        if len(applied) == 1:
+            spent = self._spent_from_one(applied[0], cost, answer)
+            if spent is not None:
+                return spent
         decided = self._decide(applied, cost, answer)
         return decided if isinstance(decided, Metered) else None
+
+    def _spent_from_one(self, limits: Limits, cost: int, answer: bytes) -> Metered | None:
+        """The answer `_decide` gives when `limits` is one window and nothing else, and its
+        lease of the current window holds the use (most uses of a limited credential), made
+        without `_decide`'s general loop; None in every other case, which `_decide` decides.
+        (Its answer and spending are `_decide`'s: tests/unit/test_meter.py checks it.)"""
+        plan = self._plans.get(limits.owner)
+        if plan is None or plan.limits is not limits or plan.single is None:
+            return None
+        slot = plan.single
+        lease = self._windows.get(slot.key)
+        second = int(time.time())
+        window = slot.window.window
+        number = second // window
+        if lease is None or lease.number != number or lease.left < max(cost, 1):
+            return None
+        lease.left -= cost
+        METRICS.limit_uses.inc(cost)
+        remaining = ratelimit_item(
+            slot.name, lease.left + lease.free, (number + 1) * window - second
+        )
+        return Metered(answer, {POLICY: slot.policy, RATELIMIT: remaining}, True)
 
     async def admit(self, applied: Sequence[Limits], cost: int, answer: bytes) -> Metered:
         """The metered answer, taking the leases it needs."""

@@ -12,6 +12,9 @@ from collections.abc import Sequence
 from introspect.errors import InvalidRequest
 
 MAX_COST = 1000
+# The names of the two fields.
+POLICY = "RateLimit-Policy"
+RATELIMIT = "RateLimit"
 # RFC 8941 sf-integer: at most 15 digits.
 MAX_SF_INTEGER = 999_999_999_999_999
 
@@ -76,8 +79,8 @@ def fields(shown: Sequence[Shown], spent: int = 0) -> dict[str, str]:
     if len(shown) == 1:
         # The usual case (one window), on the hot path: no lists to join.
         name, policy, r, t = shown[0]
-        return {"RateLimit-Policy": policy, "RateLimit": ratelimit_item(name, r - spent, t)}
+        return {POLICY: policy, RATELIMIT: ratelimit_item(name, r - spent, t)}
     return {
-        "RateLimit-Policy": ", ".join([x[1] for x in shown]),
-        "RateLimit": ", ".join([ratelimit_item(x[0], x[2] - spent, x[3]) for x in shown]),
+        POLICY: ", ".join([x[1] for x in shown]),
+        RATELIMIT: ", ".join([ratelimit_item(x[0], x[2] - spent, x[3]) for x in shown]),
     }

@@ -29,6 +29,7 @@ from dataclasses import replace
 import introspect.app  # noqa: F401 - a worker's web stack is among what start-up made
 from bench.hot_path import prepared
 from introspect import credentials, rfc7662
+from introspect.cache import Entry
 from introspect.credentials import Kind
 from introspect.server import freeze_startup
 from introspect.service import Authority
@@ -46,11 +47,13 @@ def tracked() -> int:
     return len(gc.get_objects())
 
 
-def fill(authority: Authority, size: int) -> None:
-    """Fill the in-process cache and the memo with `size` credentials, as serving them would."""
-    local, secret, issuer = authority.local, authority.server_secrets[0], authority.issuer
+def served(authority: Authority, count: int, first: int = 0) -> list[tuple[str, bytes, Entry]]:
+    """`count` credentials as serving them would cache them, in the mix's proportions: each
+    one's value, keyed hash and entry (`first`: the number of the first, for distinct ids)."""
+    secret, issuer = authority.server_secrets[0], authority.issuer
     t = now()
-    for i in range(size):
+    out = []
+    for i in range(first, first + count):
         token = credentials.generate(Kind.ACCESS_TOKEN)
         key = credentials.keyed_hash(secret, token)
         share = i % 100
@@ -64,6 +67,14 @@ def fill(authority: Authority, size: int) -> None:
             entry = rfc7662.entry_for(replace(credential, exp=t - 1), issuer)
         else:
             entry = rfc7662.entry_for(credential, issuer)
+        out.append((token, key, entry))
+    return out
+
+
+def fill(authority: Authority, size: int) -> None:
+    """Fill the in-process cache and the memo with `size` credentials, as serving them would."""
+    local, t = authority.local, now()
+    for token, key, entry in served(authority, size):
         local.put(key, entry, local.epoch, t)
         authority.hashed[token] = key
 

@@ -7,6 +7,7 @@ locally before anything but the in-process cache is asked.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -44,7 +45,7 @@ class CredentialLookup:
         # the HMAC. It serves in-process hits only, so it holds as many credentials as the
         # in-process cache holds entries; each costs its string (an opaque credential is
         # about 60 bytes, a JWT we issue under 1 KiB).
-        self.hashed: dict[str, bytes] = {}
+        self.hashed: OrderedDict[str, bytes] = OrderedDict()
         self.memo_size = memo_size
         # Postgres lookups of one event-loop iteration share one query.
         self._finds: Coalescer[tuple[bytes, ...], store.Credential] = Coalescer(
@@ -96,17 +97,16 @@ class CredentialLookup:
         # A JWT is remembered only once verified (an in-process entry of one was stored after
         # verifying it): up to 8 KiB of anyone's forged string must not be kept per entry.
         if key is None and not refused:
-            self._remember(token, primary)
+            self.remember(token, primary)
         return entry
 
-    def _remember(self, token: str, key: bytes) -> None:
+    def remember(self, token: str, key: bytes) -> None:
         """Memoize the keyed hash of a well-formed opaque credential or a verified JWT."""
         hashed = self.hashed
         if self.memo_size <= 0:
             return
-        if len(hashed) >= self.memo_size:
-            # Oldest insertion first, as in the in-process cache: a dict keeps insertion order.
-            del hashed[next(iter(hashed))]
+        if token not in hashed and len(hashed) >= self.memo_size:
+            hashed.popitem(last=False)  # the oldest insertion, as in the in-process cache
         hashed[token] = key
 
     async def _find_many(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -55,11 +56,15 @@ class LocalCache:
         self.vouched: bytes | None = None
         self.usable = False
         self.fresh_until = 0.0
-        self._entries: dict[bytes, Entry] = {}
+        # Both bounded memories evict the oldest insertion first. In an OrderedDict that is
+        # one step; a dict's first key is found by skipping the slots its deletions left at
+        # the front until it is next compacted, a scan as long as the cache on every insertion
+        # once the working set outgrows it (about 60 us at 100,000 entries).
+        self._entries: OrderedDict[bytes, Entry] = OrderedDict()
         # Keys whose answer is final: inactive, and never active again (see `put`). Kept
         # apart from the entries, with no age, in a bound of their own (`size` more keys):
         # neither evicts the other, and a flood of unknown values evicts no live entry.
-        self._final: dict[bytes, None] = {}
+        self._final: OrderedDict[bytes, None] = OrderedDict()
         # Keys hit since they came due for a refresh (see CredentialCache._refresh).
         self.due: list[bytes] = []
         self._clients: dict[str, tuple[Client | None, float]] = {}
@@ -115,7 +120,7 @@ class LocalCache:
             self._entries.pop(key, None)
             final = self._final
             if key not in final and len(final) >= self.size:
-                del final[next(iter(final))]
+                final.popitem(last=False)
             final[key] = None
             return
         ttl = min(self.ttl, lifetime(entry, now, REVOKED_TTL))
@@ -134,8 +139,7 @@ class LocalCache:
         self._final.pop(key, None)  # the later read wins, as between entries
         entries = self._entries
         if key not in entries and len(entries) >= self.size:
-            # Oldest insertion first: a dict keeps insertion order.
-            del entries[next(iter(entries))]
+            entries.popitem(last=False)  # the oldest insertion
         entries[key] = entry
 
     def get_client(self, client_id: str, mono: float) -> tuple[bool, Client | None]:

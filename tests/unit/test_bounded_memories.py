@@ -5,13 +5,12 @@ What an eviction costs once they are full is measured by `python -m bench.churn`
 
 from __future__ import annotations
 
-import math
-
 from hypothesis import given
 from hypothesis import strategies as st
 
-from introspect.cache import LocalCache, answered, inactive
+from introspect.cache import answered, inactive
 from introspect.lookup import CredentialLookup
+from tests.unit.test_local_cache import usable
 
 SIZE = 4
 LIVE = answered(b"{}", {}, 1)
@@ -29,13 +28,6 @@ def _model(keys: list[int]) -> list[int]:
     return held
 
 
-def _usable() -> LocalCache:
-    local = LocalCache(size=SIZE, ttl=10.0)
-    local.set_state(subscribed=True, healthy=True, source=b"server", vouched=b"server")
-    local.fresh_until = math.inf
-    return local
-
-
 def _memo() -> CredentialLookup:
     # (Remembering touches neither store: none is given.)
     return CredentialLookup(None, None, (b"secret",), "iss", None, memo_size=SIZE)  # type: ignore[arg-type]
@@ -48,7 +40,7 @@ _KEYS = st.lists(st.integers(0, 9), max_size=40)
 def test_the_cache_keeps_the_newest_insertions(keys: list[int]) -> None:
     """Live entries, and final answers in their own bound, hold exactly the SIZE newest
     insertions."""
-    local = _usable()
+    local = usable(size=SIZE)
     for key in keys:
         local.put(b"live%d" % key, LIVE, local.epoch, now=0)
         local.put(b"dead%d" % key, inactive(), local.epoch, now=0)

@@ -8,31 +8,23 @@ as the tail of every request (issue 19, `python -m bench.gc_pause`).
 from __future__ import annotations
 
 import gc
-import math
 
 from hypothesis import given
 
 from introspect import rfc7662
-from introspect.cache import LIMITS, LocalCache, decode, encode
+from introspect.cache import LIMITS, decode, encode
 from introspect.store import Credential, now
 from tests.unit.test_entry_codec import ISSUER, credentials
+from tests.unit.test_local_cache import usable
 
 FILLED = 20_000
-
-
-def usable() -> LocalCache:
-    """A cache in the state a subscribed, healthy listener keeps it in."""
-    local = LocalCache(size=FILLED, ttl=10.0)
-    local.set_state(subscribed=True, healthy=True, source=b"server", vouched=b"server")
-    local.fresh_until = math.inf
-    return local
 
 
 def test_a_filled_cache_adds_no_tracked_objects() -> None:
     """Filling the cache with live, revoked and unknown entries (final answers apart), made
     from Postgres rows and read from Redis values, leaves the collector tracking as many
     objects as before."""
-    local = usable()
+    local = usable(size=FILLED)
     t = now()
     gc.collect()
     before = len(gc.get_objects())
@@ -64,7 +56,7 @@ def test_a_cached_live_entry_is_untracked_and_served_unchanged(credential: Crede
     (Untracked by the first collection it survives when its audience tuple already was: a
     collection checks the tuples it keeps in an order of its own, and one checked before the
     new audience tuple it holds is untracked by the next collection of its generation.)"""
-    local = usable()
+    local = usable(size=FILLED)
     made = rfc7662.entry_for(credential, ISSUER)
     local.put(b"k", made, local.epoch, now())
     gc.collect(0)

@@ -30,9 +30,9 @@ from introspect.cache import (
 LIVE = answered(b"{}", {}, 1)
 
 
-def usable(ttl: float = 10.0) -> LocalCache:
+def usable(ttl: float = 10.0, size: int = 1000) -> LocalCache:
     """A cache in the state a subscribed, healthy listener keeps it in."""
-    local = LocalCache(size=1000, ttl=ttl)
+    local = LocalCache(size=size, ttl=ttl)
     local.set_state(subscribed=True, healthy=True, source=b"server", vouched=b"server")
     local.fresh_until = math.inf
     return local

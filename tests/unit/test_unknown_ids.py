@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import math
 import time
 
-from introspect.cache import LocalCache
 from introspect.client_records import UnknownIds
 from introspect.ids import has_id_shape, new_id
 from introspect.store import Client
-
-
-def usable() -> LocalCache:
-    """A cache in the state its listener keeps it in while it vouches for it."""
-    local = LocalCache(size=1000, ttl=10.0)
-    local.usable = True
-    local.fresh_until = math.inf
-    return local
+from tests.unit.test_local_cache import usable
 
 
 def test_the_oldest_unknown_id_makes_room_and_known_clients_are_untouched() -> None:

@@ -23,4 +23,4 @@ def test_admin_walkthrough_runs_verbatim(served: dict[str, str]) -> None:
     header, row = lines[3:5]
     assert header.split()[:2] == ["id", "kind"]
     assert row.startswith(patched["id"])
-    assert row.split()[-1] == "no"  # active: revoked with user-42's credentials
+    assert row.split()[-1] == "no"  # active: revoked with user-7's credentials

@@ -300,7 +300,9 @@ async def test_limit_flags_set_and_change_rate_limits_and_credits(
     env: dict[str, str], server: Server, resource_server: Registered
 ) -> None:
     """--credits, --refill and --rate-limit at issue, --no-credits and a new --rate-limit on
-    update: each takes effect at once; a malformed flag is refused before anything runs."""
+    update: each takes effect at once; a malformed flag is refused before anything runs.
+    (Day windows: a minute's could end between the uses and the update, and the new window
+    would rightly admit its one use.)"""
     issued = await api_key_of(
         env,
         "--sub",
@@ -310,11 +312,11 @@ async def test_limit_flags_set_and_change_rate_limits_and_credits(
         "--credits",
         "2",
         "--rate-limit",
-        "m=5/60",
+        "d=5/86400",
     )
     answers = [await introspect(server, resource_server, issued["key"]) for _ in range(3)]
     assert [a["active"] for a in answers] == [True, True, False]
-    changes = ("--no-credits", "--rate-limit", "m=1/60", "--json")
+    changes = ("--no-credits", "--rate-limit", "d=1/86400", "--json")
     updated = (await cli(env, "api-key", "update", issued["id"], *changes)).json()
     assert updated["credits"] is None
     assert updated["rate_limits"][0]["limit"] == 1

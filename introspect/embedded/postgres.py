@@ -49,12 +49,13 @@ PG_START_TIMEOUT = 60  # includes WAL replay after a crash
 PG_STOP_TIMEOUT = 30
 # Room for the pools of a worker per CPU on a large machine (up to 14 connections each).
 MAX_CONNECTIONS = 500
-# Postgres's own default (128 MB) keeps little of a large credentials table in its buffers:
-# at 10,000,000 credentials (1.7 GB) a lookup of a new one read index and heap pages through
-# the kernel, and the bench's cold scenario lost 5 to 10 points of the ceiling against
-# 1,000,000; with 1 GB it lost 1 to 2. A quarter of the memory (the usual advice), between the
-# default and that.
-SHARED_BUFFERS_MB = (128, 1024)
+# Postgres's own default (128 MB) keeps little of a large credentials table in its buffers,
+# and a lookup of a credential the caches have not seen then reads its index and heap pages
+# through the kernel. A quarter of the memory (the usual advice), from the default up to 8 GB:
+# at 10,000,000 credentials a lookup's pages (the table and its hash index) come to 3.9 GB,
+# and with 1 GB of buffers the bench's cold scenario fell 14 to 16 points of the ceiling
+# behind 1,000,000. Postgres touches the memory only as it fills the buffers.
+SHARED_BUFFERS_MB = (128, 8192)
 ORPHAN_TIMEOUT = 5.0
 
 # What pg_ctl stop -m fast, then -m immediate, send; SIGKILL last (start() recovers).
@@ -99,10 +100,12 @@ def ensure_postgres(paths: Paths, account: tuple[int, int] | None) -> tuple[int,
     if account is not None:
         os.chown(paths.pg, *account)
     port = free_port()
-    # TCP on loopback only, no Unix socket.
+    # TCP on loopback only, no Unix socket. pg_prewarm's autoprewarm writes down which pages
+    # the buffers hold (every 5 minutes and at shutdown) and reads them back after a start,
+    # so that a restart, or a crash, does not send every lookup through the kernel again.
     options = (
         f"-h {HOST} -p {port} -k '' -c max_connections={MAX_CONNECTIONS}"
-        f" -c shared_buffers={shared_buffers_mb()}MB"
+        f" -c shared_buffers={shared_buffers_mb()}MB -c shared_preload_libraries=pg_prewarm"
     )
     result = _run(
         [

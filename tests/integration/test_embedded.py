@@ -117,6 +117,31 @@ async def test_start_recovers_from_killed_servers(data_dir: Path) -> None:
     assert _ping(recovered.redis_url)
 
 
+async def test_a_restart_reads_back_what_the_buffers_held(data_dir: Path) -> None:
+    """After a stop and a start, the pages Postgres's buffers held are read back into them
+    (autoprewarm) before any query asks for them."""
+    stores = embedded.start(data_dir)
+    in_buffers = (
+        "SELECT count(*) FROM pg_buffercache b JOIN pg_class c"
+        " ON b.relfilenode = pg_relation_filenode(c.oid) WHERE c.relname = 'warm'"
+    )
+    [(held,)] = await _fetch(
+        stores.database_url,
+        "CREATE EXTENSION pg_buffercache",
+        "CREATE TABLE warm AS SELECT n, repeat('x', 200) AS pad FROM generate_series(1, 5000) n",
+        "SELECT count(*) FROM warm",
+        in_buffers,
+    )
+    assert held > 10
+    embedded.stop(data_dir)
+
+    restarted = embedded.start(data_dir)
+    deadline = time.monotonic() + 10
+    while (await _fetch(restarted.database_url, in_buffers))[0][0] < held:
+        assert time.monotonic() < deadline, "the buffers did not get the table's pages back"
+        await asyncio.sleep(0.1)
+
+
 def test_concurrent_starts_share_one_pair(data_dir: Path) -> None:
     """Processes starting the same data directory at once all get the same pair, one owns it."""
     script = (

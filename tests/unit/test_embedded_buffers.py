@@ -10,7 +10,7 @@ from introspect.embedded import postgres
 
 
 @pytest.mark.parametrize(
-    ("memory_gib", "expected_mb"), [(0.25, 128), (2, 512), (4, 1024), (24, 1024)]
+    ("memory_gib", "expected_mb"), [(0.25, 128), (2, 512), (4, 1024), (24, 6144), (64, 8192)]
 )
 def test_a_quarter_of_memory_within_bounds(
     monkeypatch: pytest.MonkeyPatch, memory_gib: float, expected_mb: int

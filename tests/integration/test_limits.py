@@ -88,9 +88,10 @@ async def test_a_window_refuses_with_an_honest_retry_after(
     before = time.time()
     answers = await uses(server, resource_server, issued["key"], 5)
     after = time.time()
-    assert actives(answers) == 3
+    crossed = int(after // 60) != int(before // 60)  # a new window admits more uses
+    assert 3 <= actives(answers) <= (5 if crossed else 3)
     end = (int(before // 60) + 1) * 60
-    if int(after // 60) == int(before // 60):  # no window boundary inside the run
+    if not crossed:
         for refused in answers[3:]:
             wait = int(refused.headers["Retry-After"])
             assert end - after <= wait <= end - before + 1

@@ -72,6 +72,11 @@ PREFILL_TIMEOUT = 120.0
 OPEN_ROUNDS = 4
 EXPECTED_SHARE = 0.9  # of requests that must do what their scenario is about (see Scenario)
 NOISY = 0.25  # cores used by other processes above which a comparison is flagged
+# A ceiling beside a scenario is measured once the server and its stores are idle: below
+# SETTLED cores over a SETTLE_STEP, waiting at most SETTLE_TIMEOUT seconds.
+SETTLED = 0.1
+SETTLE_STEP = 0.5
+SETTLE_TIMEOUT = 20.0
 # A server's issuer is its listen address unless configured, and every server of a run
 # listens on a port of its own: the JWTs, signed at seeding, need one issuer they all share.
 ISSUER = f"http://{HOST}"
@@ -335,10 +340,20 @@ class Bench:
             if own:
                 # Settle the load before measuring anything: the first scenarios otherwise
                 # share the cores with autovacuum's pass over the new rows and with the
-                # checkpointer writing them out (spread over minutes by default).
-                self.progress.tick("vacuum and checkpoint")
+                # checkpointer writing them out (spread over minutes by default). Then read
+                # what lookups and last-use writes read (the table, its hash and id indexes)
+                # into Postgres's buffers, where a server that has served for a while holds
+                # it: COPY and VACUUM go through small rings of buffers, so a fresh load leaves
+                # the buffers nearly empty, and at 10,000,000 credentials the cold scenario
+                # would measure reads through the kernel rather than the server.
+                self.progress.tick("vacuum, checkpoint and prewarm")
                 await conn.execute("VACUUM (ANALYZE) credentials")
                 await conn.execute("CHECKPOINT")
+                await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_prewarm")
+                await conn.execute(
+                    "SELECT pg_prewarm('credentials'), pg_prewarm('credentials_hash_key'),"
+                    " pg_prewarm('credentials_pkey')"
+                )
         finally:
             await conn.close()
         return seeded
@@ -440,15 +455,37 @@ class Bench:
             rate=rate,
         )
 
-    def _ceiling_again(self) -> Ceiling | None:
-        """The ceiling right now (a shorter run), just before or after a scenario."""
+    def _ceiling_again(self, workers: list[int]) -> Ceiling | None:
+        """The ceiling right now (a shorter run), just before or after a scenario, once the
+        server's `workers` and the stores have settled."""
         if self.ceiling is None:
             return None
+        self._settle(workers)
         duration = float(max(2, round(self.opts.duration / 4)))
         cpu = Cpu(self.ceiling[2].workers(), [])
         outcome = self._drive(self._ceiling_load(duration), "ceiling, again")
         cores = cpu.cores(outcome.generator_cpu)
         return Ceiling(outcome.rate, cpu_us(cores, outcome), cores["other"] or 0.0)
+
+    def _settle(self, workers: list[int]) -> None:
+        """Wait until the server's `workers` and the stores are idle, or SETTLE_TIMEOUT.
+
+        What a scenario leaves behind would otherwise be measured as the machine's
+        noise and lower the ceiling it is compared with: a server's start (its
+        workers connecting and warming), and after cold lookups the last-use
+        writes (`usage.UsageLog`, every 10 s) and Postgres's work on them.
+        """
+        deadline = time.monotonic() + SETTLE_TIMEOUT
+        while True:
+            cpu = Cpu(workers, self.store_roots)
+            time.sleep(SETTLE_STEP)
+            cores = cpu.cores(0.0)
+            busy = (cores["server"] or 0.0) + (cores["stores"] or 0.0)
+            if busy < SETTLED:
+                return
+            if time.monotonic() > deadline:
+                self.progress.note(f"still {busy:.2f} cores busy after {SETTLE_TIMEOUT:.0f} s")
+                return
 
     def _window(self, load: Load, label: str, workers: list[int], stores: bool) -> Window:
         """Drive `load`, with the CPU the workers, the stores and the rest used meanwhile."""
@@ -522,7 +559,7 @@ class Bench:
                 load(scenario.prefill, PREFILL_TIMEOUT, wrap=False), "prefill", builtin=True
             )
         bracket = metrics and rate is None
-        first = self._ceiling_again() if bracket else None
+        first = self._ceiling_again(service.workers()) if bracket else None
         if opts.warmup > 0:
             self._drive(load(scenario.warmup, opts.warmup), "warmup")
         before = self._scrape(port) if metrics else None
@@ -566,7 +603,7 @@ class Bench:
             notes.append(self.profiler.finish(profiling))
         if opts.slices and metrics:
             notes.append(self._slices_summary(scenario.name, workers))
-        adjacent = Ceiling.around(first, self._ceiling_again() if bracket else None)
+        adjacent = Ceiling.around(first, self._ceiling_again(workers) if bracket else None)
         mode = f"{rate:,.0f}/s open" if rate is not None else f"{opts.connections} conns"
         cost = cpu_us(cores, outcome)
         if adjacent is not None:

@@ -559,11 +559,11 @@ class Bench:
                 load(scenario.prefill, PREFILL_TIMEOUT, wrap=False), "prefill", builtin=True
             )
         bracket = metrics and rate is None
-        first = self._ceiling_again(service.workers()) if bracket else None
+        workers = service.workers()
+        first = self._ceiling_again(workers) if bracket else None
         if opts.warmup > 0:
             self._drive(load(scenario.warmup, opts.warmup), "warmup")
         before = self._scrape(port) if metrics else None
-        workers = service.workers()
         # An open-loop scenario's tail is judged against the ceiling's at the same rate.
         alternate = metrics and rate is not None and self.ceiling is not None
         profiling = (

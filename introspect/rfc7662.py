@@ -35,7 +35,18 @@ from typing import Any, NamedTuple, Protocol
 import orjson
 
 from introspect import limits, rfc6749
-from introspect.cache import ANSWER, AUD, CLIENT_ID, EXP, LIMITS, NBF, Entry, answered, inactive
+from introspect.cache import (
+    ANSWER,
+    AUD,
+    CLIENT_ID,
+    EXP,
+    LIMITS,
+    NBF,
+    Entry,
+    answer_of,
+    answered,
+    inactive,
+)
 from introspect.errors import InvalidRequest, UnauthorizedClient
 from introspect.limits import Metered
 from introspect.limits.meter import INACTIVE
@@ -70,15 +81,15 @@ def max_age(answer: Answer, rs_ttl: int, negative_ttl: int, t: int) -> int:
 
 
 def active_answer(credential: Credential, issuer: str) -> dict[str, Any]:
-    """The §2.2 answer for a live credential, with SPEC's `kind` and `metadata`."""
+    """The §2.2 answer for a live credential, with SPEC's `kind` and `metadata`.
+
+    The members many credentials share come first, all strings, then `sub`
+    and the credential's own: an in-process entry keeps the first part once
+    for all (cache.answered)."""
     answer: dict[str, Any] = {
         "active": True,
         "scope": " ".join(credential.scopes),
-        "sub": credential.sub,
         "iss": issuer,
-        "iat": credential.iat,
-        "nbf": credential.nbf,
-        "jti": credential.id,
         "token_type": "Bearer",
         "kind": credential.kind,
     }
@@ -87,6 +98,10 @@ def active_answer(credential: Credential, issuer: str) -> dict[str, Any]:
     if credential.audiences:
         aud = credential.audiences
         answer["aud"] = aud[0] if len(aud) == 1 else list(aud)
+    answer["sub"] = credential.sub
+    answer["iat"] = credential.iat
+    answer["nbf"] = credential.nbf
+    answer["jti"] = credential.id
     if credential.exp is not None:
         answer["exp"] = credential.exp
     if credential.username is not None:
@@ -296,8 +311,7 @@ def _seen_by(caller: Client, entry: Entry, owners: Owners, mono: float) -> bytes
     """The answer bytes for `entry` as `caller` may see it (`Limited` when limits apply to
     it); None when that hangs on an owner whose record `owners` does not hold at `mono` (then
     `complete` reads it)."""
-    answer = entry[ANSWER]
-    if answer is None:
+    if entry[ANSWER] is None:
         return INACTIVE
     t = now()
     exp = entry[EXP]
@@ -321,11 +335,13 @@ def _seen_by(caller: Client, entry: Entry, owners: Owners, mono: float) -> bytes
         if client.limits is not None:
             # The client's limits count every credential it holds; a key's own apply too.
             own = entry[LIMITS]
-            return Limited(answer, (client.limits,) if own is None else (own, client.limits))
+            return Limited(
+                answer_of(entry), (client.limits,) if own is None else (own, client.limits)
+            )
     own = entry[LIMITS]
     if own is not None:
-        return Limited(answer, (own,))
-    return answer
+        return Limited(answer_of(entry), (own,))
+    return answer_of(entry)
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,33 +36,34 @@ REVOKED_TTL = 86_400
 # bench.gc_pause`). (Freezing them, gc.freeze(), would not do: entries come and go as long as
 # the worker runs.) Its fields, by index; a field added to what serving depends on goes before
 # CACHEABLE, shifting the indices after it, and `answered` and `inactive` fill it:
-ANSWER: Final = 0  # the answer's JSON; None for an inactive credential (unknown, revoked...)
-VERSION: Final = 1  # the credential's change version (0: unknown)
-AUD: Final = 2  # its audiences
-EXP: Final = 3  # its `exp`; None for a credential that never expires
-NBF: Final = 4
-CLIENT_ID: Final = 5
-SUB: Final = 6
-KEY_ID: Final = 7  # an API key's id, whose `last_used_at` is kept (see usage.UsageLog.note_use)
+ANSWER: Final = 0  # the answer's own part (see `answered`); None for an inactive credential
+HEAD: Final = 1  # the rest of the answer, before ANSWER: one object for many entries
+VERSION: Final = 2  # the credential's change version (0: unknown)
+AUD: Final = 3  # its audiences
+EXP: Final = 4  # its `exp`; None for a credential that never expires
+NBF: Final = 5
+CLIENT_ID: Final = 6
+SUB: Final = 7
+KEY_ID: Final = 8  # an API key's id, whose `last_used_at` is kept (see usage.UsageLog.note_use)
 # An API key's own rate limits and credits: None for most, which the hot path checks alone (a
 # limited key's entry stays tracked by the GC: they are few).
-LIMITS: Final = 8
-CACHEABLE: Final = 9  # False: serve it for this request only
+LIMITS: Final = 9
+CACHEABLE: Final = 10  # False: serve it for this request only
 # In-process bookkeeping, set by LocalCache.put: when the entry ages out and comes due for a
 # refresh (time.monotonic()), and the generations of its client and subject it was filled at.
-LOCAL_EXPIRES: Final = 10
-REFRESH_AT: Final = 11
-CLIENT_GEN: Final = 12
-SUB_GEN: Final = 13
+LOCAL_EXPIRES: Final = 11
+REFRESH_AT: Final = 12
+CLIENT_GEN: Final = 13
+SUB_GEN: Final = 14
 Entry = tuple[
-    bytes | None, int, tuple[str, ...], int | None, int, str | None, str | None, str | None,
+    bytes | None, bytes, int, tuple[str, ...], int | None, int, str | None, str | None, str | None,
     Limits | None, bool, float, float, int, int,
 ]  # fmt: skip
 
 
 def inactive(version: int = 0, *, cacheable: bool = True) -> Entry:
     """The entry of an inactive credential: unknown (`version` 0), revoked or expired."""
-    return (None, version, (), None, 0, None, None, None, None, cacheable, 0.0, math.inf, 0, 0)
+    return (None, b"", version, (), None, 0, None, None, None, None, cacheable, 0.0, math.inf, 0, 0)
 
 
 def lifetime(entry: Entry, now: int, cap: int) -> int:
@@ -83,13 +84,20 @@ def uncacheable(entry: Entry) -> Entry:
     return (*entry[:CACHEABLE], False, *entry[LOCAL_EXPIRES:])
 
 
+def answer_of(entry: Entry) -> bytes:
+    """The answer's JSON of an active entry."""
+    return entry[HEAD] + entry[ANSWER]  # type: ignore[operator]
+
+
 def encode(entry: Entry) -> bytes:
     """The Redis value of an entry: `<version>|<answer JSON>` or `<version>|0`; an API key
     with limits `<version>|L<limits JSON>\n<answer JSON>`."""
-    answer, limits = entry[ANSWER], entry[LIMITS]
-    if answer is not None and limits is not None:
+    if entry[ANSWER] is None:
+        return b"%d|%s" % (entry[VERSION], INACTIVE_PAYLOAD)
+    answer, limits = answer_of(entry), entry[LIMITS]
+    if limits is not None:
         return b"%d|%s%s\n%s" % (entry[VERSION], LIMITED, orjson.dumps(limits.stored()), answer)
-    return b"%d|%s" % (entry[VERSION], answer if answer is not None else INACTIVE_PAYLOAD)
+    return b"%d|%s" % (entry[VERSION], answer)
 
 
 # Client ids, subjects and audience sets repeat across cached entries: one object each.
@@ -111,6 +119,11 @@ def shared(value: T) -> T:
     return found
 
 
+# Where an answer's own part starts: the `sub` member, which every active answer has and
+# `rfc7662.active_answer` places after the members that entries share (see `answered`).
+OWN_PART = b',"sub":'
+
+
 def answered(
     answer: bytes, body: dict[str, Any], version: int, limits: Limits | None = None
 ) -> Entry:
@@ -120,11 +133,22 @@ def answered(
     answer was just made from Postgres (rfc7662.entry_for) or read from Redis
     (`decode`): its audiences, lifetime, owner and subject, and for an API key
     its id (`kind` `api_key`: its `last_used_at` is kept).
+
+    The answer is kept in two parts, which `answer_of` joins: what precedes
+    its first `,"sub":` (its scope, issuer, kind, client and audiences, the
+    same for many credentials), held once for all the entries that share it,
+    and the rest, the credential's own. Only string members precede `sub` in
+    the answers we make, so that sequence is the top-level member: a JSON
+    string holds no unescaped quote. An answer of another order (a Redis value
+    of an earlier version) is split elsewhere, or not, and served the same.
+    Sharing the first part saves about half of each in-process entry's answer.
     """
+    cut = max(answer.find(OWN_PART), 0)
     aud = body.get("aud")
     client_id, sub = body.get("client_id"), body.get("sub")
     return (
-        answer,
+        answer[cut:],
+        shared(answer[:cut]),
         version,
         shared((aud,) if isinstance(aud, str) else tuple(aud or ())),
         body.get("exp"),

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
 from introspect import rfc7662
-from introspect.cache import ANSWER, KEY_ID, LIMITS, Entry, decode, encode
+from introspect.cache import ANSWER, HEAD, KEY_ID, LIMITS, Entry, answer_of, decode, encode
 from introspect.store import Credential, now
 from introspect.store.records import Limits, Refill, Window
 
@@ -92,3 +95,42 @@ def test_a_dead_credential_is_cached_inactive_with_its_version(credential: Crede
     assert read is not None
     assert made[ANSWER] is None
     assert _served(read) == _served(made)
+
+
+@given(credentials(), st.dictionaries(_TEXT, _TEXT, max_size=3))
+def test_an_entry_serves_its_answer_byte_for_byte_whatever_its_members_order(
+    credential: Credential, extra: dict[str, str]
+) -> None:
+    """An entry keeps its answer in two parts (a shared one and its own) and serves exactly
+    the bytes it was made from: for the answers made here, and for a Redis value whose
+    members come in another order (an earlier version's), whose strings hold `,"sub":`, or
+    which has no `sub` at all."""
+    made = rfc7662.entry_for(credential, ISSUER)
+    assert answer_of(made) == orjson.dumps(rfc7662.active_answer(credential, ISSUER))
+    body = orjson.loads(answer_of(made))
+    reordered = orjson.dumps({"sub": body.pop("sub"), **extra, **body, ',"sub":': "x"})
+    for answer in (reordered, orjson.dumps(body)):
+        read = decode(b"%d|%s" % (credential.version, answer))
+        assert read is not None
+        assert answer_of(read) == answer
+
+
+def test_the_part_of_an_answer_many_credentials_share_is_held_once() -> None:
+    """Two credentials of one client, scope, kind and audience share their answers' first
+    part: one object, whether the entry was made from Postgres or read from Redis."""
+    first = Credential(
+        id="tok_1", kind="access_token", format="opaque", hash=b"h" * 32, client_id="app",
+        sub="app", username=None, scopes=("read",), audiences=("https://api.example",),
+        iat=T0, nbf=T0, exp=T0 + 10**6, revoked_at=None, metadata=None, version=1,
+        last_used_at=None,
+    )  # fmt: skip
+    second = dataclasses.replace(first, id="tok_2", sub="someone", exp=T0 + 2 * 10**6)
+    read = decode(encode(rfc7662.entry_for(second, ISSUER)))
+    assert read is not None
+    entries = [rfc7662.entry_for(first, ISSUER), rfc7662.entry_for(second, ISSUER), read]
+    assert len({answer_of(e) for e in entries}) == 2
+    assert len({id(e[HEAD]) for e in entries}) == 1
+    for entry in entries:
+        own = entry[ANSWER]
+        assert own is not None
+        assert len(own) < len(answer_of(entry)) / 2

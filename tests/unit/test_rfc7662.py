@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from introspect import rfc7662
-from introspect.cache import ANSWER, CLIENT_ID, EXP, NBF, Entry, inactive
+from introspect.cache import CLIENT_ID, EXP, NBF, Entry, answer_of, inactive
 from introspect.errors import InvalidClient, InvalidRequest, OAuth2Error, UnauthorizedClient
 from introspect.store import Client, Credential, now
 from tests.unit import test_rfc6749 as rfc6749_tests
@@ -237,7 +237,7 @@ async def test_a_warm_request_is_answered_from_memory_alone() -> None:
     entry, owner = live(), a_client(OWNER)
     worker = warm(a_client(), entry, owner)
     answer = rfc7662.from_memory(worker, AUTH, {"token": TOKEN})
-    assert answer == rfc7662.Answer(entry[ANSWER], entry)
+    assert answer == rfc7662.Answer(answer_of(entry), entry)
     assert worker.lookups == []
     assert worker.usage.noted == [entry]
 
@@ -283,7 +283,7 @@ async def test_the_memo_is_probed_once_on_a_miss() -> None:
     and the tail looks up by that hash without computing it again."""
     worker = warm(a_client(), live(), a_client(OWNER))
     worker.cache.by_key.clear()
-    assert await full(worker, {"token": TOKEN}) == worker.stored[TOKEN][ANSWER]
+    assert await full(worker, {"token": TOKEN}) == answer_of(worker.stored[TOKEN])
     assert worker.hashed.probes == 1
     assert worker.lookups == [(TOKEN, KEY)]
 
@@ -291,7 +291,7 @@ async def test_the_memo_is_probed_once_on_a_miss() -> None:
 async def test_a_caller_authenticated_by_the_tail_probes_the_memo_once() -> None:
     """A caller memory does not remember: the memo is probed once, after authentication."""
     worker = cold(a_client(), live(), a_client(OWNER))
-    assert await full(worker, {"token": TOKEN}) == worker.stored[TOKEN][ANSWER]
+    assert await full(worker, {"token": TOKEN}) == answer_of(worker.stored[TOKEN])
     assert worker.hashed.probes == 1
     assert worker.lookups == [(TOKEN, None)]
 
@@ -395,7 +395,7 @@ def test_an_active_answer_may_be_reused_for_the_rs_lifetime_never_past_exp(
     t = now()
     entry = live()
     entry = (*entry[:EXP], None if exp_in is None else t + exp_in, *entry[EXP + 1 :])
-    answer = rfc7662.Answer(entry[ANSWER] or b"", entry)
+    answer = rfc7662.Answer(answer_of(entry), entry)
     assert rfc7662.max_age(answer, 60, 30, t) == expected
 
 

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import platform
 import random
 import secrets
 import shutil
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -856,6 +858,25 @@ class Bench:
         )
 
 
+def _code() -> str | None:
+    """The code a run measures: its commit, and a digest of the uncommitted changes to tracked
+    files if any (runs of one code are compared as one: report.scale_targets); None outside
+    a git checkout."""
+    git = shutil.which("git")
+    if git is None:
+        return None
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head, diff = (
+            subprocess.run([git, *a], cwd=root, capture_output=True, check=True, timeout=30).stdout
+            for a in (["rev-parse", "HEAD"], ["diff", "HEAD"])
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = head.decode().strip()[:12]
+    return f"{commit}+{hashlib.sha256(diff).hexdigest()[:8]}" if diff else commit
+
+
 def run(opts: Options) -> int:
     """Run the bench with `opts`; print and write the results; the exit status."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -876,6 +897,7 @@ def run(opts: Options) -> int:
             "cpus": os.cpu_count(),
             "load_average": " ".join(f"{x:.2f}" for x in os.getloadavg()),
             "python": platform.python_version(),
+            "code": _code(),
             "wrk": wrkrun.available(),
             "seeded": 0,
             "jwts": 0,
@@ -909,7 +931,7 @@ def run(opts: Options) -> int:
     bench.progress.phase(f"done in {time.monotonic() - bench.progress.started:.0f} s")
     seeded = results.meta["seeded"]
     checks = report.targets(
-        results, full_size_run=seeded >= 1_000_000, other=report.counterpart(opts.out, seeded)
+        results, full_size_run=seeded >= 1_000_000, earlier=report.earlier_runs(opts.out)
     )
     text = report.render(results, checks)
     print(text)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +42,10 @@ def _by_figure(checks: list[Target]) -> dict[str, Target]:
 
 
 def _checks(
-    *rows: Row, seeded: int = 100_000, other: dict[str, Any] | None = None
+    *rows: Row, seeded: int = 100_000, earlier: Sequence[dict[str, Any]] = ()
 ) -> dict[str, Target]:
     results = Results(meta=_meta(seeded), rows=list(rows))
-    return _by_figure(report.targets(results, full_size_run=False, other=other))
+    return _by_figure(report.targets(results, full_size_run=False, earlier=earlier))
 
 
 LOCAL_OPEN = "in-process hit, open-loop p99 / ceiling's"
@@ -119,9 +120,9 @@ def test_the_closed_loop_p99_target_is_kept_beside_the_open_loop_ratios() -> Non
     assert _checks(_row("local-hit", pct=90, p99=4.0))["in-process hit, closed-loop p99"].passed
 
 
-def _other(seeded: int, cold: float, mix: float) -> dict[str, Any]:
+def _other(seeded: int, cold: float, mix: float, code: str | None = None) -> dict[str, Any]:
     return {
-        "meta": _meta(seeded),
+        "meta": {**_meta(seeded), "code": code},
         "scenarios": [{"name": "cold", "ceiling_pct": cold}, {"name": "mix", "ceiling_pct": mix}],
     }
 
@@ -136,9 +137,11 @@ def test_ten_million_within_five_points_of_one_million() -> None:
         _row("cold", pct=46.0),
         _row("mix", pct=64.0),
         seeded=10_000_000,
-        other=_other(1_000_000, cold=50.0, mix=70.0),
+        earlier=[_other(1_000_000, cold=50.0, mix=70.0)],
     )
-    assert checks[COLD_SCALE] == Target(COLD_SCALE, "-4 (46 % vs 50 %)", "within 5 points", True)
+    assert checks[COLD_SCALE] == Target(
+        COLD_SCALE, "-4 (46 % vs 50 %; medians of 1 and 1 runs)", "within 5 points", True
+    )
     assert checks[MIX_SCALE].passed is False
 
 
@@ -148,49 +151,60 @@ def test_one_million_run_compared_with_an_earlier_ten_million_one() -> None:
         _row("cold", pct=50.0),
         _row("mix", pct=70.0),
         seeded=1_000_000,
-        other=_other(10_000_000, cold=48.0, mix=69.0),
+        earlier=[_other(10_000_000, cold=48.0, mix=69.0)],
     )
-    assert checks[COLD_SCALE].measured == "-2 (48 % vs 50 %)"
+    assert checks[COLD_SCALE].measured == "-2 (48 % vs 50 %; medians of 1 and 1 runs)"
     assert checks[MIX_SCALE].passed is True
 
 
 @pytest.mark.parametrize(
-    ("seeded", "other"),
+    ("seeded", "earlier"),
     [
-        (10_000_000, None),
-        (10_000_000, _other(10_000_000, 50.0, 70.0)),  # two 10M runs: no 1M to compare with
-        (100_000, _other(10_000_000, 50.0, 70.0)),  # a quick run is not the 1M figure
+        (10_000_000, []),
+        (10_000_000, [_other(10_000_000, 50.0, 70.0)]),  # two 10M runs: no 1M to compare with
+        (100_000, [_other(10_000_000, 50.0, 70.0)]),  # a quick run is not the 1M figure
+        (10_000_000, [_other(1_000_000, 50.0, 70.0, code="other")]),  # not the same code
     ],
 )
-def test_scale_is_not_applicable_without_a_pair(seeded: int, other: dict[str, Any] | None) -> None:
-    """Without a 1M and a 10M run side by side the figures are n/a, not a pass or a fail."""
-    checks = _checks(_row("cold", pct=50.0), _row("mix", pct=70.0), seeded=seeded, other=other)
+def test_scale_is_not_applicable_without_a_pair(seeded: int, earlier: list[dict[str, Any]]) -> None:
+    """Without 1M and 10M runs of the same code, the figures are n/a, not a pass or a fail."""
+    checks = _checks(_row("cold", pct=50.0), _row("mix", pct=70.0), seeded=seeded, earlier=earlier)
     assert checks[COLD_SCALE].passed is None
     assert checks[MIX_SCALE].passed is None
 
 
-def _write(out: Path, stamp: str, seeded: int) -> None:
-    (out / stamp).mkdir()
-    (out / stamp / "results.json").write_text(json.dumps(_other(seeded, 1.0, 2.0)))
+def test_each_side_is_the_median_of_the_newest_runs_of_the_same_code() -> None:
+    """A 10M run is set against the median of the newest SCALE_RUNS 1M runs of its code, and
+    its own figure against the median of itself and its newest same-size runs: one outlier
+    on either side does not decide."""
+    code = "abc"
+    results = Results(meta={**_meta(10_000_000), "code": code}, rows=[_row("cold", pct=60.0)])
+    earlier = [
+        _other(1_000_000, cold=90.0, mix=1.0, code="older"),  # another code: not counted
+        _other(10_000_000, cold=80.0, mix=1.0, code=code),
+        _other(1_000_000, cold=79.0, mix=1.0, code=code),
+        _other(10_000_000, cold=81.0, mix=1.0, code=code),
+        _other(1_000_000, cold=95.0, mix=1.0, code=code),
+        _other(1_000_000, cold=82.0, mix=1.0, code=code),
+        _other(1_000_000, cold=10.0, mix=1.0, code=code),  # past the newest SCALE_RUNS
+        _other(10_000_000, cold=10.0, mix=1.0, code=code),  # past them too
+    ]
+    assert report.SCALE_RUNS == 3
+    checks = _by_figure(report.scale_targets(results, earlier))
+    assert checks[COLD_SCALE].measured == "-2 (80 % vs 82 %; medians of 3 and 3 runs)"
+    assert checks[COLD_SCALE].passed is True
+    assert checks[MIX_SCALE].passed is None  # this run did not measure it
 
 
-def test_counterpart_is_the_newest_run_of_the_other_size(tmp_path: Path) -> None:
-    """A 10M run finds the newest 1M run under bench/results, a 1M run the newest 10M one;
-    quick runs and unreadable files are passed over."""
-    _write(tmp_path, "20260101-000000", 1_000_000)
-    _write(tmp_path, "20260102-000000", 1_000_000)
-    _write(tmp_path, "20260103-000000", 100_000)
-    _write(tmp_path, "20260104-000000", 10_000_000)
+def test_earlier_runs_are_the_readable_results_newest_first(tmp_path: Path) -> None:
+    """Every results.json under bench/results, newest first; unreadable files are passed over."""
+    for stamp, seeded in (("20260101-000000", 1_000_000), ("20260104-000000", 10_000_000)):
+        (tmp_path / stamp).mkdir()
+        (tmp_path / stamp / "results.json").write_text(json.dumps(_other(seeded, 1.0, 2.0)))
     (tmp_path / "20260105-000000").mkdir()
     (tmp_path / "20260105-000000" / "results.json").write_text("{not json")
-    found = report.counterpart(tmp_path, 10_000_000)
-    assert found is not None
-    assert found["meta"]["seeded"] == 1_000_000
-    assert (tmp_path / "20260102-000000" / "results.json").read_text() == json.dumps(found)
-    found = report.counterpart(tmp_path, 1_000_000)
-    assert found is not None
-    assert found["meta"]["seeded"] == 10_000_000
-    assert report.counterpart(tmp_path, 100_000) is None
+    found = report.earlier_runs(tmp_path)
+    assert [run["meta"]["seeded"] for run in found] == [10_000_000, 1_000_000]
 
 
 def test_open_rate_is_half_the_ceiling() -> None:

@@ -28,7 +28,6 @@ is accepted and never changes the answer.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
@@ -160,10 +159,9 @@ class Memory(Protocol):
     def local(self) -> InProcess:
         """Remembered Authorization headers and client records."""
 
-    @property
-    def hashed(self) -> Mapping[str, bytes]:
-        """Presented credential -> its keyed hash, for those recently seen well-formed (an
-        opaque credential) or verified (a JWT)."""
+    def key_of(self, token: str) -> bytes | None:
+        """The keyed hash of a presented credential if memory can tell it with no I/O (see
+        lookup.CredentialLookup.key_of), else None."""
 
     @property
     def cache(self) -> Entries:
@@ -265,7 +263,7 @@ def _step(
     token = token_parameter(params)
     if "cost" in params:
         limits.cost(params["cost"])
-    key = memory.hashed.get(token)
+    key = memory.key_of(token)
     entry = None if key is None else memory.cache.cached(key, mono)
     if entry is None:
         return Pending(caller, token, key, None)

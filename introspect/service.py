@@ -121,7 +121,9 @@ class Authority:
             self.jwts.claims,
             memo_size=settings.local_cache_size,
         )
-        # What rfc7662's decision reads from memory (see rfc7662.Memory).
+        # What rfc7662's decision reads from memory (see rfc7662.Memory), and the memo it
+        # reads through.
+        self.key_of = self.lookups.key_of
         self.hashed = self.lookups.hashed
         self.access_tokens = AccessTokens(
             self.lazy_pool, self.keyring, settings.secrets, self.issuer

@@ -86,6 +86,22 @@ async def test_a_revoked_credential_is_inactive_in_memory(
     assert memory == body
 
 
+async def test_a_cached_credential_the_memo_forgot_is_still_answered_from_memory(
+    server: Server, resource_server: Registered, app_client: Registered
+) -> None:
+    """The memo of keyed hashes holds final answers' values too, so it forgets credentials
+    whose entries the in-process cache still holds: the synchronous step then hashes a
+    well-formed opaque credential itself, answers from memory as over HTTP, and memoizes it."""
+    token = await token_for(server, app_client)
+    memory, status, body = await both(server, resource_server, {"token": token})
+    assert status == 200
+    assert memory == body
+    server.authority.hashed.clear()
+    again = from_memory(server.authority, resource_server.auth["Authorization"], {"token": token})
+    assert again == body
+    assert token in server.authority.hashed
+
+
 @pytest.mark.parametrize(
     ("extra", "status"),
     [

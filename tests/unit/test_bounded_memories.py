@@ -8,7 +8,9 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
+from introspect import credentials
 from introspect.cache import answered, inactive
+from introspect.credentials import Kind
 from introspect.lookup import CredentialLookup
 from tests.unit.test_local_cache import usable
 
@@ -67,3 +69,24 @@ def test_remembering_a_credential_held_again_evicts_nothing() -> None:
         memo.remember(f"token{key}", b"k")
     memo.remember("token2", b"k")
     assert sorted(memo.hashed) == [f"token{key}" for key in range(SIZE)]
+
+
+@given(st.sampled_from([Kind.ACCESS_TOKEN, Kind.API_KEY]), st.integers(0, 40), st.text(max_size=3))
+def test_the_hash_of_a_well_formed_credential_is_made_and_memoized_in_memory(
+    kind: Kind, at: int, noise: str
+) -> None:
+    """A well-formed opaque credential gets its keyed hash with no lookup, memoized; a value
+    altered anywhere (a failed checksum), or JWT-shaped and not verified here, gets none and
+    is not memoized (the lookup answers it)."""
+    memo = _memo()
+    token = credentials.generate(kind)
+    key = memo.key_of(token)
+    assert key == credentials.keyed_hash(b"secret", token)
+    assert memo.hashed[token] == key
+    altered = token[:at] + noise + token[at + 1 :]
+    if credentials.parse(altered) is None:
+        assert memo.key_of(altered) is None
+        assert altered not in memo.hashed
+    jwt = "eyJhbGciOiJFUzI1NiJ9.e30.sig"
+    assert memo.key_of(jwt) is None
+    assert jwt not in memo.hashed

@@ -137,6 +137,10 @@ class Worker:
     clients: dict[str, Client] = field(default_factory=dict)
     lookups: list[tuple[str, bytes | None]] = field(default_factory=list)
 
+    def key_of(self, token: str) -> bytes | None:
+        """The memoized hash of `token` (this fake hashes nothing itself)."""
+        return self.hashed.get(token)
+
     async def authenticate(self, authorization: str | None, params: dict[str, str]) -> Client:
         """The registered caller of `authorization`, else invalid_client."""
         client = None if authorization is None else self.registered.get(authorization)

@@ -8,7 +8,9 @@ of keyed hashes are filled to their configured size (INTROSPECT_LOCAL_CACHE_SIZE
 access tokens of 100 clients, 5 % revoked, 2 % expired, 5 % unknown).
 
 It prints the objects the collector tracks (`gc.get_objects()`) before and
-after the fill, and the time of `gc.collect(0)`, `(1)` and `(2)` with the
+after the fill, the bytes the fill keeps per credential (`tracemalloc`: the
+presented value, its keyed hash, its entry and answer, and their slots in the
+cache and the memo), and the time of `gc.collect(0)`, `(1)` and `(2)` with the
 cache full (best and median of `--repeat`). A full collection (generation 2)
 walks every tracked object, so its pause grows with them; the server runs
 one whenever the objects that survived younger collections reach a quarter
@@ -23,6 +25,7 @@ import argparse
 import gc
 import statistics
 import time
+import tracemalloc
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -71,12 +74,17 @@ def served(authority: Authority, count: int, first: int = 0) -> list[tuple[str, 
     return out
 
 
-def fill(authority: Authority, size: int) -> None:
-    """Fill the in-process cache and the memo with `size` credentials, as serving them would."""
+def fill(authority: Authority, size: int) -> int:
+    """Fill the in-process cache and the memo with `size` credentials, as serving them would;
+    the bytes this keeps allocated."""
     local, t = authority.local, now()
+    tracemalloc.start()
     for token, key, entry in served(authority, size):
         local.put(key, entry, local.epoch, t)
         authority.hashed[token] = key
+    kept = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    return kept
 
 
 def timed(generation: int, repeat: int) -> tuple[float, float]:
@@ -106,12 +114,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.freeze:
         freeze_startup()
     before = tracked()
-    fill(authority, size)
+    kept = fill(authority, size)
     after = tracked()
     print(f"live entries cached: {len(authority.local):,} (the rest final answers, keys only),"
           f" memo: {len(authority.hashed):,}")  # fmt: skip
     per_entry = f" ({(after - before) / size:.2f} per entry)" if size else ""
     print(f"GC-tracked objects: {before:,} before the fill, {after:,} after{per_entry}")
+    if size:
+        print(f"bytes kept: {kept / 2**20:.1f} MiB, {kept / size:.0f} per credential")
     for generation in (0, 1, 2):
         best, median = timed(generation, args.repeat)
         print(f"gc.collect({generation}): best {best:.2f} ms, median {median:.2f} ms"

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from introspect import credentials, rfc6749, rfc7662
-from introspect.cache import ANSWER, LIMITS
+from introspect.cache import ANSWER, LIMITS, answer_of
 from introspect.config import Settings
 from introspect.credentials import Kind
 from introspect.limits import Metered
@@ -76,10 +76,10 @@ async def main() -> None:
         answer = rfc7662.from_memory(authority, authorization, form)
         if isinstance(answer, rfc7662.Pending) and answer.entry is not None:
             # The window lease: with no Redis, the meter grants this worker the whole window.
-            limits, body = answer.entry[LIMITS], answer.entry[ANSWER]
+            limits = answer.entry[LIMITS]
             assert limits is not None
-            assert body is not None
-            await authority.meter.admit((limits,), 1, body)
+            assert answer.entry[ANSWER] is not None
+            await authority.meter.admit((limits,), 1, answer_of(answer.entry))
             answer = rfc7662.from_memory(authority, authorization, form)
         if not isinstance(answer, rfc7662.Answer | Metered) or not answer.body.startswith(
             b'{"active":true'

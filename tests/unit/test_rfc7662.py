@@ -138,8 +138,8 @@ class Worker:
     lookups: list[tuple[str, bytes | None]] = field(default_factory=list)
 
     def key_of(self, token: str) -> bytes | None:
-        """The memoized hash of `token` (this fake hashes nothing itself)."""
-        return self.hashed.get(token)
+        """None: this fake hashes nothing itself (`hashed` holds what it knows)."""
+        return None
 
     async def authenticate(self, authorization: str | None, params: dict[str, str]) -> Client:
         """The registered caller of `authorization`, else invalid_client."""

@@ -858,23 +858,30 @@ class Bench:
         )
 
 
+# What a run's code is (see `_code`): what the server and the bench run, not the docs.
+CODE_PATHS = ("introspect", "bench", "pyproject.toml")
+
+
 def _code() -> str | None:
-    """The code a run measures: its commit, and a digest of the uncommitted changes to tracked
-    files if any (runs of one code are compared as one: report.scale_targets); None outside
-    a git checkout."""
+    """The code a run measures: a digest of CODE_PATHS as committed, and of their uncommitted
+    changes if any (runs of one code are compared as one: report.scale_targets; a commit
+    of docs alone does not change it); None outside a git checkout."""
     git = shutil.which("git")
     if git is None:
         return None
     root = Path(__file__).resolve().parent.parent
     try:
-        head, diff = (
+        trees, diff = (
             subprocess.run([git, *a], cwd=root, capture_output=True, check=True, timeout=30).stdout
-            for a in (["rev-parse", "HEAD"], ["diff", "HEAD"])
+            for a in (
+                ["rev-parse", *(f"HEAD:{path}" for path in CODE_PATHS)],
+                ["diff", "HEAD", "--", *CODE_PATHS],
+            )
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    commit = head.decode().strip()[:12]
-    return f"{commit}+{hashlib.sha256(diff).hexdigest()[:8]}" if diff else commit
+    code = hashlib.sha256(trees).hexdigest()[:12]
+    return f"{code}+{hashlib.sha256(diff).hexdigest()[:8]}" if diff else code
 
 
 def run(opts: Options) -> int:

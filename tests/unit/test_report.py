@@ -112,6 +112,24 @@ def test_closed_loop_shares(name: str, figure: str, minimum: float) -> None:
     assert _checks(_row(name, pct=minimum))[figure].target == f">= {minimum:.0f} %"
 
 
+LIMITED = "limited hit, % of in-process hit"
+
+
+def test_the_limited_share_compares_shares_of_the_ceiling() -> None:
+    """limited-hit against local-hit by their % of the ceiling measured beside each, which
+    cancels the machine's drift between them: 182 % against 221 % is 82 % and passes,
+    although the req/s (measured in a slower and a faster minute) are 63 % apart."""
+    checks = _checks(
+        _row("limited-hit", rate=12_600, pct=182.0), _row("local-hit", rate=20_000, pct=221.0)
+    )
+    assert checks[LIMITED] == Target(LIMITED, "82 % (182 / 221 % of ceiling)", ">= 80 %", True)
+    slower = _checks(_row("limited-hit", pct=176.0), _row("local-hit", pct=221.0))
+    assert slower[LIMITED].passed is False
+    unmeasured = _checks(_row("limited-hit", rate=7_000), _row("local-hit", rate=10_000))
+    assert unmeasured[LIMITED] == Target(LIMITED, "70 % (7,000 / 10,000 req/s)", ">= 80 %", False)
+    assert _checks(_row("local-hit", pct=221.0))[LIMITED].passed is None
+
+
 def test_the_closed_loop_p99_target_is_kept_beside_the_open_loop_ratios() -> None:
     """The earlier issue's closed-loop p99 line stays (a failing figure is not dropped), next to
     the open-loop ratio."""

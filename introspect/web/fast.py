@@ -33,7 +33,7 @@ import re
 import time
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import orjson
 from aiohttp import web
@@ -60,6 +60,10 @@ FORM = b"application/x-www-form-urlencoded"
 MAX_BODY = 8192
 # A head longer than this goes through aiohttp (whose own limit is 8190 bytes per line).
 MAX_HEAD = 8192
+# Heads read are remembered by their bytes, up to this many of at most this length each (about
+# 0.5 MiB at most; all forgotten at once when full, so new heads cost a reading as before).
+MEMO_HEADS = 512
+MEMO_HEAD = 1024
 _START = REQUEST_LINE + b"\r\n"
 # A request line, then header lines: a token name, a colon, a value of visible ASCII, spaces
 # and tabs (no control character, no obs-text), each line ended by CRLF.
@@ -95,7 +99,7 @@ class Declined(Enum):
 class Shortcut:
     """Answers `POST /introspect` from memory for one app's connections (see the module)."""
 
-    __slots__ = ("_answers", "_app", "_authority", "_blocks", "_limited", "_max_body")
+    __slots__ = ("_answers", "_app", "_authority", "_blocks", "_heads", "_limited", "_max_body")
 
     def __init__(self, app: web.Application) -> None:
         self._app = app
@@ -103,6 +107,7 @@ class Shortcut:
         self._answers: Answers | None = None
         self._blocks: dict[int, bytes] = {}  # an unlimited answer's header lines, by max-age
         self._limited = b""  # the fixed header lines of a limited credential's answer
+        self._heads: dict[bytes, _Head | None] = {}  # heads read, by their bytes
         self._max_body = min(MAX_BODY, app._client_max_size - 1)
 
     @staticmethod
@@ -125,40 +130,29 @@ class Shortcut:
             if idle and len(data) < MAX_HEAD and _START.startswith(data[: len(_START)]):
                 return Declined.PART
             return Declined.OTHER
-        if head_end >= MAX_HEAD or not _HEAD.fullmatch(data, 0, head_end + 2):
+        # A resource server sends the same head again and again (only its body changes): it is
+        # read once (about a third of the shortcut's own work), then found by its bytes.
+        key = data[:head_end]
+        head = self._heads.get(key)
+        if head is None:
+            head = _read_head(data, head_end)
+            if head_end <= MEMO_HEAD:
+                if len(self._heads) >= MEMO_HEADS:
+                    self._heads.clear()
+                self._heads[key] = head
+        if head is None:
             return Declined.OTHER
-        lines = data[:head_end].split(b"\r\n")
-        headers: dict[bytes, bytes] = {}
-        plain = idle and lines[0] == REQUEST_LINE
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            name = name.lower()
-            if name in headers:
-                if name == b"content-length":
-                    return Declined.OTHER
-                plain = False
-            elif name in _READ:
-                headers[name] = value.strip(b" \t")
-            elif name in _REFUSED:
-                if name == b"transfer-encoding":
-                    return Declined.OTHER
-                plain = False
-        length = headers.get(b"content-length", b"0")
-        if not length.isdigit() or len(length) > 5 or (length[0] == 48 and length != b"0"):
-            return Declined.OTHER  # (no leading zero: one spelling of each length)
+        plain = idle and head.plain
         body = data[head_end + 4 :]
-        declared = int(length)
+        declared = head.length
         if len(body) != declared:
             if plain and len(body) < declared <= self._max_body:
                 return Declined.PART  # its body comes in a later read
             return Declined.OTHER
         # One whole request: aiohttp's parser, fed it, would end between two requests.
-        if not plain or len(body) > self._max_body or headers.get(b"content-type") != FORM:
+        if not plain or len(body) > self._max_body or not head.form:
             return Declined.WHOLE
-        connection = headers.get(b"connection")
-        if connection is not None and connection.lower() != b"keep-alive":
-            return Declined.WHOLE
-        return self._decide(headers, body, started)
+        return self._decide(head.headers, body, started)
 
     def _decide(
         self, headers: dict[bytes, bytes], body: bytes, started: float
@@ -203,6 +197,47 @@ class Shortcut:
             block = self._limited + _encoded(found.headers)
         METRICS.request(ROUTE, 200, time.perf_counter() - started)
         return _framed(_OK + block, found.body)
+
+
+class _Head(NamedTuple):
+    """What a request head's bytes say, whatever the body and the connection's state."""
+
+    plain: bool  # `POST /introspect HTTP/1.1`, no header twice, none that sends it to aiohttp
+    length: int  # its Content-Length (0 when it has none)
+    form: bool  # the form content type, and no `Connection` but keep-alive
+    headers: dict[bytes, bytes]  # the headers read here, by lower-case name
+
+
+def _read_head(data: bytes, head_end: int) -> _Head | None:
+    """What the head `data[:head_end]` says; None when the connection must stay with aiohttp
+    (not the grammar read here, a second Content-Length, a Transfer-Encoding, a length that
+    is no plain decimal)."""
+    if head_end >= MAX_HEAD or not _HEAD.fullmatch(data, 0, head_end + 2):
+        return None
+    lines = data[:head_end].split(b"\r\n")
+    headers: dict[bytes, bytes] = {}
+    plain = lines[0] == REQUEST_LINE
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        name = name.lower()
+        if name in headers:
+            if name == b"content-length":
+                return None
+            plain = False
+        elif name in _READ:
+            headers[name] = value.strip(b" \t")
+        elif name in _REFUSED:
+            if name == b"transfer-encoding":
+                return None
+            plain = False
+    length = headers.get(b"content-length", b"0")
+    if not length.isdigit() or len(length) > 5 or (length[0] == 48 and length != b"0"):
+        return None  # (no leading zero: one spelling of each length)
+    connection = headers.get(b"connection")
+    form = headers.get(b"content-type") == FORM and (
+        connection is None or connection.lower() == b"keep-alive"
+    )
+    return _Head(plain, int(length), form, headers)
 
 
 def _encoded(headers: Mapping[str, str]) -> bytes:

@@ -4,6 +4,7 @@ it answers nothing, so every outcome here is a framing decision."""
 
 from __future__ import annotations
 
+import itertools
 import string
 
 import pytest
@@ -11,6 +12,7 @@ from aiohttp import web
 from hypothesis import given
 from hypothesis import strategies as st
 
+from introspect.web import fast
 from introspect.web.fast import Declined, Shortcut
 
 VALUE = st.text(string.ascii_letters + string.digits + "-._~+/=", min_size=1, max_size=60)
@@ -95,3 +97,54 @@ def test_framing(shortcut: Shortcut, raw: bytes, outcome: Declined) -> None:
     """What cannot be framed as one request goes to aiohttp for good; a whole request of
     another kind goes to aiohttp once."""
     assert shortcut.answer(raw, True) is outcome
+
+
+EXTRA = st.sampled_from(
+    [
+        "User-Agent: rs/1.0",
+        "Accept: application/json",
+        "Connection: keep-alive",
+        "Connection: close",
+        "Content-Type: text/plain",
+        "Content-Length: 3",
+        "Transfer-Encoding: chunked",
+        "X-Request-Id: abc",
+        "Authorization: Basic eDp6",
+        "X-Obs: caf\xe9",
+    ]
+)
+# One Shortcut for every example: it has read (and remembered) the heads of earlier ones.
+SEASONED = Shortcut(web.Application())
+
+
+@given(
+    token=VALUE,
+    extra=st.lists(EXTRA, max_size=3),
+    bodies=st.integers(0, 40).flatmap(lambda n: st.lists(st.binary(min_size=n, max_size=n))),
+    tail=st.binary(max_size=8),
+    cut=st.integers(0, 8),
+)
+def test_a_head_read_before_is_framed_as_when_first_read(
+    token: str, extra: list[str], bodies: list[bytes], tail: bytes, cut: int
+) -> None:
+    """The shortcut remembers heads by their bytes: a head it has read, with any body, in any
+    state of the connection, frames as a shortcut that never saw it frames it."""
+    for body, path, idle in itertools.product(
+        bodies or [b""], (b"/introspect", b"/token"), (True, False)
+    ):
+        whole = request(token, *extra, body=body).replace(b"/introspect", path, 1)
+        for raw in (whole, whole + tail, whole[: max(1, len(whole) - cut)]):
+            fresh = Shortcut(web.Application()).answer(raw, idle)
+            assert SEASONED.answer(raw, idle) is fresh
+
+
+def test_remembered_heads_are_bounded() -> None:
+    """At most MEMO_HEADS heads are remembered, none longer than MEMO_HEAD bytes."""
+    shortcut = Shortcut(web.Application())
+    for i in range(fast.MEMO_HEADS + 10):
+        assert shortcut.answer(request(str(i)), True) is Declined.WHOLE
+    assert 0 < len(shortcut._heads) <= fast.MEMO_HEADS
+    shortcut._heads.clear()
+    long = request("t", "X-Long: " + "a" * fast.MEMO_HEAD)
+    assert shortcut.answer(long, True) is Declined.WHOLE
+    assert shortcut._heads == {}

@@ -107,7 +107,7 @@ class Shortcut:
         self._answers: Answers | None = None
         self._blocks: dict[int, bytes] = {}  # an unlimited answer's header lines, by max-age
         self._limited = b""  # the fixed header lines of a limited credential's answer
-        self._heads: dict[bytes, _Head | None] = {}  # heads read, by their bytes
+        self._heads: dict[bytes, _Head] = {}  # heads read, by their bytes
         self._max_body = min(MAX_BODY, app._client_max_size - 1)
 
     @staticmethod
@@ -136,12 +136,12 @@ class Shortcut:
         head = self._heads.get(key)
         if head is None:
             head = _read_head(data, head_end)
+            if head is None:
+                return Declined.OTHER  # (not remembered: the connection is aiohttp's from now)
             if head_end <= MEMO_HEAD:
                 if len(self._heads) >= MEMO_HEADS:
                     self._heads.clear()
                 self._heads[key] = head
-        if head is None:
-            return Declined.OTHER
         plain = idle and head.plain
         body = data[head_end + 4 :]
         declared = head.length

@@ -268,8 +268,7 @@ def _step(
     if not caller.can_introspect:
         raise UnauthorizedClient("this client may not introspect")
     token = token_parameter(params)
-    if "cost" in params:
-        limits.cost(params["cost"])
+    cost = 1 if "cost" not in params else limits.cost(params["cost"])  # (checked before lookup)
     key = memory.hashed.get(token) or memory.key_of(token)
     entry = None if key is None else memory.cache.cached(key, mono)
     if entry is None:
@@ -278,9 +277,7 @@ def _step(
     if answer is None:
         return Pending(caller, token, key, entry)
     if isinstance(answer, Limited):
-        metered = memory.meter.decide(
-            answer.applied, limits.cost(params.get("cost")), answer.answer
-        )
+        metered = memory.meter.decide(answer.applied, cost, answer.answer)
         if metered is None:
             # A lease must be taken first: the async tail decides again, and takes it.
             return Pending(caller, token, key, entry)
@@ -346,7 +343,7 @@ def _seen_by(caller: Client, entry: Entry, owners: Owners, mono: float) -> bytes
             )
     own = entry[LIMITS]
     if own is not None:
-        return Limited(answer_of(entry), (own,))
+        return Limited(entry[HEAD] + tail, (own,))
     return entry[HEAD] + tail  # answer_of, inline on the hot path
 
 

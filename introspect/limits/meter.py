@@ -34,6 +34,7 @@ import asyncpg
 from redis.exceptions import RedisError
 
 from introspect.limits.policy import (
+    MAX_SF_INTEGER,
     POLICY,
     RATELIMIT,
     Shown,
@@ -114,13 +115,15 @@ class _Need:
 
 @dataclass(frozen=True, slots=True)
 class _Slot:
-    """One window of a limit set as deciding reads it: its lease's key, its name in the fields
-    and its `RateLimit-Policy` item (fixed while the limits are)."""
+    """One window of a limit set as deciding reads it: its lease's key, its name in the fields,
+    its `RateLimit-Policy` item and the start of its `RateLimit` item (`"name";r=`), fixed
+    while the limits are."""
 
     key: tuple[str, str, int, int]
     window: Window
     name: str
     policy: str
+    item: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +146,7 @@ def _plan(limits: Limits) -> _Plan:
             w,
             f"{scope}.{w.name}",
             policy_item(f"{scope}.{w.name}", w.limit, w.window),
+            ratelimit_item(f"{scope}.{w.name}", 0, None)[:-1],
         )
         for w in limits.windows
     )
@@ -209,13 +213,16 @@ class Meter:
         second = int(time.time())
         window = slot.window.window
         number = second // window
-        if lease is None or lease.number != number or lease.left < max(cost, 1):
+        if lease is None or lease.number != number or lease.left < (cost or 1):
             return None
         lease.left -= cost
         METRICS.limit_uses.inc(cost)
-        remaining = ratelimit_item(
-            slot.name, lease.left + lease.free, (number + 1) * window - second
-        )
+        # `ratelimit_item`, inline (a call less on every limited use): t is 1 to the window's
+        # length, within an sf-integer (admin validation), and r is clamped as it clamps.
+        r = lease.left + lease.free
+        if not 0 <= r <= MAX_SF_INTEGER:
+            r = max(0, min(r, MAX_SF_INTEGER))
+        remaining = f"{slot.item}{r};t={(number + 1) * window - second}"
         return Metered(answer, {POLICY: slot.policy, RATELIMIT: remaining}, True)
 
     async def admit(self, applied: Sequence[Limits], cost: int, answer: bytes) -> Metered:

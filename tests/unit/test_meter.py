@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from unittest import mock
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -98,3 +99,18 @@ def test_a_limit_set_read_again_is_decided_by_the_general_loop_first() -> None:
         '"key.day";r=9;t=' + str((number + 1) * 86_400 - int(NOW)),
         '"key.day";r=8;t=' + str((number + 1) * 86_400 - int(NOW)),
     ]
+
+
+@pytest.mark.parametrize("free", [-10, 10**15, 10**16])
+def test_the_shortcut_clamps_the_remaining_uses_as_the_fields_do(free: int) -> None:
+    """What Redis says is free, added to the lease, can fall outside an sf-integer: the
+    shortcut's `RateLimit` item is clamped exactly as the general loop's."""
+    window = Window("w0", 10, 60)
+    limits = Limits("api_key:key_d", (window,))
+    held = {("api_key:key_d", "w0", 60, 10): _WindowLease(int(NOW) // 60, 5, free)}
+    fast, general = _meter(limits, held), _meter(limits, held)
+    with mock.patch("time.time", return_value=NOW):
+        spent = fast._spent_from_one(limits, 1, ANSWER)
+        decided = general._decide([limits], 1, ANSWER)
+    assert spent is not None
+    assert spent == decided

@@ -42,6 +42,7 @@ from introspect.limits.policy import (
     policy_item,
     ratelimit_item,
     reset_in,
+    sf_integer,
     window_number,
 )
 from introspect.metrics import METRICS
@@ -221,7 +222,7 @@ class Meter:
         # length, within an sf-integer (admin validation), and r is clamped as it clamps.
         r = lease.left + lease.free
         if not 0 <= r <= MAX_SF_INTEGER:
-            r = max(0, min(r, MAX_SF_INTEGER))
+            r = sf_integer(r)
         remaining = f"{slot.item}{r};t={(number + 1) * window - second}"
         return Metered(answer, {POLICY: slot.policy, RATELIMIT: remaining}, True)
 

@@ -53,23 +53,24 @@ def _string(name: str) -> str:
     return '"' + name + '"'
 
 
-def _integer(n: int) -> int:
+def sf_integer(n: int) -> int:
+    """`n` clamped to an RFC 8941 sf-integer that is not negative (0 to MAX_SF_INTEGER)."""
     return max(0, min(n, MAX_SF_INTEGER))
 
 
 def policy_item(name: str, q: int, w: int | None) -> str:
     """One item of the `RateLimit-Policy` field: `"name";q=Q;w=W`."""
-    return f"{_string(name)};q={_integer(q)}" + ("" if w is None else f";w={w}")
+    return f"{_string(name)};q={sf_integer(q)}" + ("" if w is None else f";w={w}")
 
 
 def ratelimit_item(name: str, r: int, t: int | None) -> str:
     """One item of the `RateLimit` field: `"name";r=R;t=T` (on the hot path: one f-string)."""
     if not 0 <= r <= MAX_SF_INTEGER:
-        r = _integer(r)
+        r = sf_integer(r)
     if t is None:
         return f'"{name}";r={r}'
     if not 0 <= t <= MAX_SF_INTEGER:
-        t = _integer(t)
+        t = sf_integer(t)
     return f'"{name}";r={r};t={t}'
 
 

@@ -87,6 +87,13 @@ def parse(argv: Sequence[str] | None = None) -> Options:
         help="time bound of the memory phase's cache fill (240; quick 15)",
     )
     p.add_argument(
+        "--against",
+        type=int,
+        help="also seed this many credentials into a second pair of embedded stores, and run"
+        " cold and mix in rounds alternating with the same scenario on a server over them"
+        " (the 10M against 1M comparison: --credentials 10000000 --against 1000000)",
+    )
+    p.add_argument(
         "--profile",
         action="store_true",
         help="sample one server worker with py-spy during each scenario",
@@ -123,6 +130,7 @@ def parse(argv: Sequence[str] | None = None) -> Options:
         database_url=args.database_url,
         redis_url=args.redis_url,
         profile=args.profile,
+        against=args.against,
         slices=args.slices,
         quick=args.quick,
         **chosen,

@@ -77,17 +77,24 @@ class Outcome:
 
 
 def pooled(outcomes: Sequence[Outcome]) -> Outcome:
-    """Several runs of one load as one: counts, time and CPU summed, latencies pooled."""
+    """Several runs of one load as one: counts, time and CPU summed, latencies pooled (from
+    runs that report percentiles only, as wrk's, each the highest of the runs': the pooled
+    percentile is at most that)."""
     errors: dict[str, int] = {}
     for one in outcomes:
         for kind, count in one.errors.items():
             errors[kind] = errors.get(kind, 0) + count
     samples = [us for one in outcomes for us in one.samples]
+    bounds = {
+        key: max(one.percentiles[key] for one in outcomes)
+        for key in outcomes[0].percentiles
+        if all(key in one.percentiles for one in outcomes)
+    }
     return Outcome(
         ok=sum(one.ok for one in outcomes),
         errors=errors,
         duration=sum(one.duration for one in outcomes),
-        percentiles=percentiles_ms(samples),
+        percentiles=percentiles_ms(samples) if samples else bounds,
         generator_cpu=sum(one.generator_cpu for one in outcomes),
         tool="; ".join(dict.fromkeys(one.tool for one in outcomes)),
         samples=samples,

@@ -109,6 +109,16 @@ def test_rounds_pool_into_one_outcome() -> None:
     assert len(out.samples) == 200
 
 
+def test_rounds_that_report_percentiles_only_pool_into_their_highest() -> None:
+    """wrk's rounds carry percentiles, no latencies: pooled, each is the highest of the
+    rounds' (the pooled percentile is at most that); one missing in a round is left out."""
+    rounds = [
+        loadgen.Outcome(10, {}, 1.0, {"p50": 1.0, "p99": 9.0, "max": 20.0}, 0.1, "wrk"),
+        loadgen.Outcome(10, {}, 1.0, {"p50": 2.0, "p99": 5.0}, 0.1, "wrk"),
+    ]
+    assert loadgen.pooled(rounds).percentiles == {"p50": 2.0, "p99": 9.0}
+
+
 def test_outcome_without_result_line_is_an_error() -> None:
     """A run that printed no result line fails loudly instead of reporting zeros."""
     with pytest.raises(RuntimeError, match="no result"):

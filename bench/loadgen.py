@@ -50,6 +50,9 @@ class Load:
     duration: float
     rate: float | None = None  # offered req/s for an open loop; None: closed loop
     wrap: bool = True  # False: send each body at most once and stop when all are sent
+    # Closed loop: start this many bodies into the file (where an earlier part of the same
+    # load stopped: `Bench._paired`), wrapping.
+    skip: int = 0
     timeout: float = 5.0
 
 
@@ -129,7 +132,7 @@ class _Worker:
         self.latencies = array.array("Q")
         self.errors: dict[str, int] = {}
         self.ok = 0
-        self.next = 0
+        self.next = (load.skip // processes) % len(self.bodies) if self.bodies else 0
 
     def _error(self, kind: str) -> None:
         self.errors[kind] = self.errors.get(kind, 0) + 1

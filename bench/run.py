@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import math
 import os
 import platform
 import random
@@ -74,7 +75,7 @@ PREFILL_TIMEOUT = 120.0
 OPEN_ROUNDS = 4
 # A scenario measured beside a twin (PAIRED, and with --against cold and mix on the other
 # stores' server) runs in this many rounds alternating with the twin's.
-PAIR_ROUNDS = 4
+PAIR_ROUNDS = 8
 PAIRED = {"limited-hit": "local-hit"}
 AGAINST = ("cold", "mix")
 EXPECTED_SHARE = 0.9  # of requests that must do what their scenario is about (see Scenario)
@@ -609,22 +610,30 @@ class Bench:
         is kept, and the median of them is the figure. Returns the scenario's
         rounds pooled, the twin's pooled, and the per-round %.
         """
-        piece = self.opts.duration / PAIR_ROUNDS
+        piece = math.ceil(self.opts.duration / PAIR_ROUNDS)  # (wrk takes whole seconds)
         twin_workers = twin.service.workers()
         mine: list[Window] = []
         theirs: list[Window] = []
+        # Each side's rounds go on through its bodies where its last round stopped, as one
+        # run would: the mix's rounds each from the start would all measure its first part.
+        sent = [0, 0]
         for n in range(1, PAIR_ROUNDS + 1):
             steps = [
-                (mine, load(piece), label, workers),
+                (0, mine, load(piece), label, workers),
                 (
+                    1,
                     theirs,
                     self._load(twin.scenario, twin.port, twin.scenario.bodies, piece, None),
                     twin.label,
                     twin_workers,
                 ),
             ]
-            for windows, each, name, pids in steps if n % 2 else reversed(steps):
-                windows.append(self._window(each, f"{name}, round {n}", pids, True))
+            for side, windows, each, name, pids in steps if n % 2 else reversed(steps):
+                window = self._window(
+                    replace(each, skip=sent[side]), f"{name}, round {n}", pids, True
+                )
+                sent[side] += window.outcome.ok + window.outcome.error_count
+                windows.append(window)
         shares = [
             100 * a.outcome.rate / b.outcome.rate
             for a, b in zip(mine, theirs, strict=True)

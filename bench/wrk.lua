@@ -1,6 +1,7 @@
 -- The wrk side of the bench: POST one form body per request, taken in order from a file.
--- Arguments (after `--`): the body file, the number of wrk threads.
--- Thread i sends lines i, i+T, i+2T, ... (wrapping), so with T threads no body is sent
+-- Arguments (after `--`): the body file, the number of wrk threads, the number of lines to
+-- skip (where an earlier part of the same load stopped).
+-- Thread i sends lines S+i, S+i+T, S+i+2T, ... (wrapping), so with T threads no body is sent
 -- twice before every one was sent once. done() prints one JSON line for bench/wrkrun.py.
 
 local threads = {}
@@ -23,7 +24,7 @@ function init(args)
   end
   file:close()
   step = tonumber(args[2])
-  index = id
+  index = id + tonumber(args[3])
   wrk.method = "POST"
   wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"
 end

@@ -46,6 +46,7 @@ def run(
     for name, value in load.headers.items():
         command += ["-H", f"{name}: {value}"]
     command += [f"http://{load.host}:{load.port}{load.path}", "--", str(load.bodies), str(threads)]
+    command.append(str(load.skip))
     cpu = _children_cpu()
     code, out, err = run_bounded(command, seconds + load.timeout + 30, "wrk", on_progress)
     line = next((x for x in out.splitlines() if x.startswith(MARKER)), None)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import array
+import dataclasses
 import itertools
 import json
+import multiprocessing
 from pathlib import Path
 
 import pytest
@@ -117,6 +119,20 @@ def test_rounds_that_report_percentiles_only_pool_into_their_highest() -> None:
         loadgen.Outcome(10, {}, 1.0, {"p50": 2.0, "p99": 5.0}, 0.1, "wrk"),
     ]
     assert loadgen.pooled(rounds).percentiles == {"p50": 2.0, "p99": 9.0}
+
+
+def test_a_closed_loop_part_goes_on_where_the_last_one_stopped(tmp_path: Path) -> None:
+    """`Load.skip`: each built-in generator process starts its share of the bodies that far
+    in (wrapping), as wrk.lua starts at that line: a load split in rounds sends what one run
+    would."""
+    bodies = tmp_path / "bodies.txt"
+    bodies.write_text("".join(f"token=t{i}\n" for i in range(10)))
+    load = Load("127.0.0.1", 1, "/introspect", {}, bodies, 2, 1.0, skip=6)
+    progress = multiprocessing.Array("q", 2)
+    first, second = (loadgen._Worker(load, i, 2, progress) for i in range(2))
+    assert [first.bodies[first.next], second.bodies[second.next]] == [b"token=t6", b"token=t7"]
+    wrapped = loadgen._Worker(dataclasses.replace(load, skip=26), 0, 2, progress)
+    assert wrapped.bodies[wrapped.next] == b"token=t6"
 
 
 def test_outcome_without_result_line_is_an_error() -> None:

@@ -9,6 +9,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from bench.run import ALL_SCENARIOS, Options, run
+from bench.scenarios import MIX_POPULATION
 
 QUICK = {
     "credentials": 100_000,
@@ -94,6 +95,13 @@ def parse(argv: Sequence[str] | None = None) -> Options:
         " (the 10M against 1M comparison: --credentials 10000000 --against 1000000)",
     )
     p.add_argument(
+        "--mix-over",
+        type=int,
+        default=MIX_POPULATION,
+        help=f"credentials the mix draws from, chosen at random among those seeded"
+        f" ({MIX_POPULATION:,}; 0: all seeded)",
+    )
+    p.add_argument(
         "--profile",
         action="store_true",
         help="sample one server worker with py-spy during each scenario",
@@ -131,6 +139,7 @@ def parse(argv: Sequence[str] | None = None) -> Options:
         redis_url=args.redis_url,
         profile=args.profile,
         against=args.against,
+        mix_over=args.mix_over,
         slices=args.slices,
         quick=args.quick,
         **chosen,

@@ -44,7 +44,7 @@ from bench.http import Connection, basic_auth, form_request, request_head
 from bench.loadgen import Load, Outcome
 from bench.profile import Profiler
 from bench.report import MIB, Memory, Results, Row
-from bench.scenarios import DEFAULT, NO_CACHE, NO_LOCAL, Scenario, Slices
+from bench.scenarios import DEFAULT, MIX_POPULATION, NO_CACHE, NO_LOCAL, Scenario, Slices
 from bench.scrape import Delta, scrape
 from bench.workers import fill_local_caches, revocations
 from introspect import embedded
@@ -119,6 +119,8 @@ class Options:
     # Also seed this many credentials into a second pair of embedded stores, and run cold and
     # mix in rounds alternating with the same scenario on a server over them (AGAINST).
     against: int | None = None
+    # The credentials the mix draws from (scenarios.MIX_POPULATION; 0: all seeded).
+    mix_over: int = MIX_POPULATION
     slices: bool = False  # record the workers' event-loop slices (bench/slices.py)
     quick: bool = False
 
@@ -929,6 +931,7 @@ class Bench:
         )
         self.results.meta["seeded"] = seeded.total
         self.results.meta["jwts"] = len(seeded.jwt)
+        self.results.meta["mix_over"] = opts.mix_over
         against = self._against(settings)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.stack.callback(shutil.rmtree, self.workdir, True)
@@ -938,7 +941,9 @@ class Bench:
         def built_for(seeded: seed.Seeded, workdir: Path) -> tuple[Slices, dict[str, Scenario]]:
             workdir.mkdir(parents=True, exist_ok=True)
             cut = scenarios.slices(seeded, opts.revocations, cold)
-            return cut, scenarios.build(seeded, cut, workdir, sequence, random.Random(11))
+            return cut, scenarios.build(
+                seeded, cut, workdir, sequence, random.Random(11), opts.mix_over
+            )
 
         cut, built = built_for(seeded, self.workdir)
         other = None if against is None else built_for(against[1], self.workdir / "against")[1]

@@ -45,3 +45,21 @@ def test_the_prefill_presents_live_values_once_and_final_ones_to_every_worker() 
     assert all(counts[v] == (HIT_PREFILL if v in final else 1) for v in counts)
     first_live = next(i for i, v in enumerate(prefill) if v not in final)
     assert all(v not in final for v in prefill[first_live:])
+
+
+def test_the_mix_draws_over_its_population_at_random_when_more_are_seeded() -> None:
+    """With more seeded than the population, each kind's pool is that share of it, spread
+    over the whole table (not its first rows); with fewer, or no bound, every value may
+    come. 2,600 seeded, population 260: 200 live, 30 revoked, 30 expired."""
+    seeded = _seeded()
+    drawn = mix(seeded, 20_000, random.Random(4), population=260)
+    values = set(drawn.sequence)
+    live = values & set(seeded.active)
+    assert len(live) <= 200
+    assert len(values & set(seeded.revoked)) <= 30
+    assert len(values & set(seeded.expired)) <= 30
+    assert max(int(v.removeprefix("live")) for v in live) > 1000
+    assert len(set(mix(seeded, 20_000, random.Random(4), population=0).sequence)) > 500
+    assert mix(seeded, 5000, random.Random(5), population=10_000) == mix(
+        seeded, 5000, random.Random(5), population=0
+    )

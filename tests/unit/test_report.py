@@ -12,12 +12,14 @@ import pytest
 from bench import report
 from bench.report import Results, Row, Target
 from bench.run import open_rate
+from bench.scenarios import MIX_POPULATION
 
 
 def _meta(seeded: int = 100_000) -> dict[str, Any]:
     return {
         "started": "now", "workers": 2, "connections": 32, "duration": 5.0, "seeded": seeded,
         "jwts": 0, "seed_seconds": 0.0, "cpus": 2, "load_average": "0",
+        "mix_over": MIX_POPULATION,
     }  # fmt: skip
 
 
@@ -210,6 +212,16 @@ def test_this_run_measured_side_by_side_comes_before_earlier_ones() -> None:
     checks = _by_figure(report.scale_targets(Results(meta=meta, rows=rows), earlier))
     assert checks[COLD_SCALE].passed is True
     assert checks[MIX_SCALE].passed is None  # neither run measured it
+
+
+def test_a_mix_over_another_population_is_not_judged() -> None:
+    """`--mix-over 0` draws the mix over all 10M seeded: a traffic of more distinct callers,
+    not the same traffic over more data. Cold is judged from that run, the mix is not."""
+    run = _paired(10_000_000, 1_000_000, {"cold": [100.0], "mix": [80.0]})
+    run["meta"]["mix_over"] = 0
+    checks = _by_figure(report.scale_targets(Results(meta=_meta(1_000_000)), [run]))
+    assert checks[COLD_SCALE].passed is True
+    assert checks[MIX_SCALE].passed is None
 
 
 @pytest.mark.parametrize(

@@ -592,8 +592,26 @@ class Bench:
             rate=rate,
         )
 
-    def _prefill(self, scenario: Scenario, port: int) -> None:
-        """Send `scenario`'s prefill once, untimed, when it has one."""
+    def _prefill(self, scenario: Scenario, port: int, workers: list[int]) -> None:
+        """Send `scenario`'s untimed presentations, when it has them: each of `everywhere`
+        to every worker of `workers`, then the prefill once."""
+        if scenario.everywhere:
+            everywhere = scenario.everywhere
+            asyncio.run(
+                fill_local_caches(
+                    HOST,
+                    port,
+                    workers,
+                    scenario.client,
+                    everywhere,
+                    len(everywhere),
+                    time.monotonic() + PREFILL_TIMEOUT,
+                    on_progress=lambda n: self.progress.tick(
+                        f"to every worker: {n:,} / {len(everywhere) * len(workers):,}"
+                    ),
+                    same=True,
+                )
+            )
         if scenario.prefill is not None:
             load = replace(
                 self._load(scenario, port, scenario.prefill, PREFILL_TIMEOUT, None), wrap=False
@@ -667,8 +685,9 @@ class Bench:
         # one on this server (limited-hit's local-hit) was, when measured itself.
         apart = twin if twin is not None and twin.row else None
         self.progress.phase(f"{scenario.name}: {scenario.title}")
+        workers = service.workers()
         if apart is None:
-            self._prefill(scenario, port)
+            self._prefill(scenario, port, workers)
         else:
             # Both at once, so that they end together: one after the other, the first side's
             # prefilled entries were 70-160 s old when the rounds began (a worker keeps one
@@ -676,13 +695,12 @@ class Bench:
             # local hits against 81-84 % at 1M).
             with concurrent.futures.ThreadPoolExecutor(2) as both:
                 done = [
-                    both.submit(self._prefill, scenario, port),
-                    both.submit(self._prefill, apart.scenario, apart.port),
+                    both.submit(self._prefill, scenario, port, workers),
+                    both.submit(self._prefill, apart.scenario, apart.port, apart.service.workers()),
                 ]
                 for each in done:
                     each.result()
         bracket = metrics and rate is None
-        workers = service.workers()
         first = self._ceiling_again(workers) if bracket else None
         if opts.warmup > 0:
             self._drive(self._load(scenario, port, scenario.warmup, opts.warmup, rate), "warmup")

@@ -59,6 +59,8 @@ class Scenario:
     bodies: Path  # the measured sequence, one form body per line
     warmup: Path  # the warmup sequence (a different slice when bodies must be unseen)
     prefill: Path | None = None  # sent once each before the warmup, untimed
+    # Sent once to each worker (over connections pinned to it) before the prefill, untimed.
+    everywhere: Sequence[str] = ()
     open_loop: bool = False  # measured at a fixed offered rate rather than closed loop
     # What (nearly) every request must do, by the server's counters, for the scenario to be
     # what it says: a key of scrape.Delta.per_request.
@@ -167,24 +169,22 @@ def mix(seeded: Seeded, count: int, rng: random.Random, population: int = MIX_PO
     return Mix(out, final)
 
 
-def mix_prefill(drawn: Mix, rng: random.Random) -> list[str]:
-    """What the mix scenario presents before its warmup (untimed), so that it measures a
-    server that has seen this mix for hours: each live credential of the sequence once (into
-    Redis and one worker's memory; how many each worker then holds is the cache's to say),
-    and each value whose answer is final HIT_PREFILL times over every connection. A worker
-    keeps those without age, but Redis keeps an unknown one only
-    INTROSPECT_NEGATIVE_CACHE_TTL (30 s): presented once, the other worker met it after
-    Redis had forgotten it, and read Postgres for it during the measured run (with
-    10,000,000 seeded, the prefill outlasted those 30 s: 0.01 Postgres queries per request).
+def mix_prefill(drawn: Mix) -> list[str]:
+    """The live values the mix scenario presents before its warmup (untimed), each once, so
+    that it measures a server that has seen this mix for hours (into Redis and one worker's
+    memory; how many each worker then holds is the cache's to say).
 
-    The final values go first, the live ones last: a worker keeps a live entry
-    INTROSPECT_LOCAL_CACHE_TTL (60 s), and a 10,000,000 prefill lasts about that long, so
-    live entries filled before the final values' part expired during the measured run and
-    were read from Redis again, by an amount that followed the prefill's duration.
+    Its final values (revoked, expired, unknown) go to every worker before them
+    (`Scenario.everywhere`): a worker keeps those without age, but Redis keeps an unknown
+    one only INTROSPECT_NEGATIVE_CACHE_TTL (30 s), so one presented to a single worker was
+    read from Postgres during the measured run by the other. The live ones go last: a
+    worker keeps a live entry INTROSPECT_LOCAL_CACHE_TTL (60 s) unless presented again, and
+    live entries filled early in a long prefill were read from Redis again during the run.
+    (The final values used to be sent HIT_PREFILL times over every connection, three
+    quarters of a prefill that, with both sides of --against at once, lasted 96 s.)
     """
     final = set(drawn.final)
-    live = [value for value in dict.fromkeys(drawn.sequence) if value not in final]
-    return _repeat_shuffled(drawn.final, HIT_PREFILL * len(drawn.final), rng) + live
+    return [value for value in dict.fromkeys(drawn.sequence) if value not in final]
 
 
 # How many times a hit scenario presents each of its credentials before its warmup: with
@@ -284,7 +284,8 @@ def build(
             # measure the start of a server's day: about 31 % of the requests (quick run) were
             # a credential's first presentation, going to Postgres; a server seeing this mix
             # for hours has presented nearly every one of them before (see `mix`).
-            prefill=_write(workdir / "mix-prefill.txt", mix_prefill(drawn, rng)),
+            prefill=_write(workdir / "mix-prefill.txt", mix_prefill(drawn)),
+            everywhere=drawn.final,
         ),
         Scenario(
             "mix-open",

@@ -164,12 +164,15 @@ async def fill_local_caches(
     per_worker: int,
     deadline: float,
     on_progress: Callable[[int], None] | None = None,
+    same: bool = False,
 ) -> dict[int, int]:
     """Introspect `per_worker` distinct credentials at each worker; how many each got.
 
     Each answer goes into that worker's in-process cache, so after this every
     worker's cache holds `per_worker` entries (or is full, if that is more
-    than its size). Stops at `deadline` (time.monotonic()) if not done.
+    than its size). Each worker gets credentials of its own, or with `same`
+    the same ones, the first `per_worker`. Stops at `deadline`
+    (time.monotonic()) if not done.
     """
     pinned = await pinned_connections(host, port, workers, FILL_CONNECTIONS)
     introspect = _Client(host, port, "/introspect", resource_server)
@@ -190,7 +193,7 @@ async def fill_local_caches(
 
     jobs = []
     for n, (pid, conns) in enumerate(pinned.items()):
-        share = tokens[n * per_worker : (n + 1) * per_worker]
+        share = tokens[:per_worker] if same else tokens[n * per_worker : (n + 1) * per_worker]
         jobs += [drive(pid, conn, share[i :: len(conns)]) for i, conn in enumerate(conns)]
     try:
         await asyncio.gather(*jobs)
